@@ -1,0 +1,104 @@
+"""Reading checkpoints safely (weights_only) and loading them strictly into timm's LowFormer."""
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Dict, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+from .errors import LowformerError
+
+StateDict = Dict[str, torch.Tensor]
+_CONTAINER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
+
+
+def sha256_file(path: Union[str, os.PathLike]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
+    """Tensors of a checkpoint file: torch pickle (weights only) or safetensors; unwraps
+    `state_dict`/`model` containers and strips a DDP `module.` prefix."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise LowformerError(f"checkpoint not found: {path}")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            obj = load_file(path)
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, truncated files, foreign objects
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LowformerError(f"cannot read checkpoint {path}: {first}") from None
+    return unwrap_state_dict(obj, path)
+
+
+def unwrap_state_dict(obj: object, where: str = "checkpoint") -> StateDict:
+    while isinstance(obj, Mapping):
+        inner = next((obj[k] for k in _CONTAINER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise LowformerError(f"{where} does not hold a state dict of tensors")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+def to_timm_keys(state_dict: StateDict, model: nn.Module) -> StateDict:
+    """Official LowFormer keys (backbone./head.op_list./head.opseq.) to timm's module names."""
+    from timm.models.lowformer import LowFormer, checkpoint_filter_fn
+
+    if isinstance(model, LowFormer):
+        return checkpoint_filter_fn(state_dict, model)
+    return state_dict
+
+
+def _mismatch(expected: Mapping[str, torch.Size], got: StateDict):
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    wrong = [k for k in expected if k in got and tuple(got[k].shape) != tuple(expected[k])]
+    return missing, unexpected, wrong
+
+
+def identify_variant(state_dict: StateDict) -> Optional[str]:
+    """Which released (or b2) LowFormer variant a state dict (official or timm keys) belongs to."""
+    from timm.models.lowformer import checkpoint_filter_fn
+
+    from .registry import VARIANTS, meta_state_dict_shapes
+
+    sd = checkpoint_filter_fn(state_dict, None)
+    for name in VARIANTS:
+        expected = meta_state_dict_shapes(name)
+        if not any(_mismatch(expected, sd)):
+            return name
+    return None
+
+
+def load_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLike, StateDict], spec=None) -> None:
+    """Load strictly; on a mismatch raise one LowformerError naming the first offending keys and,
+    when the checkpoint is another released LowFormer variant, which one."""
+    state_dict = unwrap_state_dict(checkpoint) if isinstance(checkpoint, Mapping) else read_state_dict(checkpoint)
+    sd = to_timm_keys(state_dict, model)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    missing, unexpected, wrong = _mismatch(expected, sd)
+    if missing or unexpected or wrong:
+        name = getattr(spec, "name", None) or type(model).__name__
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            if keys:
+                shown = ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+                parts.append(f"{len(keys)} {label}: {shown}")
+        other = identify_variant(state_dict) if getattr(spec, "is_lowformer", False) else None
+        hint = f"this checkpoint is a {other}, not a {name}; " if other and other != name else ""
+        raise LowformerError(f"checkpoint does not match {name}: {hint}" + "; ".join(parts))
+    model.load_state_dict(sd, strict=True)

@@ -1,0 +1,54 @@
+"""Comparators for logits (kept apart from the runners that produce them)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Dict, Optional
+
+import numpy as np
+
+# Per-precision parity thresholds of the export check (on a fixed batch of inputs).
+PARITY_THRESHOLDS: Dict[str, Dict[str, float]] = {
+    "fp32": {"max_rel_l2": 1e-4},
+    "fp16": {"min_cosine": 0.999},
+    "int8": {"min_cosine": 0.98},
+}
+
+
+@dataclass
+class LogitComparison:
+    max_abs: float
+    rel_l2: float
+    cosine: float  # mean over samples
+    top1_agreement: float
+    n: int
+
+    def to_dict(self) -> Dict[str, float]:
+        return asdict(self)
+
+
+def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> LogitComparison:
+    ref = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
+    out = np.asarray(candidate, dtype=np.float64).reshape(len(candidate), -1)
+    if ref.shape != out.shape:
+        raise ValueError(f"logit shapes differ: {ref.shape} vs {out.shape}")
+    diff = out - ref
+    denom = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
+    cos = np.where(denom > 0, (ref * out).sum(1) / np.maximum(denom, 1e-300), 1.0)
+    return LogitComparison(
+        max_abs=float(np.abs(diff).max(initial=0.0)),
+        rel_l2=float(np.linalg.norm(diff) / max(np.linalg.norm(ref), 1e-300)),
+        cosine=float(cos.mean()),
+        top1_agreement=float((ref.argmax(1) == out.argmax(1)).mean()),
+        n=len(ref),
+    )
+
+
+def parity_passes(cmp: LogitComparison, precision: str,
+                  thresholds: Optional[Dict[str, float]] = None) -> bool:
+    t = thresholds or PARITY_THRESHOLDS.get(precision, {})
+    ok = True
+    if "max_rel_l2" in t:
+        ok &= cmp.rel_l2 <= t["max_rel_l2"]
+    if "min_cosine" in t:
+        ok &= cmp.cosine >= t["min_cosine"]
+    return bool(ok)

@@ -1,0 +1,76 @@
+"""Runners for every artifact format behind one interface: `load(path) -> Runner`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from ..errors import LowformerError
+from ..export.manifest import (MANIFEST_NAME, artifact_entry, find_manifest_for, format_of,
+                               load_manifest)
+from .base import InputSpec, LayerTiming, Runner
+from .torch_runners import PyTorchRunner, TorchScriptRunner
+
+__all__ = ["InputSpec", "LayerTiming", "Runner", "PyTorchRunner", "TorchScriptRunner", "load",
+           "load_artifacts", "resolve_artifacts"]
+
+
+def _input_spec_from_manifest(manifest: Optional[Dict[str, Any]]) -> InputSpec:
+    if not manifest:
+        return InputSpec()
+    i = manifest["input"]
+    return InputSpec(i.get("name", "input"), tuple(i["shape"]), i.get("dtype", "float32"))
+
+
+def resolve_artifacts(paths: List[str]) -> List[Tuple[Path, Optional[Dict[str, Any]], Optional[Dict[str, Any]]]]:
+    """Expand artifact files, manifests and export folders into (artifact, entry, manifest)."""
+    out = []
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists():
+            raise LowformerError(f"no such artifact or manifest: {raw}")
+        if p.is_dir() or p.name == MANIFEST_NAME or p.suffix == ".json":
+            manifest = load_manifest(p)
+            folder = p if p.is_dir() else p.parent
+            for entry in manifest["artifacts"]:
+                if entry.get("format") == "tensorrt" and not (folder / entry["path"]).exists():
+                    continue
+                if (folder / entry["path"]).exists():
+                    out.append((folder / entry["path"], entry, manifest))
+            continue
+        format_of(p)
+        mpath = find_manifest_for(p)
+        manifest = load_manifest(mpath) if mpath else None
+        entry = artifact_entry(manifest, p, mpath.parent) if manifest else None
+        out.append((p, entry, manifest))
+    if not out:
+        raise LowformerError("no runnable artifacts in " + ", ".join(paths))
+    return out
+
+
+def load(path: str, device: str = "cpu", threads: Optional[int] = None,
+         entry: Optional[Dict[str, Any]] = None, manifest: Optional[Dict[str, Any]] = None) -> Runner:
+    """A runner for one artifact file (.onnx, .ts/.pt, .engine); reads the manifest beside it."""
+    p = Path(path)
+    if manifest is None:
+        mpath = find_manifest_for(p)
+        if mpath:
+            manifest = load_manifest(mpath)
+            entry = artifact_entry(manifest, p, mpath.parent)
+    fmt = format_of(p)
+    precision = (entry or {}).get("precision", "fp32")
+    if not p.is_file():
+        raise LowformerError(f"artifact not found: {p}")
+    if fmt == "onnx":
+        from .onnxrt import OnnxRuntimeRunner
+
+        return OnnxRuntimeRunner(str(p), precision, device, threads)
+    if fmt == "torchscript":
+        return TorchScriptRunner.from_file(str(p), _input_spec_from_manifest(manifest), device, threads)
+    from .tensorrt import TensorRTRunner
+
+    return TensorRTRunner.from_file(str(p), device=device, entry=entry)
+
+
+def load_artifacts(paths: List[str], device: str = "cpu", threads: Optional[int] = None):
+    """(path, entry, manifest, runner) for every artifact named or listed by the given manifests."""
+    return [(p, e, m, load(str(p), device, threads, e, m)) for p, e, m in resolve_artifacts(paths)]

@@ -1,0 +1,94 @@
+"""One runner interface over every backend (Polygraphy-style: runners here, comparators elsewhere)."""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+
+@dataclass
+class InputSpec:
+    name: str = "input"
+    shape: Sequence[Optional[int]] = (None, 3, 224, 224)  # None marks a dynamic axis
+    dtype: str = "float32"
+
+    @property
+    def image_size(self) -> int:
+        return int(self.shape[-1] or 224)
+
+    @property
+    def fixed_batch(self) -> Optional[int]:
+        return self.shape[0] if isinstance(self.shape[0], int) else None
+
+    def example(self, batch_size: int = 1, seed: int = 0) -> np.ndarray:
+        b = self.fixed_batch or batch_size
+        rng = np.random.default_rng(seed)
+        return rng.standard_normal((b, *[int(s) for s in self.shape[1:]])).astype(np.float32)
+
+
+@dataclass
+class LayerTiming:
+    """Time a backend attributes to one of its layers/nodes over the profiled iterations."""
+
+    name: str
+    op: str
+    total_ms: float
+    calls: int
+    fused_from: List[str] = field(default_factory=list)  # source node names a fused layer covers
+
+
+class Runner(abc.ABC):
+    """Runs one artifact. `run` takes a numpy array or torch tensor and returns the same kind."""
+
+    backend: str = ""
+    native: str = "numpy"  # the array type `_run` works in
+
+    def __init__(self, input_spec: InputSpec, precision: str = "fp32", device: str = "cpu",
+                 threads: Optional[int] = None, path: Optional[str] = None):
+        self.input_spec = input_spec
+        self.precision = precision
+        self.device = device
+        self.threads = threads
+        self.path = path
+        self.provider = "cpu"  # what actually ran, set by subclasses
+        self.warnings: List[str] = []
+
+    @abc.abstractmethod
+    def _run(self, x: Any) -> Any:
+        """Logits for one batch in the runner's native array type."""
+
+    def run(self, batch: Any) -> Any:
+        as_torch = isinstance(batch, torch.Tensor)
+        if self.native == "torch":
+            x = batch if as_torch else torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+            out = self._run(x)
+            return out if as_torch else out.detach().cpu().numpy()
+        x = batch.detach().cpu().numpy() if as_torch else batch
+        out = self._run(np.ascontiguousarray(x, dtype=np.float32))
+        return torch.from_numpy(out) if as_torch else out
+
+    def warmup(self, iterations: int = 3, batch_size: int = 1) -> None:
+        x = self.input_spec.example(batch_size)
+        for _ in range(iterations):
+            self.run(x)
+
+    def profile_layers(self, batch: np.ndarray, iterations: int = 10) -> List[LayerTiming]:
+        """Per-layer times; backends that can profile override this."""
+        raise NotImplementedError(f"per-layer profiling is not available for {self.backend}")
+
+    def describe(self) -> Dict[str, Any]:
+        return {"backend": self.backend, "precision": self.precision, "device": self.device,
+                "provider": self.provider, "threads": self.threads, "path": self.path,
+                "warnings": list(self.warnings)}
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,46 @@
+"""Model facts for `lowformer models` and `lowformer info`."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, Dict, List, Optional
+
+from .complexity import count_macs, stage_shapes
+from .registry import VARIANTS, count_parameters, create_model, resolve
+
+# The paper's peer backbones and the timm model each corresponds to (None: not in timm).
+PEERS = [
+    ("FastViT-T8", "fastvit_t8"), ("EfficientMod-XS", None), ("MobileViG-M", None),
+    ("iFormer-S", None), ("MobileOne-S1", "mobileone_s1"), ("MobileOne-S3", "mobileone_s3"),
+    ("FFNet-1", None), ("GhostNetV2 1.0", "ghostnetv2_100"), ("EfficientViT-M5 (MSRA)", "efficientvit_m5"),
+    ("EdgeViT-XS", None), ("PVTv2-B0", "pvt_v2_b0"), ("FAT-B0", None), ("MobileNetV3-L", "mobilenetv3_large_100"),
+    ("CoAtNet-0", "coatnet_0_rw_224"), ("EfficientFormerV2-S1", "efficientformerv2_s1"),
+    ("ResNet-50", "resnet50"), ("SHViT-S4", "shvit_s4"), ("RepViT-M2.3", "repvit_m2_3"),
+]
+
+
+def model_table() -> List[Dict[str, Any]]:
+    rows = []
+    for spec in VARIANTS.values():
+        model = create_model(spec.name)
+        rows.append({"name": spec.name, "display": spec.display, "timm_name": spec.timm_name,
+                     "params": count_parameters(model), "macs": count_macs(model, 224),
+                     "published": asdict(spec.published) if spec.published else {},
+                     "has_weights": spec.has_weights})
+    return rows
+
+
+def peer_table() -> List[Dict[str, Any]]:
+    import timm
+
+    return [{"peer": peer, "timm_name": name, "available": bool(name) and timm.is_model(name)}
+            for peer, name in PEERS]
+
+
+def model_info(name: str, checkpoint: Optional[str] = None, image_size: int = 224) -> Dict[str, Any]:
+    spec = resolve(name)
+    model = create_model(name, checkpoint)
+    return {"name": spec.name, "display": spec.display, "timm_name": spec.timm_name,
+            "params": count_parameters(model), "macs": count_macs(model, image_size),
+            "image_size": image_size, "checkpoint": checkpoint or "random-init",
+            "preprocessing": spec.preprocessing(image_size).to_dict(),
+            "stages": stage_shapes(model, image_size)}
