@@ -86,3 +86,20 @@ def format_of(path: PathLike) -> str:
     if fmt is None:
         raise LowformerError(f"unknown artifact type {Path(path).name!r} (expected .onnx, .ts/.pt, .engine)")
     return fmt
+
+
+def checkpoint_path(manifest: Dict[str, Any], folder: PathLike) -> Optional[str]:
+    """Absolute path of the weights the artifacts were exported from (None: none recorded)."""
+    path = (manifest.get("checkpoint") or {}).get("path")
+    if not path:
+        return None
+    p = Path(path)
+    return str(p if p.is_absolute() else Path(folder) / p)
+
+
+def reference_model(manifest: Dict[str, Any], folder: PathLike):
+    """The unfused PyTorch model an export folder came from (the parity reference)."""
+    from ..registry import create_model
+
+    m = manifest["model"]
+    return create_model(m["name"], checkpoint_path(manifest, folder), num_classes=int(m.get("num_classes", 1000)))
