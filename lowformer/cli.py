@@ -13,7 +13,7 @@ from rich.table import Table
 from .errors import LowformerError
 
 # Human output goes to stderr so that `--json` leaves stdout to the JSON document alone.
-console = Console(stderr=True)
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 
 def emit_json(data: Any) -> None:
@@ -103,3 +103,65 @@ def info_cmd(model: str, checkpoint: Optional[str], image_size: int, as_json: bo
 
 
 # Further commands are added below this line, one block each.
+
+
+@main.command("export")
+@click.argument("model")
+@click.option("--to", "to", multiple=True, type=click.Choice(["torchscript", "onnx", "trt"]), default=("onnx",),
+              show_default=True, help="Target format; give several times for several.")
+@click.option("--fp16", is_flag=True, help="Also write the mixed-precision FP16 ONNX (and build the engine from it).")
+@click.option("--int8", is_flag=True, help="Also write the calibrated Q/DQ INT8 ONNX (needs --calib-data).")
+@click.option("--checkpoint", type=click.Path(), help="Official LowFormer or timm-format state dict (else random init).")
+@click.option("--image-size", default=224, show_default=True, type=click.IntRange(32, 2048))
+@click.option("--batch-size", type=click.IntRange(1, 4096), help="Fix the batch size (default: dynamic batch axis).")
+@click.option("--dynamic-batch", is_flag=True, help="Dynamic batch axis (the default).")
+@click.option("--opset", default=17, show_default=True, type=int)
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder [default: artifacts/<model>-<size>].")
+@click.option("--no-fuse", is_flag=True, help="Do not fold BatchNorm into convolutions before export.")
+@click.option("--data", type=click.Path(), help="Image folder: real images join the parity check.")
+@click.option("--calib-data", type=click.Path(), help="INT8: calibration image folder.")
+@click.option("--calib-size", default=512, show_default=True, type=click.IntRange(1, 100000))
+@click.option("--calib-method", default="entropy", show_default=True, type=click.Choice(["entropy", "minmax", "percentile"]))
+@click.option("--target", "int8_target", default="cpu", show_default=True, type=click.Choice(["cpu", "tensorrt"]),
+              help="INT8 flavour: cpu (u8 activations, x86 VNNI) or tensorrt (symmetric s8).")
+@click.option("--exclude", multiple=True, help="INT8: keep modules matching this glob in float (e.g. 'stages.3.*.attn').")
+@click.option("--auto-exclude", is_flag=True, help="INT8: keep the most harmful blocks in float until the gate holds.")
+@click.option("--gate-top1-drop", type=float, default=1.0, show_default=True, help="INT8 --auto-exclude gate (points).")
+@click.option("--min-batch", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--opt-batch", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--max-batch", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--workspace-mb", default=2048, show_default=True, type=click.IntRange(16))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout (human output goes to stderr).")
+@handle_errors
+def export_cmd(model, to, fp16, int8, checkpoint, image_size, batch_size, dynamic_batch, opset, out, no_fuse,
+               data, calib_data, calib_size, calib_method, int8_target, exclude, auto_exclude, gate_top1_drop,
+               min_batch, opt_batch, max_batch, workspace_mb, as_json):
+    """Fuse MODEL and export it (TorchScript, ONNX, FP16/INT8 ONNX, TensorRT), checking parity.
+
+    \b
+    Exit codes: 0 all artifacts written and passed parity; 1 error or failed parity;
+    3 the ONNX is ready but the TensorRT engine must be built on a machine with TensorRT and a GPU.
+    """
+    from .export.pipeline import export_model
+
+    if batch_size and dynamic_batch:
+        raise click.UsageError("--batch-size and --dynamic-batch exclude each other")
+    calib = dict(calib_data=calib_data, calib_size=calib_size, method=calib_method, target=int8_target,
+                 exclude=list(exclude), auto_exclude=auto_exclude, gate_top1_drop=gate_top1_drop) if int8 else None
+    with console.status(f"exporting {model}..."):
+        result = export_model(model, to=to, fp16=fp16, int8=int8, checkpoint=checkpoint, image_size=image_size,
+                              batch_size=batch_size, opset=opset, out=out, do_fuse=not no_fuse, data=data,
+                              calib=calib, trt_build=dict(min_batch=min_batch, opt_batch=opt_batch,
+                                                          max_batch=max_batch, workspace_mb=workspace_mb),
+                              log=lambda s: console.print(s, highlight=False))
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        print_table(f"Exported to {result.out}", ["artifact", "format", "precision", "rel-L2", "cosine", "top-1 agree",
+                                                  "parity"],
+                    [(a["path"], a["format"], a["precision"], f"{a['parity']['rel_l2']:.2e}",
+                      f"{a['parity']['cosine']:.6f}", f"{a['parity']['top1_agreement']:.1%}",
+                      "pass" if a["parity"]["passed"] else "FAIL") for a in result.artifacts if "parity" in a])
+        for step in result.next_steps:
+            console.print(f"[bold]next step:[/bold] {step}", highlight=False, soft_wrap=True)
+    sys.exit(result.exit_code)

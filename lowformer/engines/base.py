@@ -61,6 +61,9 @@ class Runner(abc.ABC):
         """Logits for one batch in the runner's native array type."""
 
     def run(self, batch: Any) -> Any:
+        fixed = self.input_spec.fixed_batch
+        if fixed and len(batch) != fixed:
+            return self._run_in_fixed_chunks(batch, fixed)
         as_torch = isinstance(batch, torch.Tensor)
         if self.native == "torch":
             x = batch if as_torch else torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
@@ -68,6 +71,20 @@ class Runner(abc.ABC):
             return out if as_torch else out.detach().cpu().numpy()
         x = batch.detach().cpu().numpy() if as_torch else batch
         out = self._run(np.ascontiguousarray(x, dtype=np.float32))
+        return torch.from_numpy(out) if as_torch else out
+
+    def _run_in_fixed_chunks(self, batch: Any, fixed: int) -> Any:
+        """Artifacts exported with a fixed batch size: run chunks of it, padding the last one."""
+        as_torch = isinstance(batch, torch.Tensor)
+        x = batch.detach().cpu().numpy() if as_torch else np.asarray(batch, dtype=np.float32)
+        outs = []
+        for i in range(0, len(x), fixed):
+            chunk = x[i:i + fixed]
+            n = len(chunk)
+            if n < fixed:
+                chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), chunk.dtype)])
+            outs.append(np.asarray(self.run(chunk))[:n])
+        out = np.concatenate(outs)
         return torch.from_numpy(out) if as_torch else out
 
     def warmup(self, iterations: int = 3, batch_size: int = 1) -> None:

@@ -1,0 +1,245 @@
+"""build -> load checkpoint -> eval -> fuse -> export -> parity check -> manifest."""
+from __future__ import annotations
+
+import copy
+import glob
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..checkpoints import sha256_file
+from ..compare import PARITY_THRESHOLDS, compare_logits, parity_passes
+from ..errors import LowformerError, NeedsTargetDevice
+from ..fusion import fuse
+from ..io import atomic_path, ensure_dir
+from ..registry import ModelSpec, create_model, resolve
+from .manifest import MANIFEST_NAME, load_manifest, new_manifest, save_manifest, upsert_artifact
+from .onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
+from .prepare import groupnorm1_paths
+
+TARGETS = ("torchscript", "onnx", "trt")
+FILENAMES = {("torchscript", "fp32"): "model.ts", ("onnx", "fp32"): "model.onnx",
+             ("onnx", "fp16"): "model_fp16.onnx", ("onnx", "int8"): "model_int8.onnx"}
+_IMAGE_PATTERNS = ("*.jpg", "*.jpeg", "*.JPEG", "*.JPG", "*.png", "*.PNG")
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    manifest_path: Path
+    artifacts: List[Dict[str, Any]] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+    next_steps: List[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> List[str]:
+        return [a["path"] for a in self.artifacts if not a.get("parity", {}).get("passed", True)]
+
+    @property
+    def exit_code(self) -> int:
+        if self.failed:
+            return 1
+        return 3 if self.next_steps else 0
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"out": str(self.out), "manifest": str(self.manifest_path), "artifacts": self.artifacts,
+                "failed": self.failed, "warnings": self.warnings, "next_steps": self.next_steps,
+                "exit_code": self.exit_code}
+
+
+def default_out_dir(spec: ModelSpec, image_size: int) -> Path:
+    return Path("artifacts") / f"{spec.name.replace('timm:', '')}-{image_size}"
+
+
+def parity_inputs(spec: ModelSpec, image_size: int, data: Optional[str], n_random: int = 4,
+                  n_images: int = 16) -> np.ndarray:
+    """A fixed batch: seeded random tensors, plus real images (preprocessed) when `data` is given."""
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((n_random, 3, image_size, image_size)).astype(np.float32)]
+    if data:
+        from PIL import Image
+
+        files = sorted({f for pat in _IMAGE_PATTERNS for f in glob.glob(os.path.join(data, "**", pat), recursive=True)})
+        if not files:
+            raise LowformerError(f"--data {data}: no images found")
+        step = max(1, len(files) // n_images)
+        transform = spec.preprocessing(image_size).transform()
+        imgs = [transform(Image.open(f).convert("RGB")).numpy() for f in files[::step][:n_images]]
+        batches.append(np.stack(imgs).astype(np.float32))
+    return np.concatenate(batches)
+
+
+def _checkpoint_record(checkpoint: Optional[str], model: torch.nn.Module, out: Path) -> Dict[str, Any]:
+    if checkpoint:
+        return {"path": os.path.abspath(checkpoint), "sha256": sha256_file(checkpoint), "source": checkpoint}
+    # Random weights: keep them, so validation can rebuild the very same reference model.
+    weights = out / "random-init.pt"
+    with atomic_path(weights) as tmp:
+        torch.save(model.state_dict(), tmp)
+    return {"path": weights.name, "sha256": "random-init", "source": "random-init"}
+
+
+def _open_manifest(out: Path, fresh: Dict[str, Any]) -> Dict[str, Any]:
+    """Reuse the folder's manifest when it describes the same model, weights and input; else start anew."""
+    if (out / MANIFEST_NAME).is_file():
+        try:
+            old = load_manifest(out)
+        except LowformerError:
+            old = None
+        same = old and all(old.get(k) == fresh[k] for k in ("model", "input")) and \
+            old["checkpoint"].get("sha256") == fresh["checkpoint"].get("sha256") != "random-init"
+        if same:
+            old.update({k: fresh[k] for k in ("preprocessing", "tools", "created")})
+            return old
+    return fresh
+
+
+class Exporter:
+    """Holds the model pair (reference and fused) and writes artifacts into one folder."""
+
+    def __init__(self, model_name: str, checkpoint: Optional[str] = None, image_size: int = 224,
+                 batch_size: Optional[int] = None, opset: int = 17, out: Optional[str] = None,
+                 do_fuse: bool = True, data: Optional[str] = None, log: Log = lambda s: None):
+        self.spec = resolve(model_name)
+        self.image_size, self.batch_size, self.opset, self.log = image_size, batch_size, opset, log
+        self.out = ensure_dir(out or default_out_dir(self.spec, image_size))
+        self.result = ExportResult(self.out, self.out / MANIFEST_NAME)
+        self.reference = create_model(model_name, checkpoint)
+        if checkpoint is None:
+            self.warn(f"no --checkpoint: {self.spec.display} has RANDOM weights; its artifacts are for "
+                      "testing the toolchain, not for accuracy")
+        self.model = copy.deepcopy(self.reference)
+        self.fused = fuse(self.model).folded if do_fuse else 0
+        self.inputs = parity_inputs(self.spec, image_size, data)
+        with torch.no_grad():
+            self.ref_logits = self.reference(torch.from_numpy(self.inputs)).numpy()
+        shape = [batch_size, 3, image_size, image_size]
+        self.manifest = _open_manifest(self.out, new_manifest(
+            model={"name": self.spec.name, "timm_name": self.spec.timm_name, "display": self.spec.display,
+                   "num_classes": int(self.ref_logits.shape[1]), "fused_batchnorms": self.fused},
+            checkpoint=_checkpoint_record(checkpoint, self.reference, self.out),
+            input_spec={"name": INPUT_NAME, "output": OUTPUT_NAME, "shape": shape, "dtype": "float32",
+                        "dynamic_axes": {} if batch_size else {INPUT_NAME: {"0": "batch"}, OUTPUT_NAME: {"0": "batch"}}},
+            preprocessing=self.spec.preprocessing(image_size).to_dict()))
+
+    def warn(self, msg: str) -> None:
+        self.result.warnings.append(msg)
+        self.log(f"[yellow]warning:[/yellow] {msg}")
+
+    def path(self, fmt: str, precision: str) -> Path:
+        return self.out / FILENAMES[(fmt, precision)]
+
+    def check_and_record(self, path: Path, fmt: str, precision: str, facts: Dict[str, Any]) -> Dict[str, Any]:
+        """Run the artifact on the parity batch, compare with the unfused model, record it."""
+        from ..engines import load
+
+        with load(str(path), entry={"precision": precision}, manifest=self.manifest) as runner:
+            logits = runner.run(self.inputs)
+        cmp = compare_logits(self.ref_logits, logits)
+        passed = parity_passes(cmp, precision)
+        entry = {"path": path.name, "format": fmt, "precision": precision, "sha256": sha256_file(path),
+                 **facts, "parity": {**cmp.to_dict(), "thresholds": PARITY_THRESHOLDS.get(precision, {}),
+                                     "inputs": "random" if len(self.inputs) <= 4 else "random+images",
+                                     "passed": passed}}
+        upsert_artifact(self.manifest, entry)
+        save_manifest(self.out, self.manifest)
+        self.result.artifacts.append(entry)
+        verdict = "[green]parity ok[/green]" if passed else "[red]PARITY FAILED[/red]"
+        self.log(f"{path} ({fmt} {precision}): {verdict} rel-L2 {cmp.rel_l2:.2e}, cosine {cmp.cosine:.6f}, "
+                 f"top-1 agreement {cmp.top1_agreement:.1%}")
+        return entry
+
+    def torchscript(self) -> Dict[str, Any]:
+        from .torchscript import export_torchscript
+
+        path = self.path("torchscript", "fp32")
+        example = torch.from_numpy(self.inputs[: self.batch_size or 1])
+        facts = export_torchscript(self.model, path, example)
+        for note in facts["notes"]:
+            self.warn(note)
+        return self.check_and_record(path, "torchscript", "fp32", facts)
+
+    def onnx(self) -> Dict[str, Any]:
+        path = self.path("onnx", "fp32")
+        facts = export_onnx(self.model, path, self.image_size, self.batch_size, self.opset)
+        for note in facts["notes"]:
+            self.warn(note)
+        if facts["ops"].get("BatchNormalization"):
+            self.warn(f"{facts['ops']['BatchNormalization']} BatchNormalization nodes remain in the ONNX")
+        return self.check_and_record(path, "onnx", "fp32", facts)
+
+    def ensure_onnx(self) -> Path:
+        path = self.path("onnx", "fp32")
+        if not any(a["path"] == path.name for a in self.result.artifacts):
+            self.onnx()
+        return path
+
+    def fp16(self) -> Dict[str, Any]:
+        from .fp16 import convert_fp16
+
+        src = self.ensure_onnx()
+        path = self.path("onnx", "fp16")
+        facts = convert_fp16(src, path, groupnorm1_paths(self.model))
+        return self.check_and_record(path, "onnx", "fp16", {"opset": self.opset, **facts})
+
+    def int8(self, **calib: Any) -> Dict[str, Any]:
+        from ..calibrate.quantize import quantize_onnx
+
+        src = self.ensure_onnx()
+        path = self.path("onnx", "int8")
+        facts = quantize_onnx(src, path, spec=self.spec, image_size=self.image_size,
+                              manifest=self.manifest, log=self.log, **calib)
+        return self.check_and_record(path, "onnx", "int8", {"opset": self.opset, **facts})
+
+    def trt(self, precision: str, **build: Any) -> None:
+        from ..engines.tensorrt import build_engine
+
+        onnx_path = self.out / FILENAMES[("onnx", precision)]
+        try:
+            entry = build_engine(str(onnx_path), str(onnx_path.with_suffix(".engine")),
+                                 fp16=precision == "fp16", int8=precision == "int8",
+                                 manifest_folder=str(self.out), **build)
+            self.result.artifacts.append(entry)
+        except NeedsTargetDevice as e:
+            self.result.next_steps.append(str(e))
+            self.log(str(e))
+
+
+def export_model(model: str, to: Sequence[str] = ("onnx",), fp16: bool = False, int8: bool = False,
+                 checkpoint: Optional[str] = None, image_size: int = 224, batch_size: Optional[int] = None,
+                 opset: int = 17, out: Optional[str] = None, do_fuse: bool = True, data: Optional[str] = None,
+                 calib: Optional[Dict[str, Any]] = None, trt_build: Optional[Dict[str, Any]] = None,
+                 log: Log = lambda s: None) -> ExportResult:
+    """Export `model` to every target in `to` (torchscript, onnx, trt) and check each artifact's parity."""
+    unknown = [t for t in to if t not in TARGETS]
+    if unknown or not to:
+        raise LowformerError(f"--to must be one of {', '.join(TARGETS)}")
+    if int8 and not (calib or {}).get("calib_data"):
+        raise LowformerError("--int8 needs calibration images: pass --calib-data DIR")
+    if fp16 and int8:
+        raise LowformerError("choose one of --fp16 and --int8 per export")
+    if calib and calib.get("calib_data") and not os.path.isdir(calib["calib_data"]):
+        raise LowformerError(f"--calib-data {calib['calib_data']}: no such folder")
+    if data and not os.path.isdir(data):
+        raise LowformerError(f"--data {data}: no such folder")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        ex = Exporter(model, checkpoint, image_size, batch_size, opset, out, do_fuse, data, log)
+        if "torchscript" in to:
+            ex.torchscript()
+        if "onnx" in to or "trt" in to:
+            ex.ensure_onnx()
+            if fp16:
+                ex.fp16()
+            if int8:
+                ex.int8(**(calib or {}))
+        if "trt" in to:
+            ex.trt("fp16" if fp16 else "int8" if int8 else "fp32", **(trt_build or {}))
+    return ex.result
