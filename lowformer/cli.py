@@ -165,3 +165,98 @@ def export_cmd(model, to, fp16, int8, checkpoint, image_size, batch_size, dynami
         for step in result.next_steps:
             console.print(f"[bold]next step:[/bold] {step}", highlight=False, soft_wrap=True)
     sys.exit(result.exit_code)
+
+
+@main.command("build-engine")
+@click.argument("onnx_file", metavar="FILE.onnx", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), help="Engine file [default: FILE.engine beside the ONNX].")
+@click.option("--fp16", is_flag=True, help="FP16 engine (from model_fp16.onnx; TensorRT 10 also takes an FP32 ONNX).")
+@click.option("--int8", is_flag=True, help="INT8 engine from a Q/DQ ONNX (model_int8.onnx).")
+@click.option("--min-batch", default=1, show_default=True, type=click.IntRange(1), help="Smallest batch the engine takes.")
+@click.option("--opt-batch", default=1, show_default=True, type=click.IntRange(1), help="Batch TensorRT tunes for.")
+@click.option("--max-batch", default=1, show_default=True, type=click.IntRange(1), help="Largest batch the engine takes.")
+@click.option("--workspace-mb", default=2048, show_default=True, type=click.IntRange(16), help="Builder workspace.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False),
+              help="Timing cache file reused across builds [default: trt-timing.cache beside the engine].")
+@click.option("--json", "as_json", is_flag=True, help="Print the engine's manifest entry as JSON to stdout.")
+@handle_errors
+def build_engine_cmd(onnx_file: str, out: Optional[str], fp16: bool, int8: bool, min_batch: int, opt_batch: int,
+                     max_batch: int, workspace_mb: int, timing_cache: Optional[str], as_json: bool) -> None:
+    """Build a TensorRT engine from FILE.onnx. Run this on the target device.
+
+    \b
+    Edge flow: export, calibrate and validate the ONNX on a workstation, copy the
+    folder to the device, then for example:
+      lowformer build-engine artifacts/b1-224/model_fp16.onnx --fp16
+    The engine is recorded in the folder's manifest.json when there is one.
+
+    \b
+    Exit codes: 0 built; 1 error; 3 TensorRT or a CUDA GPU is missing here
+    (the message says what to run on the target device).
+    """
+    from .engines.tensorrt import build_engine
+
+    with console.status(f"building a TensorRT engine from {onnx_file} (this can take minutes)..."):
+        entry = build_engine(onnx_file, out, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
+                             workspace_mb=workspace_mb, timing_cache=timing_cache, fp16=fp16, int8=int8)
+    if as_json:
+        return emit_json(entry)
+    b = entry["build"]
+    console.print(f"wrote {entry['path']}: {entry['precision']}, batch {b['min_batch']}..{b['max_batch']}, "
+                  f"TensorRT {entry['tensorrt']} on {entry['gpu']} (sm {entry['compute_capability']}), "
+                  f"sha256 {entry['sha256'][:12]}", highlight=False, soft_wrap=True)
+    for w in entry.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
+
+
+@main.command("validate")
+@click.argument("artifacts", nargs=-1, required=True, metavar="ARTIFACT_OR_MANIFEST...")
+@click.option("--data", required=True, type=click.Path(), help="val/<wnid>/*.JPEG folder, or a flat folder with --labels.")
+@click.option("--labels", type=click.Path(), help="LOC_val_solution.csv, or lines of '<file> <wnid-or-index>'.")
+@click.option("--limit", type=int, help="Validate a deterministic, class-stratified subset of N images.")
+@click.option("--batch-size", default=50, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--workers", type=click.IntRange(0, 64), help="DataLoader decode workers [default: cores-1, max 4].")
+@click.option("--reference", help="Reference MODEL (default: the one in the artifacts' manifest).")
+@click.option("--checkpoint", type=click.Path(), help="Weights of --reference (omit: random init).")
+@click.option("--gate-top1-drop", type=float, help="Max top-1 drop in pt vs the reference [fp16 0.2, int8 1.0].")
+@click.option("--gate-agreement", type=float, help="Min top-1 agreement with the reference, 0..1 [fp32 0.999, fp16 0.995].")
+@click.option("--crop-ratio", type=float, help="Override the manifest's crop/resize ratio (e.g. 0.875).")
+@click.option("--interpolation", type=click.Choice(["bicubic", "bilinear", "nearest"]), help="Override the resize filter.")
+@click.option("--mean", help="Override normalization mean, e.g. 0.485,0.456,0.406.")
+@click.option("--std", help="Override normalization std, e.g. 0.229,0.224,0.225.")
+@click.option("--skip-bad-images", is_flag=True, help="Skip (and list) unreadable images instead of failing.")
+@click.option("--report", type=click.Path(), help="Write the full result (incl. flipped images) as JSON.")
+@click.option("--threads", type=click.IntRange(1, 256), help="Inference threads (torch and ONNX Runtime).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON to stdout.")
+@handle_errors
+def validate_cmd(artifacts, data, labels, limit, batch_size, workers, reference, checkpoint, gate_top1_drop,
+                 gate_agreement, crop_ratio, interpolation, mean, std, skip_bad_images, report, threads,
+                 as_json) -> None:
+    """ImageNet top-1/top-5 of every artifact against the PyTorch reference, on the same images.
+
+    \b
+    Exit code 0 only if every artifact passes its gate:
+      fp32: top-1 agreement >= 99.9%;  fp16: drop <= 0.2 pt and agreement >= 99.5%;  int8: drop <= 1.0 pt.
+    The outcome is also recorded under "validation" in each artifact's manifest entry.
+    """
+    from .validate import parse_triplet, progress_bar, validate
+
+    mean, std = parse_triplet(mean, "--mean"), parse_triplet(std, "--std")
+    with progress_bar(console) as progress:
+        result = validate(list(artifacts), data, labels=labels, limit=limit, batch_size=batch_size, workers=workers,
+                          reference=reference, checkpoint=checkpoint, gate_top1_drop=gate_top1_drop,
+                          gate_agreement=gate_agreement, crop_ratio=crop_ratio, interpolation=interpolation,
+                          mean=mean, std=std,
+                          skip_bad_images=skip_bad_images, report=report, threads=threads, progress=progress)
+    for w in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        d = result.data
+        print_table(f"{d['images']} images, labels: {d['label_source']}", result.COLUMNS, result.rows())
+        for a in result.artifacts:
+            for f in a.failures:
+                console.print(f"[red]{a.name}:[/red] {f}", highlight=False, soft_wrap=True)
+    if not result.passed:
+        sys.exit(1)

@@ -206,6 +206,7 @@ class Exporter:
             entry = build_engine(str(onnx_path), str(onnx_path.with_suffix(".engine")),
                                  fp16=precision == "fp16", int8=precision == "int8",
                                  manifest_folder=str(self.out), **build)
+            upsert_artifact(self.manifest, entry)  # build_engine saved it too; keep ours in step
             self.result.artifacts.append(entry)
         except NeedsTargetDevice as e:
             self.result.next_steps.append(str(e))

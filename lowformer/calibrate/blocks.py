@@ -1,0 +1,78 @@
+"""ONNX nodes -> model blocks (`stem.N`, `stages.S.B`, `head`) and --exclude module globs -> nodes."""
+from __future__ import annotations
+
+import fnmatch
+from collections import OrderedDict
+from typing import Dict, Iterable, List, Optional, Sequence
+
+from ..errors import LowformerError
+from ..export.naming import module_path_of_node
+
+
+def block_of_path(path: str) -> Optional[str]:
+    """`stages.2.1.attn.main.1` -> `stages.2.1`; `stem.0.conv` -> `stem.0`; `in_conv.conv` -> None."""
+    parts = path.split(".") if path else []
+    if len(parts) >= 2 and parts[1].isdigit():
+        digits = [parts[0]]
+        for p in parts[1:3]:
+            if not p.isdigit():
+                break
+            digits.append(p)
+        return ".".join(digits)
+    return None
+
+
+def node_blocks(node_names: Sequence[str]) -> Dict[str, str]:
+    """Block of every node that belongs to a module. Modules outside numbered blocks (LowFormer's
+    head, EfficientNet's conv_stem/conv_head) join `stem` before the first block, `head` after it."""
+    out: Dict[str, str] = {}
+    seen_block = False
+    for name in node_names:
+        path = module_path_of_node(name)
+        if not path:
+            continue  # shape arithmetic outside any module
+        block = block_of_path(path)
+        if block is not None and not block.startswith("stem"):
+            seen_block = True
+        out[name] = block if block is not None else ("head" if seen_block else "stem")
+    return out
+
+
+def blocks_in_order(node_names: Sequence[str]) -> List[str]:
+    return list(OrderedDict.fromkeys(node_blocks(node_names).values()))
+
+
+def nodes_of_blocks(node_names: Sequence[str], blocks: Iterable[str]) -> List[str]:
+    wanted = set(blocks)
+    return [n for n, b in node_blocks(node_names).items() if b in wanted]
+
+
+def match_module(path: str, pattern: str) -> bool:
+    """A glob matches a module and everything inside it (`stages.3.*.attn` covers `...attn.main.1`)."""
+    return fnmatch.fnmatchcase(path, pattern) or fnmatch.fnmatchcase(path, pattern + ".*")
+
+
+def nodes_matching(node_names: Sequence[str], patterns: Iterable[str], strict: bool = True) -> List[str]:
+    """Nodes whose module path matches any glob, or whose block is named (e.g. `head`)."""
+    patterns = [p.strip() for p in patterns if p and p.strip()]
+    if not patterns:
+        return []
+    blocks = node_blocks(node_names)
+    out, used = [], set()
+    for name in node_names:
+        path = module_path_of_node(name)
+        for pat in patterns:
+            if (path and match_module(path, pat)) or blocks.get(name) == pat:
+                out.append(name)
+                used.add(pat)
+                break
+    unused = [p for p in patterns if p not in used]
+    if strict and unused:
+        raise LowformerError(f"--exclude {unused[0]!r} matches no module of the model "
+                             f"(module paths look like {_example(blocks)})")
+    return out
+
+
+def _example(blocks: Dict[str, str]) -> str:
+    names = list(OrderedDict.fromkeys(blocks.values()))
+    return ", ".join(names[1:3] or names[:2]) + ", ..."

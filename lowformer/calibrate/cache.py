@@ -1,0 +1,132 @@
+"""Calibration cache: per-tensor activation histograms as JSON, keyed by what produced them.
+
+The key is the FP32 ONNX (sha256), the checkpoint, the calibration images (sha256 of the sorted file
+list), their count and the preprocessing. Method, target and exclusions are not part of it: ranges
+for any method are derived from the stored histograms, so changing those never re-runs the model.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+
+from ..errors import LowformerError
+from ..io import ensure_dir, write_json
+from .ranges import METHODS, TensorHistogram, compute_range, rebin
+
+SCHEMA = 1
+NUM_BINS = 2048  # per tensor, symmetric around zero (TensorRT's entropy calibrator uses 2048 too)
+MAX_BINS = 8192  # ORT grows histograms when later batches widen the range; merge bins past this
+CACHE_DIRNAME = "calib-cache"
+
+Log = Callable[[str], None]
+
+
+def cache_key(onnx_sha256: str, checkpoint: str, data_sha256: str, calib_size: int,
+              preprocessing: Dict[str, Any]) -> Dict[str, Any]:
+    return {"schema": SCHEMA, "onnx_sha256": onnx_sha256, "checkpoint": checkpoint, "data_sha256": data_sha256,
+            "calib_size": int(calib_size), "preprocessing": preprocessing, "num_bins": NUM_BINS}
+
+
+def key_digest(key: Dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class CalibrationCache:
+    path: Path
+    key: Dict[str, Any]
+    tensors: Dict[str, TensorHistogram]
+    ranges: Dict[str, Dict[str, Tuple[float, float]]] = field(default_factory=dict)
+    hit: bool = False  # loaded from disk (the model did not run)
+    dirty: bool = False
+
+    def ranges_for(self, method: str) -> Dict[str, Tuple[float, float]]:
+        """Per-tensor (low, high) for `method`, computed from the histograms once, then stored."""
+        if method not in METHODS:
+            raise LowformerError(f"unknown calibration method {method!r} (use {', '.join(METHODS)})")
+        if method not in self.ranges:
+            self.ranges[method] = {name: compute_range(h, method) for name, h in self.tensors.items()}
+            self.dirty = True
+        return self.ranges[method]
+
+    def save(self) -> None:
+        write_json(self.path, {"key": self.key, "digest": key_digest(self.key),
+                               "tensors": {n: h.to_json() for n, h in self.tensors.items()},
+                               "ranges": {m: {n: list(r) for n, r in rs.items()} for m, rs in self.ranges.items()}})
+        self.dirty = False
+
+    def save_if_dirty(self) -> None:
+        if self.dirty:
+            self.save()
+
+
+def cache_path(cache_dir: Path, key: Dict[str, Any]) -> Path:
+    return Path(cache_dir) / f"calib-{key_digest(key)[:20]}.json"
+
+
+def load_cache(path: Path, key: Dict[str, Any]) -> Optional[CalibrationCache]:
+    """The cache at `path` if it exists, parses and was made for exactly `key`; else None."""
+    try:
+        data = json.loads(Path(path).read_text())
+        if data.get("key") != key:
+            return None
+        tensors = {n: TensorHistogram.from_json(d) for n, d in data["tensors"].items()}
+        ranges = {m: {n: (float(r[0]), float(r[1])) for n, r in rs.items()} for m, rs in data.get("ranges", {}).items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # missing or damaged: calibrate again
+    return CalibrationCache(Path(path), key, tensors, ranges, hit=True)
+
+
+@contextlib.contextmanager
+def quiet_ort() -> Iterator[None]:
+    """ORT's quantization tools print progress to stdout and warn via logging: keep stdout for --json."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def collect_histograms(model_path: Path, readers, total: int, log: Log = lambda s: None,
+                       progress: Optional[Callable[[int], None]] = None) -> Dict[str, TensorHistogram]:
+    """Run the model on every batch (ORT's histogram calibrator over all float tensors)."""
+    from onnxruntime.quantization import CalibrationMethod, create_calibrator
+
+    with tempfile.TemporaryDirectory(prefix="lowformer-calib-") as tmp, quiet_ort():
+        calibrator = create_calibrator(
+            Path(model_path), op_types_to_calibrate=None,
+            augmented_model_path=str(Path(tmp) / "augmented_model.onnx"),
+            calibrate_method=CalibrationMethod.Entropy,
+            extra_options={"num_bins": NUM_BINS, "symmetric": False})
+        # One batch per collect_data call: the histogram calibrator keeps all outputs of a call in memory.
+        for reader in readers:
+            calibrator.collect_data(reader)
+            if progress:
+                progress(1)
+        histograms = calibrator.collector.histogram_dict
+        return {name: rebin(TensorHistogram.from_collector(entry), MAX_BINS) for name, entry in histograms.items()}
+
+
+def open_cache(cache_dir: Path, key: Dict[str, Any], collect: Callable[[], Dict[str, TensorHistogram]],
+               log: Log = lambda s: None) -> CalibrationCache:
+    """The cached histograms for `key`, or collect them (running the model) and store them."""
+    path = cache_path(cache_dir, key)
+    cache = load_cache(path, key)
+    if cache is not None:
+        log(f"calibration cache hit: {path} (the model does not run again)")
+        return cache
+    ensure_dir(cache_dir)
+    cache = CalibrationCache(path, key, collect())
+    cache.save()
+    log(f"calibration cache written: {path}")
+    return cache

@@ -1,0 +1,154 @@
+"""Explicit-quantization (Q/DQ) ONNX from precomputed activation ranges, per deployment target.
+
+ONNX Runtime's `quantize_static` does the graph work. It accepts a calibration cache file in place
+of a data reader (ORT >= 1.20: `calibration_cache_path`), so we hand it the ranges we derived from
+our own histogram cache and it never runs the model.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import LowformerError
+from ..io import atomic_path
+from .cache import quiet_ort
+
+TARGETS = ("cpu", "tensorrt")
+WEIGHTED_OPS = ["Conv", "ConvTranspose", "MatMul", "Gemm"]
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """How one deployment target wants its Q/DQ graph."""
+
+    name: str
+    activation_type: str  # "QInt8" | "QUInt8"
+    weight_type: str
+    op_types: Tuple[str, ...]
+    extra_options: Dict[str, Any] = field(default_factory=dict)
+    residual_adds_only: bool = True  # quantize Add only where both inputs are activations
+
+    def describe(self) -> Dict[str, Any]:
+        return {"target": self.name, "format": "QDQ", "activation_type": self.activation_type,
+                "weight_type": self.weight_type, "per_channel": True, "activation_symmetric":
+                bool(self.extra_options.get("ActivationSymmetric")), "op_types": list(self.op_types)}
+
+
+TARGET_CONFIGS: Dict[str, TargetConfig] = {
+    # TensorRT: symmetric s8 everywhere (zero point 0); Q/DQ only on the inputs of weighted layers and of
+    # residual Adds, which TensorRT fuses into int8 kernels (conv + residual add).
+    "tensorrt": TargetConfig(
+        "tensorrt", "QInt8", "QInt8", tuple(WEIGHTED_OPS + ["Add"]),
+        {"ActivationSymmetric": True, "WeightSymmetric": True,
+         "OpTypesToExcludeOutputQuantization": WEIGHTED_OPS + ["Add"]}),
+    # ONNX Runtime CPU: u8 activations x s8 per-channel weights (MLAS' fast u8s8 kernels; s8s8 ran
+    # 2x slower than FP32 here). The op set and options are the measured-fastest, see
+    # benchmarks/int8_speed.py.
+    "cpu": TargetConfig("cpu", "QUInt8", "QInt8", tuple(WEIGHTED_OPS + ["Add"]), {}),
+}
+
+
+def target_config(target: str) -> TargetConfig:
+    if target not in TARGET_CONFIGS:
+        raise LowformerError(f"unknown INT8 target {target!r} (use {', '.join(TARGETS)})")
+    return TARGET_CONFIGS[target]
+
+
+def _constant_names(model) -> set:
+    consts = {i.name for i in model.graph.initializer}
+    consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return consts
+
+
+def non_residual_adds(model) -> List[str]:
+    """Add nodes with a constant operand (biases, norm epsilons): not worth a Q/DQ pair."""
+    consts = _constant_names(model)
+    return [n.name for n in model.graph.node
+            if n.op_type == "Add" and any(i in consts for i in n.input)]
+
+
+def prepare_model(src: Path, dst: Path) -> None:
+    """Constant nodes -> initializers (ORT's quantizer treats a Constant-fed weight as an activation)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    keep = []
+    for node in model.graph.node:
+        value = next((a for a in node.attribute if a.name == "value"), None)
+        if node.op_type == "Constant" and value is not None and len(node.attribute) == 1:
+            arr = numpy_helper.to_array(value.t)
+            model.graph.initializer.append(numpy_helper.from_array(arr, node.output[0]))
+            continue
+        keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    onnx.save(model, str(dst))
+
+
+def _ort_method(method: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[method]
+
+
+def quantize_with_ranges(prepared: Path, dst: Path, ranges: Dict[str, Tuple[float, float]], method: str,
+                         target: str, nodes_to_exclude: Sequence[str] = (),
+                         extra_options: Dict[str, Any] | None = None) -> Dict[str, Any]:
+    """Write the Q/DQ model of `prepared` to `dst` (atomically) using the given activation ranges."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
+
+    cfg = target_config(target)
+    model = onnx.load(str(prepared), load_external_data=False)
+    exclude = list(dict.fromkeys(list(nodes_to_exclude) + (non_residual_adds(model) if cfg.residual_adds_only else [])))
+    options = {**cfg.extra_options, **(extra_options or {})}
+    data = {name: TensorData(lowest=np.array(lo, dtype=np.float32), highest=np.array(hi, dtype=np.float32))
+            for name, (lo, hi) in ranges.items()}
+    with tempfile.TemporaryDirectory(prefix="lowformer-q-") as tmp:
+        ort_cache = Path(tmp) / "ranges.json"
+        save_tensors_data(TensorsData(_ort_method(method), data), ort_cache)
+        with atomic_path(dst) as out, quiet_ort():
+            try:
+                quantize_static(str(prepared), str(out), calibration_data_reader=None,
+                                quant_format=QuantFormat.QDQ, op_types_to_quantize=list(cfg.op_types),
+                                per_channel=True, reduce_range=False,
+                                activation_type=getattr(QuantType, cfg.activation_type),
+                                weight_type=getattr(QuantType, cfg.weight_type),
+                                nodes_to_exclude=exclude, calibrate_method=_ort_method(method),
+                                extra_options=options, calibration_cache_path=str(ort_cache))
+            except (ValueError, RuntimeError, KeyError) as e:
+                raise LowformerError(f"ONNX Runtime quantization failed: {str(e).splitlines()[0]}") from None
+    return {**cfg.describe(), "method": method, "extra_options": {k: v for k, v in options.items()},
+            "excluded_nodes": len(nodes_to_exclude)}
+
+
+def qdq_summary(path: Path) -> Dict[str, Any]:
+    """What the Q/DQ graph holds: counts, activation/weight dtypes, zero points, per-channel weights."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    act_types, weight_types, zero_points, per_channel = set(), set(), set(), 0
+    for n in q:
+        if len(n.input) > 2 and n.input[2] in inits:
+            zp = inits[n.input[2]]
+            act_types.add(str(zp.dtype))
+            zero_points.update(int(v) for v in np.ravel(zp))
+    for n in dq:
+        if n.input[0] in inits and inits[n.input[0]].dtype in (np.int8, np.uint8):
+            weight_types.add(str(inits[n.input[0]].dtype))
+            if np.ndim(inits[n.input[1]]) == 1 and inits[n.input[1]].size > 1:
+                per_channel += 1
+    return {"quantize_nodes": len(q), "dequantize_nodes": len(dq), "activation_dtypes": sorted(act_types),
+            "weight_dtypes": sorted(weight_types), "per_channel_weights": per_channel,
+            "activation_zero_points": sorted(zero_points)[:8] if len(zero_points) <= 8 else "varied"}

@@ -1,0 +1,300 @@
+"""Labelled image sets for validation and INT8 calibration.
+
+Two layouts: an ImageFolder (`val/<class>/*.JPEG`) and a flat folder of images plus a label file
+(Kaggle's `LOC_val_solution.csv`, or lines of `<file> <wnid-or-index>`). ImageNet wnids always map
+to the canonical ImageNet-1k class order, never to the order of the folders that happen to exist.
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch.utils.data
+
+from .errors import LowformerError
+from .io import PathLike
+from .preprocess import Preprocessing
+
+# torchvision's IMG_EXTENSIONS (matched case-insensitively).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+SYNSETS_FILE = Path(__file__).resolve().parent / "data" / "imagenet_synsets.txt"
+KAGGLE_LABELS = "LOC_val_solution.csv"
+_WNID = re.compile(r"^n\d{8}$")
+
+
+class Sample(NamedTuple):
+    path: Path
+    label: int
+
+
+@dataclass
+class SampleList:
+    """The labelled images of a data folder and how their labels were decided."""
+
+    root: Path
+    samples: List[Sample]
+    layout: str  # "imagefolder" or "flat+labels"
+    label_source: str  # human-readable: where the class indices come from
+    imagenet: bool  # labels are ImageNet-1k class indices
+    classes: List[str] = field(default_factory=list)  # index -> class folder name (folder order only)
+    labels_file: Optional[Path] = None
+    unlabeled: List[Path] = field(default_factory=list)  # images the label file does not mention
+    missing: int = 0  # label-file entries whose image is absent
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def describe(self) -> Dict[str, object]:
+        return {"root": str(self.root), "layout": self.layout, "label_source": self.label_source,
+                "imagenet_labels": self.imagenet, "labels_file": str(self.labels_file) if self.labels_file else None,
+                "images_listed": len(self.samples), "classes_present": len({s.label for s in self.samples}),
+                "unlabeled_images": len(self.unlabeled), "labels_without_image": self.missing}
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_wnids() -> Tuple[str, ...]:
+    """The 1000 ImageNet-1k wnids in canonical (class index) order."""
+    try:
+        lines = SYNSETS_FILE.read_text().splitlines()
+    except OSError as e:
+        raise LowformerError(f"cannot read the ImageNet class list {SYNSETS_FILE}: {e}") from None
+    return tuple(line.split()[0] for line in lines if line.strip())
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_index() -> Dict[str, int]:
+    return {w: i for i, w in enumerate(imagenet_wnids())}
+
+
+def is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _images_in(folder: Path, recursive: bool) -> List[Path]:
+    it = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in it if is_image(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def _subfolders(folder: Path) -> List[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def list_samples(data: PathLike, labels: Optional[PathLike] = None) -> SampleList:
+    """All labelled images under `data`.
+
+    Without `labels`: class subfolders (ImageNet wnids -> canonical indices, anything else -> sorted
+    folder order, as torchvision's ImageFolder), or a flat folder with `LOC_val_solution.csv` in it
+    or up to four folders above it (Kaggle's layout).
+    """
+    root = Path(data)
+    if not root.exists():
+        raise LowformerError(f"no such data folder: {root}")
+    if not root.is_dir():
+        raise LowformerError(f"--data must be a folder of images: {root}")
+    if labels is not None:
+        return _flat_with_labels(root, Path(labels))
+    folders = _subfolders(root)
+    flat = _images_in(root, recursive=False)
+    # A dataset folder holding just `val/` (e.g. imagenet-val-1300/): use the split inside.
+    if not flat and len(folders) == 1 and _subfolders(folders[0]):
+        root, folders = folders[0], _subfolders(folders[0])
+    if folders and not flat:
+        return _image_folder(root, folders)
+    if flat:
+        found = _find_kaggle_labels(root)
+        if found is None:
+            raise LowformerError(f"{root} holds images but no class folders: give --labels "
+                                 f"(LOC_val_solution.csv or lines of '<file> <wnid-or-index>')")
+        return _flat_with_labels(root, found)
+    raise LowformerError(f"no images found in {root} (expected <class>/*.JPEG or a flat folder with --labels)")
+
+
+def _image_folder(root: Path, folders: List[Path]) -> SampleList:
+    names = [f.name for f in folders]
+    index = imagenet_index()
+    if all(n in index for n in names):
+        mapping, imagenet = {n: index[n] for n in names}, True
+        source = f"ImageNet-1k wnid order ({SYNSETS_FILE.name})"
+        classes: List[str] = []
+    else:
+        mapping, imagenet = {n: i for i, n in enumerate(names)}, False
+        not_wnid = next(n for n in names if n not in index)
+        source = f"sorted folder order ({len(names)} classes; {not_wnid!r} is not an ImageNet wnid)"
+        classes = names
+    samples = [Sample(p, mapping[f.name]) for f in folders for p in _images_in(f, recursive=True)]
+    if not samples:
+        raise LowformerError(f"no images found in the class folders of {root}")
+    return SampleList(root, samples, "imagefolder", source, imagenet, classes)
+
+
+def _find_kaggle_labels(root: Path) -> Optional[Path]:
+    for folder in [root, *list(root.resolve().parents)[:4]]:
+        if (folder / KAGGLE_LABELS).is_file():
+            return folder / KAGGLE_LABELS
+    return None
+
+
+def read_label_file(path: Path) -> Tuple[List[Tuple[str, int]], str, bool]:
+    """(file or image id, class index) pairs, a description, and whether the indices are ImageNet's.
+
+    Formats: Kaggle `ImageId,PredictionString` CSV (first token of the prediction is the wnid), or
+    lines `<file> <wnid-or-index>` (space, tab or comma separated; `#` comments allowed).
+    """
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise LowformerError(f"cannot read label file {path}: {e.strerror or e}") from None
+    index = imagenet_index()
+    pairs: List[Tuple[str, int]] = []
+    kinds = set()
+    lines = text.splitlines()
+    if lines and lines[0].replace(" ", "").lower().startswith("imageid,predictionstring"):
+        for n, row in enumerate(csv.reader(lines[1:]), start=2):
+            if not row:
+                continue
+            tokens = row[1].split() if len(row) > 1 else []
+            if not tokens or tokens[0] not in index:
+                raise LowformerError(f"{path}:{n}: expected 'ImageId,<wnid> ...', got {','.join(row)[:60]!r}")
+            pairs.append((row[0].strip(), index[tokens[0]]))
+        kinds.add("wnid")
+    else:
+        for n, line in enumerate(lines, start=1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            parts = re.split(r"[\s,]+", line)
+            if len(parts) < 2:
+                raise LowformerError(f"{path}:{n}: expected '<file> <wnid-or-index>', got {line[:60]!r}")
+            name, lab = parts[0], parts[1]
+            if lab.isdigit():
+                pairs.append((name, int(lab)))
+                kinds.add("index")
+            elif lab in index:
+                pairs.append((name, index[lab]))
+                kinds.add("wnid")
+            elif n == 1 and lab.isalpha() and Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+                continue  # a header line such as "file,label"
+            else:
+                raise LowformerError(f"{path}:{n}: label {lab!r} is neither a class index nor an ImageNet wnid")
+    if not pairs:
+        raise LowformerError(f"label file {path} lists no images")
+    if kinds == {"wnid"}:
+        return pairs, f"label file {path.name} (wnids, ImageNet-1k order)", True
+    if kinds == {"index"}:
+        return pairs, f"label file {path.name} (class indices)", False
+    return pairs, f"label file {path.name} (wnids and class indices)", True
+
+
+def _flat_with_labels(root: Path, labels: Path) -> SampleList:
+    if not labels.is_file():
+        raise LowformerError(f"no such label file: {labels}")
+    pairs, source, imagenet = read_label_file(labels)
+    images = _images_in(root, recursive=False)
+    by_name = {p.name: p for p in images}
+    by_stem = {p.stem: p for p in images}
+    samples, used, missing = [], set(), 0
+    for key, label in pairs:
+        p = by_name.get(key) or by_stem.get(key) or by_name.get(Path(key).name)
+        if p is None and is_image(root / key):
+            p = root / key  # a path relative to the data folder
+        if p is None:
+            missing += 1
+            continue
+        if p not in used:
+            used.add(p)
+            samples.append(Sample(p, label))
+    if not samples:
+        raise LowformerError(f"none of the {len(pairs)} images in {labels} is in {root}")
+    samples.sort(key=lambda s: s.path)
+    unlabeled = [p for p in images if p not in used]
+    return SampleList(root, samples, "flat+labels", source, imagenet, [], labels, unlabeled, missing)
+
+
+def _rank(seed: int, key: str) -> str:
+    # A hash, not a RNG stream: a file's rank does not depend on which other files exist.
+    return hashlib.sha1(f"{seed}:{key}".encode()).hexdigest()
+
+
+def _sample_key(s: Sample) -> str:
+    return f"{s.path.parent.name}/{s.path.name}"  # stable across machines (no absolute root)
+
+
+def stratified_subset(samples: Sequence[Sample], n: Optional[int], seed: int = 0,
+                      exclude: Iterable[Union[Sample, PathLike]] = ()) -> List[Sample]:
+    """A deterministic, class-balanced subset of `n` samples (all of them when n is None).
+
+    Classes are visited in a seeded order, one image each per round, so `n` smaller than the number
+    of classes still spreads over unrelated classes. `exclude` (samples or paths) removes images
+    first, e.g. calibration images disjoint from an evaluation subset.
+    """
+    excluded = {Path(e.path if isinstance(e, Sample) else e) for e in exclude}
+    pool = [s for s in samples if s.path not in excluded]
+    if n is None or n >= len(pool):
+        return list(pool)
+    if n <= 0:
+        return []
+    by_class: Dict[int, List[Sample]] = defaultdict(list)
+    for s in pool:
+        by_class[s.label].append(s)
+    order = sorted(by_class, key=lambda c: _rank(seed, f"class:{c}"))
+    queues = [sorted(by_class[c], key=lambda s: _rank(seed, _sample_key(s))) for c in order]
+    chosen: List[Sample] = []
+    depth = 0
+    while len(chosen) < n:
+        for q in queues:
+            if depth < len(q):
+                chosen.append(q[depth])
+                if len(chosen) == n:
+                    break
+        depth += 1
+    picked = set(chosen)
+    return [s for s in pool if s in picked]  # the original (path) order
+
+
+def load_rgb(path: PathLike):
+    """Decode an image fully as 8-bit RGB (grayscale, CMYK, palette and alpha images converted)."""
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        img = Image.open(f)
+        img.load()  # decode now: truncated files fail here, not later
+        return img.convert("RGB")
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """A torch Dataset of (tensor, label, index, error) with the given Preprocessing.
+
+    Unreadable images do not raise (that would kill a DataLoader worker); they yield a zero tensor
+    and the error text, and the consumer decides whether that is fatal.
+    """
+
+    def __init__(self, samples: Sequence[Sample], preprocessing: Preprocessing):
+        self.samples = list(samples)
+        self.preprocessing = preprocessing
+        self._transform = None  # built lazily in each worker
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        if self._transform is None:
+            self._transform = self.preprocessing.transform()
+        path, label = self.samples[i]
+        try:
+            x = self._transform(load_rgb(path))
+            error = ""
+        except Exception as e:  # any decoder failure: corrupt, truncated, not an image
+            x = torch.zeros(3, self.preprocessing.crop, self.preprocessing.crop)
+            error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+        return x, label, i, error
+
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["_transform"] = None
+        return d

@@ -1,0 +1,462 @@
+"""ImageNet accuracy parity: every artifact against the PyTorch reference, on the same decoded batches.
+
+One pass over the data: each image is decoded and preprocessed once (DataLoader workers), then the
+reference and every artifact run on that batch. Per artifact: top-1/top-5, top-1 delta against the
+reference, top-1 agreement, logit cosine and max-abs difference, and the images whose prediction
+flipped. Precision-specific gates decide pass/fail; the caller (the CLI) turns that into an exit code.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .compare import compare_logits
+from .errors import LowformerError
+from .io import PathLike, write_json
+from .preprocess import Preprocessing
+
+# (pt drop of top-1 allowed, minimum top-1 agreement); None = not gated.
+DEFAULT_GATES: Dict[str, Tuple[Optional[float], Optional[float]]] = {
+    "fp32": (None, 0.999),
+    "fp16": (0.2, 0.995),
+    "int8": (1.0, None),
+}
+MAX_FLIPS_IN_MANIFEST = 50
+
+ProgressFn = Callable[[int, int, Dict[str, float]], None]
+
+
+@dataclass
+class Gate:
+    max_top1_drop: Optional[float] = None  # percentage points
+    min_agreement: Optional[float] = None  # fraction of images
+
+    @classmethod
+    def for_precision(cls, precision: str, max_top1_drop: Optional[float] = None,
+                      min_agreement: Optional[float] = None) -> "Gate":
+        drop, agree = DEFAULT_GATES.get(precision, (None, None))
+        return cls(drop if max_top1_drop is None else max_top1_drop,
+                   agree if min_agreement is None else min_agreement)
+
+    def failures(self, top1_delta: float, agreement: float) -> List[str]:
+        out = []
+        if self.max_top1_drop is not None and -top1_delta > self.max_top1_drop + 1e-9:
+            out.append(f"top-1 dropped {-top1_delta:.2f} pt > {self.max_top1_drop:g} pt")
+        if self.min_agreement is not None and agreement < self.min_agreement - 1e-12:
+            out.append(f"top-1 agreement {agreement * 100:.2f}% < {self.min_agreement * 100:g}%")
+        return out
+
+
+@dataclass
+class ModelScore:
+    """Accuracy of one model; the parity fields are None for the reference itself."""
+
+    name: str
+    backend: str
+    precision: str
+    path: Optional[str]
+    images: int = 0
+    top1: float = 0.0  # percent
+    top5: float = 0.0
+    top1_delta: Optional[float] = None  # pt, artifact minus reference
+    agreement: Optional[float] = None  # fraction of images with the reference's top-1 class
+    cosine: Optional[float] = None  # mean per-image logit cosine
+    max_abs: Optional[float] = None
+    rel_l2: Optional[float] = None
+    flipped: List[Dict[str, Any]] = field(default_factory=list)
+    gate: Optional[Dict[str, Optional[float]]] = None
+    failures: List[str] = field(default_factory=list)
+    error: Optional[str] = None
+    passed: Optional[bool] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ValidationResult:
+    data: Dict[str, Any]
+    preprocessing: Dict[str, Any]
+    reference: ModelScore
+    artifacts: List[ModelScore]
+    warnings: List[str]
+    seconds: float
+    date: str
+
+    @property
+    def passed(self) -> bool:
+        return all(a.passed for a in self.artifacts)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"passed": self.passed, "date": self.date, "seconds": round(self.seconds, 2),
+                "images_per_second": round(self.data["images"] / self.seconds, 2) if self.seconds else None,
+                "data": self.data, "preprocessing": self.preprocessing,
+                "reference": self.reference.to_dict(), "artifacts": [a.to_dict() for a in self.artifacts],
+                "warnings": self.warnings}
+
+    def rows(self) -> List[List[str]]:
+        """The end-of-run table (model, top-1, top-5, delta, agreement, cosine, max|diff|, flips, gate)."""
+        def pct(v):
+            return f"{v:.2f}" if v is not None else "-"
+
+        r = self.reference
+        out = [[f"{r.name} (reference)", pct(r.top1), pct(r.top5), "-", "-", "-", "-", "-", "-"]]
+        for a in self.artifacts:
+            verdict = "error" if a.error else ("pass" if a.passed else "FAIL")
+            out.append([a.name, pct(a.top1), pct(a.top5),
+                        f"{a.top1_delta:+.2f}" if a.top1_delta is not None else "-",
+                        pct(a.agreement * 100 if a.agreement is not None else None),
+                        f"{a.cosine:.6f}" if a.cosine is not None else "-",
+                        f"{a.max_abs:.3g}" if a.max_abs is not None else "-",
+                        str(len(a.flipped)), verdict])
+        return out
+
+    COLUMNS = ["model", "top-1 %", "top-5 %", "Δ top-1 pt", "agree %", "cosine", "max|Δ|", "flips", "gate"]
+
+
+class _Tally:
+    """Running accuracy and (for artifacts) parity with the reference, over batches."""
+
+    def __init__(self) -> None:
+        self.n = self.top1 = self.top5 = self.agree = 0
+        self.cos_sum = self.max_abs = self.sq_diff = self.sq_ref = 0.0
+        self.flips: List[Dict[str, Any]] = []
+        self.num_classes = 0
+
+    def accuracy(self, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        k = min(5, logits.shape[1])
+        pred = logits.argmax(1)
+        topk = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+        self.n += len(labels)
+        self.top1 += int((pred == labels).sum())
+        self.top5 += int((topk == labels[:, None]).any(1).sum())
+        return pred
+
+    def parity(self, ref: np.ndarray, out: np.ndarray, ref_pred: np.ndarray, pred: np.ndarray,
+               labels: np.ndarray, paths: Sequence[str]) -> None:
+        cmp = compare_logits(ref, out)
+        self.cos_sum += cmp.cosine * cmp.n
+        self.max_abs = max(self.max_abs, cmp.max_abs)
+        self.sq_diff += float(np.square(out.astype(np.float64) - ref).sum())
+        self.sq_ref += float(np.square(ref.astype(np.float64)).sum())
+        same = ref_pred == pred
+        self.agree += int(same.sum())
+        for i in np.flatnonzero(~same):
+            self.flips.append({"path": paths[i], "label": int(labels[i]), "reference": int(ref_pred[i]),
+                               "artifact": int(pred[i])})
+
+    def pct(self, v: int) -> float:
+        return 100.0 * v / self.n if self.n else 0.0
+
+
+def near_chance(top1: float, num_classes: int, n: int) -> bool:
+    """Top-1 (percent) no better than guessing: chance + 3 standard errors + 1 pt."""
+    if n < 20 or num_classes < 2:
+        return False
+    p = 1.0 / num_classes
+    return top1 <= 100.0 * (p + 3.0 * (p * (1 - p) / n) ** 0.5) + 1.0
+
+
+def parse_triplet(text: Optional[str], what: str) -> Optional[Tuple[float, float, float]]:
+    """'0.485,0.456,0.406' -> a 3-tuple of floats (for --mean/--std)."""
+    if text is None:
+        return None
+    try:
+        vals = tuple(float(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 3:
+        raise LowformerError(f"{what} needs three comma-separated numbers, got {text!r}")
+    return vals  # type: ignore[return-value]
+
+
+def default_workers() -> int:
+    # Leave a core to the models: decoding runs beside inference, not instead of it.
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+def run_batched(runner, x: np.ndarray) -> np.ndarray:
+    """Logits for x; artifacts built for a fixed batch size run in chunks of it (last one padded)."""
+    fixed = runner.input_spec.fixed_batch
+    if not fixed or fixed == len(x):
+        return np.asarray(runner.run(x), dtype=np.float32)
+    outs = []
+    for i in range(0, len(x), fixed):
+        chunk = x[i:i + fixed]
+        n = len(chunk)
+        if n < fixed:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n, axis=0)])
+        outs.append(np.asarray(runner.run(chunk), dtype=np.float32)[:n])
+    return np.concatenate(outs)
+
+
+def _check_input_size(runner, crop: int, name: str) -> None:
+    h, w = runner.input_spec.shape[-2:]
+    if (isinstance(h, int) and h != crop) or (isinstance(w, int) and w != crop):
+        raise LowformerError(f"{name} takes {h}x{w} images but the preprocessing crops {crop}x{crop}; "
+                             f"validate it with a matching manifest")
+
+
+def _folder_of(path: Path, entry: Dict[str, Any]) -> Path:
+    """The export folder of an artifact: its path minus the entry's relative path."""
+    p = path.resolve()
+    for _ in Path(entry["path"]).parts:
+        p = p.parent
+    return p
+
+
+def _reference_from_manifests(items) -> Tuple[Any, Dict[str, Any], Path, bool]:
+    """(reference model, manifest, folder, whether its weights are trained rather than random)."""
+    from .export.manifest import checkpoint_path, reference_model
+
+    found = {}
+    for path, entry, manifest in items:
+        if manifest is None or entry is None:
+            raise LowformerError(f"{path} has no manifest entry: give --reference MODEL [--checkpoint PATH]")
+        folder = _folder_of(path, entry)
+        ckpt = checkpoint_path(manifest, folder)
+        sha = (manifest.get("checkpoint") or {}).get("sha256")
+        key = (manifest["model"]["name"], str(Path(ckpt).resolve()) if ckpt else None, sha)
+        found.setdefault(key, (manifest, folder, ckpt is not None and sha != "random-init"))
+    if len(found) > 1:
+        raise LowformerError("the artifacts come from different models or checkpoints: validate them "
+                             "separately, or give --reference MODEL --checkpoint PATH")
+    manifest, folder, trained = next(iter(found.values()))
+    return reference_model(manifest, folder), manifest, folder, trained
+
+
+def _record(items, scores: List[ModelScore], result: ValidationResult) -> None:
+    """Write each artifact's outcome into its manifest entry (one atomic rewrite per manifest)."""
+    from .export.manifest import load_manifest, save_manifest
+
+    by_folder: Dict[Path, List[Tuple[Dict[str, Any], ModelScore]]] = {}
+    for (path, entry, manifest), score in zip(items, scores):
+        if entry is not None:
+            by_folder.setdefault(_folder_of(path, entry), []).append((entry, score))
+    for folder, pairs in by_folder.items():
+        manifest = load_manifest(folder)  # re-read: another command may have changed it meanwhile
+        for entry, s in pairs:
+            target = next((a for a in manifest["artifacts"] if a["path"] == entry["path"]), None)
+            if target is None:
+                continue
+            target["validation"] = {
+                "date": result.date, "passed": bool(s.passed), "error": s.error,
+                "data": result.data["root"], "images": s.images, "limit": result.data["limit"],
+                "label_source": result.data["label_source"], "preprocessing": result.preprocessing,
+                "top1": s.top1, "top5": s.top5, "reference_top1": result.reference.top1,
+                "reference_top5": result.reference.top5, "top1_delta": s.top1_delta,
+                "agreement": s.agreement, "cosine": s.cosine, "max_abs": s.max_abs,
+                "flipped": len(s.flipped), "flipped_images": s.flipped[:MAX_FLIPS_IN_MANIFEST],
+                "gate": s.gate, "failures": s.failures,
+            }
+        save_manifest(folder, manifest)
+
+
+def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathLike] = None,
+             limit: Optional[int] = None, batch_size: int = 50, workers: Optional[int] = None,
+             reference: Optional[str] = None, checkpoint: Optional[str] = None,
+             gate_top1_drop: Optional[float] = None, gate_agreement: Optional[float] = None,
+             crop_ratio: Optional[float] = None, interpolation: Optional[str] = None,
+             mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+             skip_bad_images: bool = False, report: Optional[PathLike] = None, record: bool = True,
+             device: str = "cpu", threads: Optional[int] = None, seed: int = 0,
+             progress: Optional[ProgressFn] = None) -> ValidationResult:
+    """Top-1/top-5 of the PyTorch reference and every artifact on one pass over `data`."""
+    import torch
+
+    from .data import list_samples, stratified_subset
+    from .engines import PyTorchRunner, load_artifacts
+    from .engines.base import InputSpec
+    from .registry import create_model, resolve
+
+    if batch_size < 1:
+        raise LowformerError("--batch-size must be at least 1")
+    if limit is not None and limit < 1:
+        raise LowformerError("--limit must be at least 1")
+    if gate_agreement is not None and not 0.0 <= gate_agreement <= 1.0:
+        raise LowformerError("--gate-agreement is a fraction between 0 and 1 (e.g. 0.999)")
+    if not artifacts:
+        raise LowformerError("name at least one artifact, export folder or manifest")
+    started = time.perf_counter()
+    listed = list_samples(data, labels)  # data errors first: they are cheap to find
+    samples = stratified_subset(listed.samples, limit, seed=seed)
+
+    loaded = load_artifacts(list(artifacts), device, threads)
+    items = [(p, e, m) for p, e, m, _ in loaded]
+    runners = [r for *_, r in loaded]
+    warnings: List[str] = [w for r in runners for w in r.warnings]
+
+    if reference is not None:
+        ref_model = create_model(reference, checkpoint)
+        manifest = next((m for _, _, m in items if m is not None), None)
+        real_checkpoint = checkpoint is not None
+        ref_name = resolve(reference).display
+    else:
+        if checkpoint is not None:
+            raise LowformerError("--checkpoint goes with --reference MODEL")
+        ref_model, manifest, _, real_checkpoint = _reference_from_manifests(items)
+        ref_name = manifest["model"].get("display") or manifest["model"]["name"]
+    if manifest is not None:
+        pre = Preprocessing.from_dict(manifest["preprocessing"])
+    else:
+        size = next((r.input_spec.shape[-1] for r in runners if isinstance(r.input_spec.shape[-1], int)), 224)
+        pre = resolve(reference).preprocessing(int(size))  # type: ignore[arg-type]
+    pre = pre.override(crop_ratio, interpolation, mean, std)
+    names = _unique_names([p for p, _, _ in items])
+    for r, name in zip(runners, names):
+        _check_input_size(r, pre.crop, name)
+    if threads:
+        torch.set_num_threads(threads)
+    ref_runner = PyTorchRunner(ref_model, InputSpec(shape=(None, 3, pre.crop, pre.crop)), device=device)
+
+    ref_score = ModelScore(ref_name, "pytorch", "fp32", None)
+    scores = [ModelScore(n, r.backend, (e or {}).get("precision", r.precision), str(p))
+              for n, r, (p, e, _) in zip(names, runners, items)]
+    for s in scores:
+        g = Gate.for_precision(s.precision, gate_top1_drop, gate_agreement)
+        s.gate = asdict(g)
+    ref_tally, tallies = _Tally(), [_Tally() for _ in runners]
+
+    workers = default_workers() if workers is None else max(0, workers)
+    try:
+        bad = _one_pass(samples, pre, batch_size, workers, skip_bad_images, listed.label_source,
+                        ref_runner, ref_score, ref_tally, runners, scores, tallies, progress)
+    finally:
+        for r in runners:
+            r.close()
+    if ref_tally.n == 0:
+        raise LowformerError("no readable images to validate")
+
+    _fill(ref_score, ref_tally)
+    for s, t in zip(scores, tallies):
+        _fill(s, t)
+        if s.error is None and t.n:
+            s.top1_delta = s.top1 - ref_score.top1
+            s.agreement = t.agree / t.n
+            s.cosine = t.cos_sum / t.n
+            s.max_abs = t.max_abs
+            s.rel_l2 = float(np.sqrt(t.sq_diff / max(t.sq_ref, 1e-300)))
+            s.flipped = t.flips
+            s.failures = Gate(**s.gate).failures(s.top1_delta, s.agreement)  # type: ignore[arg-type]
+        elif s.error is None:
+            s.error = "no images were run"
+        if s.error:
+            s.failures = [s.error]
+        s.passed = s.error is None and not s.failures
+
+    if real_checkpoint and near_chance(ref_score.top1, ref_tally.num_classes, ref_tally.n):
+        chance = 100.0 / ref_tally.num_classes
+        warnings.append(f"the reference scores {ref_score.top1:.2f}% top-1 (chance {chance:.2f}%) with a real "
+                        f"checkpoint: the labels probably do not follow the model's class order "
+                        f"(labels: {listed.label_source})")
+    if bad:
+        warnings.append(f"skipped {len(bad)} unreadable image(s)")
+    data_info = {**listed.describe(), "images": ref_tally.n, "limit": limit, "seed": seed,
+                 "bad_images": bad}
+    result = ValidationResult(data_info, pre.to_dict(), ref_score, scores, warnings,
+                              time.perf_counter() - started,
+                              _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    if report is not None:
+        write_json(report, result.to_dict())
+    if record:
+        _record(items, scores, result)
+    return result
+
+
+def _one_pass(samples, pre: Preprocessing, batch_size: int, workers: int, skip_bad_images: bool,
+              label_source: str, ref_runner, ref_score: ModelScore, ref_tally: _Tally, runners,
+              scores: List[ModelScore], tallies: List[_Tally], progress: Optional[ProgressFn]) -> List[Dict[str, str]]:
+    """Decode each image once; run the reference and every artifact on the same batch."""
+    import torch
+
+    from .data import ImageDataset
+
+    bad: List[Dict[str, str]] = []
+    loader = torch.utils.data.DataLoader(ImageDataset(samples, pre), batch_size=batch_size, shuffle=False,
+                                         num_workers=workers, prefetch_factor=2 if workers else None)
+    done = 0
+    for x, y, idx, errors in loader:
+        ok = np.array([not e for e in errors], dtype=bool)
+        for i in np.flatnonzero(~ok):
+            bad.append({"path": str(samples[int(idx[i])].path), "error": errors[i]})
+        if bad and not skip_bad_images:
+            shown = "; ".join(f"{Path(b['path']).name} ({b['error']})" for b in bad[:3])
+            raise LowformerError(f"unreadable image{'s' if len(bad) > 1 else ''}: {shown}; "
+                                 f"rerun with --skip-bad-images to skip and list them")
+        done += len(ok)
+        if ok.any():
+            xb = x[torch.from_numpy(ok)] if not ok.all() else x
+            labels_b = y.numpy()[ok]
+            paths = [str(samples[int(i)].path) for i in idx.numpy()[ok]]
+            ref_logits = ref_runner.run(xb).numpy()
+            if ref_logits.shape[1] <= labels_b.max():
+                raise LowformerError(f"the labels go up to class {labels_b.max()} but the model has "
+                                     f"{ref_logits.shape[1]} outputs ({label_source})")
+            ref_pred = ref_tally.accuracy(ref_logits, labels_b)
+            ref_tally.num_classes = ref_logits.shape[1]
+            xn = xb.numpy()
+            for r, s, t in zip(runners, scores, tallies):
+                if s.error:
+                    continue
+                try:
+                    out = run_batched(r, xn)
+                except Exception as e:  # a backend failing mid-run fails that artifact, not the run
+                    s.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                    continue
+                if out.shape != ref_logits.shape:
+                    s.error = f"output shape {tuple(out.shape)} differs from the reference {tuple(ref_logits.shape)}"
+                    continue
+                pred = t.accuracy(out, labels_b)
+                t.parity(ref_logits, out, ref_pred, pred, labels_b, paths)
+        if progress is not None:
+            running = {ref_score.name: ref_tally.pct(ref_tally.top1)}
+            running.update({s.name: t.pct(t.top1) for s, t in zip(scores, tallies) if not s.error})
+            progress(done, len(samples), running)
+    return bad
+
+
+def _fill(score: ModelScore, tally: _Tally) -> None:
+    score.images = tally.n
+    score.top1 = round(tally.pct(tally.top1), 4)
+    score.top5 = round(tally.pct(tally.top5), 4)
+
+
+def _unique_names(paths: List[Path]) -> List[str]:
+    names = [p.name for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    return [f"{p.parent.name}/{p.name}" for p in paths]
+
+
+@contextlib.contextmanager
+def progress_bar(console) -> Iterator[ProgressFn]:
+    """A rich progress bar (on `console`) with images done and each model's running top-1.
+
+    The bar appears at the first update, so errors found while loading print alone, as one line.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("validating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   TextColumn("{task.fields[running]}"), console=console)
+    task = None
+
+    def update(done: int, total: int, running: Dict[str, float]) -> None:
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("validate", total=total, running="")
+        text = "  ".join(f"{k} {v:.1f}%" for k, v in running.items())
+        bar.update(task, completed=done, total=total, running=f"top-1: {text}")
+
+    try:
+        yield update
+    finally:
+        if task is not None:
+            bar.stop()
