@@ -102,3 +102,37 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLike, StateD
         hint = f"this checkpoint is a {other}, not a {name}; " if other and other != name else ""
         raise LowformerError(f"checkpoint does not match {name}: {hint}" + "; ".join(parts))
     model.load_state_dict(sd, strict=True)
+
+
+def to_official_keys(timm_state_dict: StateDict) -> StateDict:
+    """timm LowFormer keys to the official (reference code) keys: the inverse of timm's
+    `checkpoint_filter_fn`, so that files we write load in the paper's code. A block's attention
+    branch is `total.0.0` when the block also has an MLP branch (`total.0.1`), else `total.0`."""
+    import re
+
+    sd = dict(timm_state_dict)
+    if not any(k.startswith("stem.0.") for k in sd):
+        return sd  # already official (or not a LowFormer): nothing to rename
+    block = re.compile(r"^stages\.(\d+)\.(\d+)\.(.*)$")
+    with_mlp = {m.group(1, 2) for m in map(block.match, sd) if m and m.group(3).startswith("mlp.")}
+    head = (("in_conv.", "head.op_list.0."), ("pre_classifier.0.", "head.op_list.2.linear."),
+            ("pre_classifier.1.", "head.op_list.2.norm."), ("classifier.", "head.op_list.3.linear."))
+    out: StateDict = {}
+    for k, v in sd.items():
+        m = block.match(k)
+        if m:
+            stage, idx, rest = m.groups()
+            for branch, official in (("attn.", "total.0.0." if (stage, idx) in with_mlp else "total.0."),
+                                     ("mlp.", "total.0.1."), ("local.", "total.1.")):
+                if rest.startswith(branch):
+                    rest = official + rest[len(branch):]
+                    break
+            k = f"backbone.stages.{stage}.op_list.{idx}.{rest}"
+        elif k.startswith("stem."):
+            k = "backbone.input_stem.op_list." + k[len("stem."):]
+        else:
+            k = next((new + k[len(old):] for old, new in head if k.startswith(old)), k)
+        k = k.replace(".conv_proj.conv.", ".conv_proj.0.").replace(".conv_proj.norm.", ".conv_proj.1.")
+        k = k.replace(".pwise.", ".pwise.0.")
+        out[k] = v
+    return out

@@ -63,57 +63,62 @@ def rebin(h: TensorHistogram, max_bins: int) -> TensorHistogram:
     return TensorHistogram(np.concatenate([neg, pos]), h.threshold + pad * stride, h.min, h.max)
 
 
-def _smooth(p: np.ndarray, eps: float = 0.0001):
-    # onnxruntime.quantization.quant_utils.smooth_distribution, row-wise.
-    zeros = p == 0
-    n_zeros = zeros.sum(axis=-1, keepdims=True).astype(np.float32)
-    n_nonzeros = p.shape[-1] - n_zeros
-    eps1 = eps * n_zeros / np.maximum(n_nonzeros, 1)
-    out = p.astype(np.float32) + np.where(zeros, np.float32(eps), -eps1.astype(np.float32))
-    return out, (n_nonzeros[..., 0] > 0)
+def _smooth_rows(p: np.ndarray, valid: np.ndarray, eps: float = 0.0001):
+    """onnxruntime.quantization.quant_utils.smooth_distribution on each row's valid entries."""
+    zeros = (p == 0) & valid
+    n_zeros = zeros.sum(1, keepdims=True).astype(np.float32)
+    n_nonzeros = valid.sum(1, keepdims=True) - n_zeros
+    eps1 = (eps * n_zeros / np.maximum(n_nonzeros, 1)).astype(np.float32)
+    out = p.astype(np.float32) + np.where(zeros, np.float32(eps), -eps1)
+    return np.where(valid, out, 0).astype(np.float32), n_nonzeros[:, 0] > 0
 
 
-def _kl(p: np.ndarray, q: np.ndarray) -> float:
-    # onnxruntime.quantization.calibrate.entropy (scipy's rel_entr sum), float32 as ORT computes it.
-    p = p / p.sum()
-    q = q / q.sum()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        v = p * np.log(p / q)
-    v[(p == 0) & (q >= 0)] = 0
-    v[~((p > 0) & (q > 0))] = np.inf
-    return float(np.float32(v.sum()))
-
-
-def entropy_threshold(h: TensorHistogram, num_quantized_bins: int = NUM_QUANTIZED_BINS) -> Tuple[float, float]:
-    """ONNX Runtime's `HistogramCollector.get_entropy_threshold`, with the inner loops vectorised."""
-    hist, edges = h.hist, h.edges
-    num_bins = hist.size
-    zero = num_bins // 2
-    half_q = num_quantized_bins // 2
+def entropy_threshold(h: TensorHistogram, num_quantized_bins: int = NUM_QUANTIZED_BINS,
+                      chunk: int = 64) -> Tuple[float, float]:
+    """ONNX Runtime's `HistogramCollector.get_entropy_threshold` (KL divergence between the clipped
+    reference distribution and its 128-level quantization), candidates evaluated 64 at a time."""
+    hist, edges = h.hist.astype(np.int64), h.edges
+    n, nq = hist.size, num_quantized_bins
+    zero, half_q = n // 2, nq // 2
+    if zero < half_q:
+        return h.min, h.max  # fewer bins than quantization levels: nothing to clip
     cums = np.concatenate([[0], np.cumsum(hist)])
-    best, best_div = None, np.inf
-    for i in range(half_q, zero + 1):
-        start, end = zero - i, min(zero + i + 1, num_bins)
-        sliced = hist[start:end]
+    best_i, best_div = half_q, np.inf
+    for first in range(half_q, zero + 1, chunk):
+        cand = np.arange(first, min(first + chunk, zero + 1))
+        rows = np.arange(len(cand))[:, None]
+        start = zero - cand
+        end = np.minimum(zero + cand + 1, n)
+        length = end - start
+        k = np.arange(length.max())[None, :]
+        valid = k < length[:, None]
+        sliced = np.where(valid, hist[np.minimum(start[:, None] + k, n - 1)], 0)
         p = sliced.copy()
-        p[0] += cums[start]
-        p[-1] += cums[-1] - cums[end]
-        nonzeros = (p != 0).astype(np.int64)
-        m = sliced.size // num_quantized_bins
-        body = num_quantized_bins * m
-        qbins = sliced[:body].reshape(num_quantized_bins, m).sum(1)
-        qbins[-1] += sliced[body:].sum()
-        norm = nonzeros[:body].reshape(num_quantized_bins, m).sum(1)
+        p[:, 0] += cums[start]  # outliers fold into the edge bins
+        p[rows[:, 0], length - 1] += cums[n] - cums[end]
+        m = (length // nq)[:, None]  # source bins per quantized bin
+        in_body = valid & (k < nq * m)
+        group = np.minimum(k // m, nq - 1)  # the tail past nq*m joins the last quantized bin
+        flat = (rows * nq + group)[valid]
+        qbins = np.bincount(flat, weights=sliced[valid], minlength=len(cand) * nq).reshape(-1, nq)
+        norm = np.bincount((rows * nq + group)[in_body], weights=(p != 0)[in_body],
+                           minlength=len(cand) * nq).reshape(-1, nq)
         with np.errstate(divide="ignore", invalid="ignore"):
-            per = np.where(norm != 0, qbins / np.maximum(norm, 1), 0)
-        q = np.zeros(p.size, dtype=np.int64)
-        q[:body] = np.repeat(per, m).astype(np.int64)  # ORT assigns into an int64 array: truncation
-        ps, okp = _smooth(p)
-        qs, okq = _smooth(q)
-        div = _kl(ps, qs) if (okp and okq) else np.inf
-        if best is None or div < best_div:  # np.argmin: the first minimum wins
-            best, best_div = (edges[start], edges[end]), div
-    lo, hi = float(best[0]), float(best[1])
+            per = np.where(norm != 0, qbins / norm, 0)
+        q = np.where(in_body, np.trunc(per[rows, group]), 0).astype(np.int64)  # ORT stores into int64
+        ps, okp = _smooth_rows(p, valid)
+        qs, okq = _smooth_rows(q, valid)
+        ps /= ps.sum(1, keepdims=True)
+        qs /= np.where(okq, qs.sum(1), 1)[:, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(valid, ps * np.log(ps / qs), 0)
+            bad = valid & ~((ps > 0) & (qs > 0))
+        div = np.where(bad.any(1) | ~okp | ~okq, np.inf, terms.sum(1, dtype=np.float32))
+        j = int(np.argmin(div))
+        if div[j] < best_div:  # np.argmin semantics: the first minimum wins
+            best_i, best_div = int(cand[j]), float(div[j])
+    start, end = zero - best_i, min(zero + best_i + 1, n)
+    lo, hi = float(edges[start]), float(edges[end])
     return max(lo, h.min), min(hi, h.max)
 
 

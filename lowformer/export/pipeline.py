@@ -209,8 +209,7 @@ class Exporter:
             upsert_artifact(self.manifest, entry)  # build_engine saved it too; keep ours in step
             self.result.artifacts.append(entry)
         except NeedsTargetDevice as e:
-            self.result.next_steps.append(str(e))
-            self.log(str(e))
+            self.result.next_steps.append(str(e))  # the CLI prints it once, last
 
 
 def export_model(model: str, to: Sequence[str] = ("onnx",), fp16: bool = False, int8: bool = False,
