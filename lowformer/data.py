@@ -51,7 +51,7 @@ class SampleList:
         return len(self.samples)
 
     def describe(self) -> Dict[str, object]:
-        return {"root": str(self.root), "layout": self.layout, "label_source": self.label_source,
+        return {"root": str(self.root.resolve()), "layout": self.layout, "label_source": self.label_source,
                 "imagenet_labels": self.imagenet, "labels_file": str(self.labels_file) if self.labels_file else None,
                 "images_listed": len(self.samples), "classes_present": len({s.label for s in self.samples}),
                 "unlabeled_images": len(self.unlabeled), "labels_without_image": self.missing}

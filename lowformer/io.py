@@ -31,6 +31,9 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     ensure_dir(final.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give them the usual permissions
     try:
         yield Path(tmp)
         os.replace(tmp, final)

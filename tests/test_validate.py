@@ -13,17 +13,17 @@ from PIL import Image
 from lowformer.errors import LowformerError
 from lowformer.export.manifest import load_manifest, reference_model, save_manifest, upsert_artifact
 from lowformer.preprocess import Preprocessing
-from lowformer.validate import near_chance, validate
+from lowformer.validate import Gate, near_chance, validate
 from helpers import assert_one_line_error, run_cli
 
 TINY = "timm:test_efficientnet"  # ~0.1 M params: real network, milliseconds per image at 32x32
 CLASSES = ["n01440764", "n01443537", "n01484850"]  # ImageNet classes 0, 1, 2
 
 
-def _export(out: Path, model: str, checkpoint=None, image_size=224, batch_size=None) -> Path:
+def _export(out: Path, model: str, checkpoint=None, image_size=224, batch_size=None, to=("onnx",)) -> Path:
     from lowformer.export.pipeline import export_model
 
-    result = export_model(model, to=("onnx",), checkpoint=checkpoint, image_size=image_size,
+    result = export_model(model, to=to, checkpoint=checkpoint, image_size=image_size,
                           batch_size=batch_size, out=str(out))
     assert not result.failed
     return out
@@ -41,7 +41,7 @@ def _images(root: Path, per_class: int = 4) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory) -> Path:
-    return _export(tmp_path_factory.mktemp("tiny") / "export", TINY, image_size=32)
+    return _export(tmp_path_factory.mktemp("tiny") / "export", TINY, image_size=32, to=("onnx", "torchscript"))
 
 
 @pytest.fixture()
@@ -65,24 +65,29 @@ def _independent_top1(model, paths, labels, transform) -> float:
 # --- small synthetic runs -------------------------------------------------------------------------
 
 
-def test_tiny_onnx_matches_reference_and_is_recorded(tiny, images, tmp_path):
+def test_tiny_artifacts_match_reference_and_are_recorded(tiny, images, tmp_path):
     seen = []
     report = tmp_path / "out" / "report.json"
     result = validate([str(tiny)], images, batch_size=5, workers=1, report=report,
                       progress=lambda done, total, running: seen.append((done, total)))
     assert result.passed and result.warnings == []  # random-init weights: no near-chance warning
-    onnx = result.artifacts[0]
-    assert onnx.images == result.reference.images == 12
-    assert onnx.agreement == 1.0 and onnx.top1_delta == 0.0 and onnx.flipped == []
-    assert onnx.cosine > 0.99999 and onnx.max_abs < 1e-3
+    assert sorted(a.name for a in result.artifacts) == ["model.onnx", "model.ts"]
+    for art in result.artifacts:
+        assert art.images == result.reference.images == 12
+        assert art.agreement == 1.0 and art.top1_delta == 0.0 and art.flipped == []
+        assert art.cosine > 0.99999 and art.max_abs < 1e-3
+        assert art.gate == {"max_top1_drop": None, "min_agreement": 0.999}
     assert seen[-1] == (12, 12) and len(seen) == 3
 
     manifest = load_manifest(tiny)
-    entry = manifest["artifacts"][0]["validation"]
-    assert entry["passed"] and entry["images"] == 12 and entry["agreement"] == 1.0
-    assert entry["label_source"].startswith("ImageNet-1k wnid order")
+    for entry in manifest["artifacts"]:
+        v = entry["validation"]
+        assert v["passed"] and v["images"] == 12 and v["agreement"] == 1.0
+        assert v["label_source"].startswith("ImageNet-1k wnid order")
+        assert v["data"] == str(images.resolve())
     saved = json.loads(report.read_text())
-    assert saved["passed"] and saved["artifacts"][0]["top1"] == onnx.top1
+    assert saved["passed"] and {a["name"]: a["top1"] for a in saved["artifacts"]} == \
+        {a.name: a.top1 for a in result.artifacts}
     assert saved["data"]["images"] == 12 and saved["data"]["bad_images"] == []
 
 
@@ -98,7 +103,8 @@ def test_top1_counts_exactly_the_images_labelled_with_the_models_own_prediction(
     lines = [f"{p.parent.name}/{p.name} {pred if i < 7 else (pred + 1) % 1000}"
              for i, (p, pred) in enumerate(zip(paths, preds))]
     (tmp_path / "labels.txt").write_text("\n".join(lines))
-    result = validate([str(tiny)], images, labels=tmp_path / "labels.txt", batch_size=4, workers=0, record=False)
+    result = validate([str(tiny / "model.onnx")], images, labels=tmp_path / "labels.txt", batch_size=4,
+                      workers=0, record=False)
     assert result.reference.top1 == pytest.approx(100 * 7 / 12)
     assert result.artifacts[0].top1 == pytest.approx(100 * 7 / 12)
     assert "class indices" in result.data["label_source"]
@@ -107,7 +113,7 @@ def test_top1_counts_exactly_the_images_labelled_with_the_models_own_prediction(
 def test_fixed_batch_artifact_runs_in_chunks(tmp_path, images):
     fixed = _export(tmp_path / "fixed", TINY, image_size=32, batch_size=2)
     assert load_manifest(fixed)["input"]["shape"][0] == 2
-    result = validate([str(fixed)], images, batch_size=5, workers=0)  # 5 = 2 + 2 + 1 padded
+    result = validate([str(fixed / "model.onnx")], images, batch_size=5, workers=0)  # 5 = 2 + 2 + 1 padded
     assert result.passed and result.artifacts[0].images == 12 and result.artifacts[0].agreement == 1.0
 
 
@@ -132,7 +138,7 @@ def test_gate_fails_when_predictions_flip(tiny, images):
     bad = _add_permuted_artifact(tiny)
     result = validate([str(tiny)], images, batch_size=6, workers=0)
     by_name = {a.name: a for a in result.artifacts}
-    assert by_name["model.onnx"].passed
+    assert by_name["model.onnx"].passed and by_name["model.ts"].passed
     flipped = by_name["model_bad.onnx"]
     assert not flipped.passed and not result.passed
     assert flipped.agreement == 0.0 and len(flipped.flipped) == 12
@@ -148,7 +154,7 @@ def test_unreadable_image_fails_unless_skipped(tiny, images):
     (images / CLASSES[0] / "broken.JPEG").write_bytes(b"\xff\xd8 not really a jpeg")
     with pytest.raises(LowformerError, match="broken.JPEG.*--skip-bad-images"):
         validate([str(tiny)], images, workers=0, record=False)
-    result = validate([str(tiny)], images, workers=1, skip_bad_images=True, record=False)
+    result = validate([str(tiny / "model.onnx")], images, workers=1, skip_bad_images=True, record=False)
     assert result.passed and result.artifacts[0].images == 12
     assert [Path(b["path"]).name for b in result.data["bad_images"]] == ["broken.JPEG"]
     assert any("unreadable" in w for w in result.warnings)
@@ -164,12 +170,14 @@ def test_grayscale_and_flat_folder_with_label_file(tiny, tmp_path):
         (img.convert("L") if i % 2 else img).save(flat / f"im{i}.jpg")
         lines.append(f"im{i}.jpg {CLASSES[i % 3]}")
     (tmp_path / "labels.txt").write_text("\n".join(lines) + "\n")
-    result = validate([str(tiny / "model.onnx")], flat, labels=tmp_path / "labels.txt", workers=0, record=False)
+    result = validate([str(tiny / "model.onnx")], flat, labels=tmp_path / "labels.txt", workers=0)
     assert result.passed and result.reference.images == 6 and result.data["layout"] == "flat+labels"
+    recorded = {a["path"]: a.get("validation") for a in load_manifest(tiny)["artifacts"]}
+    assert recorded["model.onnx"]["images"] == 6 and recorded["model.ts"] is None
 
 
 def test_limit_is_a_stratified_subset(tiny, images):
-    result = validate([str(tiny)], images, limit=6, workers=0, record=False)
+    result = validate([str(tiny / "model.ts")], images, limit=6, workers=0, record=False)
     assert result.reference.images == 6 and result.data["limit"] == 6
 
 
@@ -195,6 +203,17 @@ def test_near_chance_with_trained_weights_warns(tmp_path):
     result = validate([str(folder)], _images(tmp_path / "val", per_class=7), workers=0, record=False)
     assert result.reference.top1 < 20
     assert any("class order" in w for w in result.warnings)
+
+
+def test_default_gates_per_precision():
+    assert Gate.for_precision("fp32").failures(-5.0, 0.9995) == []
+    assert Gate.for_precision("fp32").failures(0.0, 0.998)
+    assert Gate.for_precision("fp16").failures(-0.2, 0.995) == []
+    assert len(Gate.for_precision("fp16").failures(-0.3, 0.99)) == 2
+    assert Gate.for_precision("int8").failures(-1.0, 0.5) == []
+    assert Gate.for_precision("int8").failures(-1.1, 1.0)
+    assert Gate.for_precision("int8", max_top1_drop=2.0).failures(-1.5, 1.0) == []
+    assert Gate.for_precision("int8", min_agreement=0.99).failures(0.0, 0.98)
 
 
 def test_near_chance_rule():

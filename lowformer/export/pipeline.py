@@ -223,8 +223,8 @@ def export_model(model: str, to: Sequence[str] = ("onnx",), fp16: bool = False, 
         raise LowformerError(f"--to must be one of {', '.join(TARGETS)}")
     if int8 and not (calib or {}).get("calib_data"):
         raise LowformerError("--int8 needs calibration images: pass --calib-data DIR")
-    if fp16 and int8:
-        raise LowformerError("choose one of --fp16 and --int8 per export")
+    if fp16 and int8 and "trt" in to:
+        raise LowformerError("--to trt builds one engine: choose one of --fp16 and --int8")
     if calib and calib.get("calib_data") and not os.path.isdir(calib["calib_data"]):
         raise LowformerError(f"--calib-data {calib['calib_data']}: no such folder")
     if data and not os.path.isdir(data):
@@ -242,4 +242,6 @@ def export_model(model: str, to: Sequence[str] = ("onnx",), fp16: bool = False, 
                 ex.int8(**(calib or {}))
         if "trt" in to:
             ex.trt("fp16" if fp16 else "int8" if int8 else "fp32", **(trt_build or {}))
+            ex.manifest["pending"] = ex.result.next_steps  # what remains to run on the target device
+            save_manifest(ex.out, ex.manifest)
     return ex.result
