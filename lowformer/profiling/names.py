@@ -17,6 +17,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from ..export.naming import module_path_of_node
 from .structure import ModelStructure
 
+# Casts that FP16 conversion (onnxconverter-common) and ONNX Runtime insert name themselves after
+# the node or initializer they serve: `InsertedPrecisionFreeCast_stages.3.0.main.conv.bias`.
+_RUNTIME_PREFIX = re.compile(r"^(?:InsertedPrecisionFreeCast_)+")
 _PARAM = re.compile(r"^(?P<module>[A-Za-z_][\w]*(?:\.[\w]+)*)\.(?:weight|bias|running_mean|running_var)(?:_|$)")
 
 
@@ -29,8 +32,10 @@ def _scope_parts(name: str) -> List[str]:
 def module_of_name(name: str, structure: Optional[ModelStructure] = None) -> str:
     """Module path of a runtime node/layer name ('' when the name itself carries none)."""
     structure = structure or ModelStructure()
+    name = _RUNTIME_PREFIX.sub("", name)
     if "/" in name:
-        parts = _scope_parts(name)
+        # `input_cast_to_/stem/stem.0/conv/Conv`: a prefixed copy of the scoped name it serves.
+        parts = _scope_parts(name[name.index("/"):])
         known = structure.longest_known_prefix(parts)
         if known:
             return known

@@ -1,6 +1,6 @@
 """Where a module path sits in a LowFormer: its kind, block and stage.
 
-Kinds: stem, fused MBConv, MBConv, attention, MLP, head, downsample, other. With the model at hand
+Kinds: stem, downsample, fused MBConv, MBConv, attention, MLP, head, other. With the model at hand
 the answer comes from the module classes (and conv strides); without it, from LowFormer's naming
 (`stem.N`, `stages.S.B.attn|mlp|local`, head modules), which also covers the reference code's names.
 """
@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence
 
 from torch import nn
 
-KINDS = ("stem", "fused MBConv", "MBConv", "attention", "MLP", "head", "downsample", "other")
+KINDS = ("stem", "downsample", "fused MBConv", "MBConv", "attention", "MLP", "head", "other")  # model order
 UNATTRIBUTED = "(unattributed)"
 
 _STEM_ROOTS = {"stem", "input_stem", "conv_stem", "conv1", "bn1", "patch_embed"}

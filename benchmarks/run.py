@@ -1,0 +1,444 @@
+#!/usr/bin/env python
+"""Regenerate benchmarks/RESULTS.md and benchmarks/results.json on this machine's CPU.
+
+LowFormer B0/B1/B1.5/B3/E1/E2/E3 and the paper's peers that timm has, each as eager PyTorch,
+TorchScript (optimize_for_inference), ONNX FP32, ONNX FP16 and ONNX INT8 (Q/DQ, when the calibration
+images are there), at batch 1 (latency) and 16 (throughput); plus the physical-limit line: achieved
+GFLOP/s of the best artifact against this CPU's measured FP32 and INT8 matmul peaks.
+
+Bounded: every cell is timed for about --cell-seconds (at least 3 calls) after one warm-up call, and
+--budget-minutes stops starting new models (results so far are written; --resume goes on from them).
+Artifacts are built once into --cache and reused. Weights are random: speed does not depend on them.
+
+    python benchmarks/run.py --quick          # b1 and MobileNetV3-L only, a few minutes
+    python benchmarks/run.py                  # the whole table (tens of minutes on 2 cores)
+    python benchmarks/run.py --report-only    # rewrite RESULTS.md from results.json
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as _dt
+import json
+import os
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from lowformer.bench import (TimingStats, call_once, int8_peak_gops, machine_info,  # noqa: E402
+                             matmul_peak_gflops)
+from lowformer.io import atomic_path, write_json  # noqa: E402
+
+LOWFORMERS = ["b0", "b1", "b15", "b3", "e1", "e2", "e3"]
+QUICK_MODELS = ["b1", "timm:mobilenetv3_large_100"]
+FORMATS = ["eager", "torchscript", "onnx-fp32", "onnx-fp16", "onnx-int8"]
+FORMAT_TITLES = {"eager": "eager", "torchscript": "TorchScript", "onnx-fp32": "ONNX FP32",
+                 "onnx-fp16": "ONNX FP16", "onnx-int8": "ONNX INT8"}
+FP32_FORMATS = ("eager", "torchscript", "onnx-fp32")
+SHARED = Path(os.environ.get("LOWFORMER_SHARED", REPO.parent / "shared"))
+DEFAULT_CALIB = SHARED / "data" / "imagenet-val-1300" / "val"
+
+
+def log(msg: str) -> None:
+    print(f"[{_dt.datetime.now():%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
+
+
+def peer_models() -> List[str]:
+    from lowformer.info import peer_table
+
+    return [f"timm:{r['timm_name']}" for r in peer_table() if r["available"]]
+
+
+def display_name(spec) -> str:
+    """The paper's name of a peer ('MobileNetV3-L (mobilenetv3_large_100)'), else the model's own."""
+    from lowformer.info import PEERS
+
+    peer = next((p for p, t in PEERS if t and spec.timm_name == t and spec.family == "timm"), None)
+    return f"{peer} ({spec.timm_name})" if peer else spec.display
+
+
+# --------------------------------------------------------------------------- building
+
+
+def inference_model(name: str):
+    """(eager model, deployable model): peers in their reparameterized inference form (MobileOne,
+    FastViT, RepViT are benchmarked the way their papers deploy them), then BatchNorm folded."""
+    from timm.utils.model import reparameterize_model
+
+    from lowformer.fusion import fuse
+    from lowformer.registry import create_model
+
+    eager = reparameterize_model(create_model(name)).eval()
+    deploy = copy.deepcopy(eager)
+    fuse(deploy)
+    return eager, deploy
+
+
+def build(name: str, folder: Path, size: int, calib: Optional[Path]) -> Dict[str, Any]:
+    """Write model.ts, model.onnx, model_fp16.onnx (and model_int8.onnx) into `folder` with the
+    pipeline's writers; check each against the eager model on two random images."""
+    from lowformer.compare import compare_logits, parity_passes
+    from lowformer.export.fp16 import convert_fp16
+    from lowformer.export.onnx_export import export_onnx
+    from lowformer.export.prepare import groupnorm1_paths
+    from lowformer.export.torchscript import export_torchscript
+    from lowformer.registry import resolve
+
+    folder.mkdir(parents=True, exist_ok=True)
+    record_path = folder / "build.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    if record.get("model") != name or record.get("image_size") != size:
+        record = {"model": name, "image_size": size, "artifacts": {}, "notes": []}
+    eager, deploy = inference_model(name)
+    x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
+    with torch.no_grad():
+        ref = eager(torch.from_numpy(x)).numpy()
+    files = {"torchscript": "model.ts", "onnx-fp32": "model.onnx", "onnx-fp16": "model_fp16.onnx",
+             "onnx-int8": "model_int8.onnx"}
+    steps: Dict[str, Callable[[Path], Any]] = {
+        "torchscript": lambda p: export_torchscript(deploy, p, torch.zeros(1, 3, size, size)),
+        "onnx-fp32": lambda p: export_onnx(deploy, p, size),
+        "onnx-fp16": lambda p: convert_fp16(folder / files["onnx-fp32"], p, groupnorm1_paths(deploy)),
+    }
+    if calib is not None:
+        from lowformer.calibrate.quantize import quantize_onnx
+
+        steps["onnx-int8"] = lambda p: quantize_onnx(folder / files["onnx-fp32"], p, spec=resolve(name),
+                                                     image_size=size, calib_data=str(calib), calib_size=16,
+                                                     method="minmax", target="cpu")
+    for fmt, step in steps.items():
+        path = folder / files[fmt]
+        done = record["artifacts"].get(fmt, {})
+        if path.is_file() and done.get("status") == "ok":
+            continue
+        if fmt in ("onnx-fp16", "onnx-int8") and record["artifacts"].get("onnx-fp32", {}).get("status") != "ok":
+            record["artifacts"][fmt] = {"status": "skipped: no ONNX FP32"}
+            continue
+        t0 = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                step(path)
+            out = _run_artifact(fmt, path, size, x)
+            cmp = compare_logits(ref, out)
+            precision = fmt.split("-")[-1] if fmt.startswith("onnx") else "fp32"
+            record["artifacts"][fmt] = {"status": "ok", "path": path.name, "cosine": cmp.cosine,
+                                        "rel_l2": cmp.rel_l2, "parity": parity_passes(cmp, precision),
+                                        "seconds": round(time.perf_counter() - t0, 1)}
+        except Exception as e:  # a peer that does not export is a result, not a crash
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            record["artifacts"][fmt] = {"status": f"failed: {type(e).__name__}: {first}"}
+            log(f"  {name} {fmt}: {record['artifacts'][fmt]['status']}")
+        write_json(record_path, record)
+    return record
+
+
+def _run_artifact(fmt: str, path: Path, size: int, x: np.ndarray) -> np.ndarray:
+    runner = make_runner(fmt, path, size, None)
+    try:
+        return np.asarray(runner.run(x))
+    finally:
+        runner.close()
+
+
+def make_runner(fmt: str, path_or_model: Any, size: int, threads: Optional[int]):
+    from lowformer.engines import InputSpec, PyTorchRunner, TorchScriptRunner
+    from lowformer.engines.onnxrt import OnnxRuntimeRunner
+
+    spec = InputSpec(shape=(None, 3, size, size))
+    if fmt == "eager":
+        return PyTorchRunner(path_or_model, spec, threads=threads)
+    if fmt == "torchscript":
+        return TorchScriptRunner.from_file(str(path_or_model), spec, threads=threads)
+    return OnnxRuntimeRunner(str(path_or_model), fmt.split("-")[1], "cpu", threads)
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def time_cell(runner, batch_size: int, seconds: float, max_iterations: int) -> TimingStats:
+    """One warm-up call, then as many timed calls as fit in `seconds` (at least 3)."""
+    fn = call_once(runner, runner.input_spec.example(batch_size))
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    n = max(3, min(max_iterations, int(seconds / max(first, 1e-4))))
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return TimingStats.from_ms(times)
+
+
+def measure(name: str, fmt: str, target: Optional[str], size: int, threads: Optional[int],
+            batch_sizes: List[int], seconds: float, max_iterations: int) -> Dict[int, Dict[str, Any]]:
+    """Time one (model, format) at every batch size; runs alone in a spawned process."""
+    if threads:
+        torch.set_num_threads(threads)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        runner = make_runner(fmt, inference_model(name)[0] if fmt == "eager" else target, size, threads)
+    out = {}
+    for bs in batch_sizes:
+        out[bs] = time_cell(runner, bs, seconds, max_iterations).to_dict()
+    return out
+
+
+def measure_isolated(*args, timeout_s: float = 1800.0) -> Dict[int, Dict[str, Any]]:
+    """`measure` in a fresh process: no other runtime's thread pool spins beside the one timed."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as ex:
+        return ex.submit(measure, *args).result(timeout=timeout_s)
+
+
+def bench_model(name: str, args, results: Dict[str, Any], save: Callable[[], None]) -> None:
+    from lowformer.complexity import count_macs
+    from lowformer.registry import count_parameters, resolve
+
+    spec = resolve(name)
+    folder = Path(args.cache) / f"{spec.name.replace(':', '_')}-{args.image_size}"
+    log(f"{spec.display}: building artifacts in {folder}")
+    record = build(spec.name, folder, args.image_size, args.calib)
+    eager, _ = inference_model(spec.name)
+    results["models"][spec.name] = {
+        "display": display_name(spec), "family": spec.family, "params": count_parameters(eager),
+        "macs": int(count_macs(eager, args.image_size)), "artifacts": record["artifacts"]}
+    del eager
+    macs = results["models"][spec.name]["macs"]
+    for fmt in FORMATS:
+        todo = [bs for bs in args.batch_sizes if f"{spec.name}|{fmt}|{bs}" not in results["cells"]]
+        if not todo:
+            continue
+        art = record["artifacts"].get(fmt, {})
+        status = "ok" if fmt == "eager" else art.get("status", "not built")
+        if status == "ok":
+            target = None if fmt == "eager" else str(folder / art["path"])
+            try:
+                timed = measure_isolated(spec.name, fmt, target, args.image_size, args.threads, todo,
+                                         args.cell_seconds, args.max_iterations)
+            except Exception as e:  # a runtime that cannot run the model is a result, not a crash
+                status = f"failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+        for bs in todo:
+            key = f"{spec.name}|{fmt}|{bs}"
+            if status != "ok":
+                results["cells"][key] = {"model": spec.name, "format": fmt, "batch_size": bs, "status": status}
+                continue
+            stats = timed[bs]
+            ips = bs * 1000.0 / stats["mean_ms"]
+            results["cells"][key] = {"model": spec.name, "format": fmt, "batch_size": bs, "status": "ok", **stats,
+                                     "images_per_s": ips, "gflops": macs * 2 * ips / 1e9,
+                                     "parity": art.get("parity", True), "cosine": art.get("cosine")}
+            log(f"  {fmt:12s} batch {bs:3d}: {stats['median_ms']:9.2f} ms median, {ips:8.1f} img/s")
+        save()
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _cell(results: Dict[str, Any], model: str, fmt: str, bs: int) -> Optional[Dict[str, Any]]:
+    return results["cells"].get(f"{model}|{fmt}|{bs}")
+
+
+def _fmt_cell(c: Optional[Dict[str, Any]], what: str) -> str:
+    if c is None:
+        return "–"
+    if c.get("status") != "ok":
+        return "n/a"
+    # INT8 agreement with random weights says nothing (accuracy is `lowformer validate`'s job).
+    flag = "" if c.get("parity", True) or c["format"] == "onnx-int8" else " ⚠"
+    return (f"{c['median_ms']:.1f}" if what == "ms" else f"{c['images_per_s']:.1f}") + flag
+
+
+def physical_limits(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+    peaks = results["peaks"]
+    int8_peak = max(peaks.get("int8_gops", {}).values(), default=None)
+    rows = []
+    for model in results["models"]:
+        ok = [c for c in results["cells"].values() if c["model"] == model and c.get("status") == "ok"]
+        fp = [c for c in ok if c["format"] in FP32_FORMATS]
+        q = [c for c in ok if c["format"] == "onnx-int8"]
+        best = max(fp, key=lambda c: c["gflops"], default=None)
+        best8 = max(q, key=lambda c: c["gflops"], default=None)
+        rows.append({"model": model, "best_fp32": best and {k: best[k] for k in ("format", "batch_size", "images_per_s", "gflops")},
+                     "fp32_peak_share": best["gflops"] / peaks["fp32_gflops"] if best else None,
+                     "best_int8": best8 and {k: best8[k] for k in ("format", "batch_size", "images_per_s", "gflops")},
+                     "int8_peak_share": best8["gflops"] / int8_peak if best8 and int8_peak else None})
+    return rows
+
+
+def write_report(results: Dict[str, Any], out: Path) -> None:
+    m, peaks = results["machine"], results["peaks"]
+    s = results["settings"]
+    models = list(results["models"])
+    lines = ["# CPU benchmarks", "",
+             f"Generated by `python benchmarks/run.py{' --quick' if s.get('quick') else ''}` on "
+             f"{results['date']}{' (quick subset)' if s.get('quick') else ''}. Regenerate with the same command; "
+             "`--report-only` rewrites this file from `results.json`.", "",
+             f"- Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['cpu_flags']) or 'no SIMD flags read'}), "
+             f"{m['platform']}",
+             f"- Load average when the run started: {m.get('load_average')} (1/5/15 min) on {m['cores']} cores"
+             + (": other work was running, so these numbers are pessimistic." if (m.get('load_average') or [0])[0]
+                > 0.5 * m['cores'] else "."),
+             f"- Software: Python {m['python']}, " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+             f"- Settings: {s['image_size']}×{s['image_size']} input, threads: {s['threads'] or 'runtime default'}, "
+             "each model × format timed alone in a fresh process, "
+             f"about {s['cell_seconds']} s of timed calls per cell (at least 3, at most {s['max_iterations']}) "
+             "after one warm-up call; random weights (speed does not depend on them).",
+             f"- Peaks measured here: FP32 `torch.matmul` {peaks['fp32_gflops']:.1f} GFLOP/s; INT8 "
+             + ", ".join(f"{k} {v:.1f} GOP/s" for k, v in peaks.get("int8_gops", {}).items()) + ".", ""]
+    for bs in s["batch_sizes"]:
+        what = "ms" if bs == 1 else "ips"
+        title = "median latency, ms per call" if bs == 1 else "throughput, images/s"
+        lines += [f"## Batch {bs}: {title}", "",
+                  "| model | params (M) | MACs (M) | " + " | ".join(FORMAT_TITLES[f] for f in FORMATS) + " |",
+                  "|---|---:|---:|" + "---:|" * len(FORMATS)]
+        for model in models:
+            info = results["models"][model]
+            lines.append(f"| {info['display']} | {info['params'] / 1e6:.2f} | {info['macs'] / 1e6:.0f} | "
+                         + " | ".join(_fmt_cell(_cell(results, model, f, bs), what) for f in FORMATS) + " |")
+        lines.append("")
+    lines += ["## Physical limit", "",
+              "Achieved GFLOP/s = MACs × 2 × images/s of the fastest artifact, against the matmul peaks above "
+              "(best of a reading before and after the cells, same threads). Over 100% means the peak reading "
+              "was disturbed more than the cell by other work on the machine.", "",
+              "| model | best FP32 artifact | GFLOP/s | % of FP32 peak | INT8 GOP/s | % of INT8 peak |",
+              "|---|---|---:|---:|---:|---:|"]
+    for r in physical_limits(results):
+        b, q = r["best_fp32"], r["best_int8"]
+        lines.append(f"| {results['models'][r['model']]['display']} | "
+                     + (f"{FORMAT_TITLES[b['format']]} b{b['batch_size']} | {b['gflops']:.1f} | {r['fp32_peak_share']:.0%}"
+                        if b else "– | – | –")
+                     + " | " + (f"{q['gflops']:.1f} | {r['int8_peak_share']:.0%}" if q and r["int8_peak_share"] else "– | –")
+                     + " |")
+    lines += ["", "## Notes", ""]
+    lines += [f"- {n}" for n in results["notes"]]
+    failed = [(k, c["status"]) for k, c in results["cells"].items() if c.get("status") not in ("ok",)]
+    if failed:
+        reasons = {}
+        for k, st in failed:
+            model, fmt, _ = k.split("|")
+            reasons.setdefault((model, fmt), st)
+        lines += [f"- n/a {results['models'].get(m_, {}).get('display', m_)} {FORMAT_TITLES[f]}: {st}"
+                  for (m_, f), st in reasons.items()]
+    if any(not c.get("parity", True) and c["format"] != "onnx-int8" for c in results["cells"].values()):
+        lines.append("- ⚠: the artifact missed its parity threshold against the eager model (timed anyway).")
+    with atomic_path(out) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Optional[List[str]] = None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK_MODELS)}, shorter cells")
+    p.add_argument("--models", help="comma-separated model names (default: LowFormers and available peers)")
+    p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--batch-sizes", default="1,16")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--cell-seconds", type=float, default=4.0)
+    p.add_argument("--max-iterations", type=int, default=50)
+    p.add_argument("--budget-minutes", type=float, default=120.0, help="stop starting new models after this")
+    p.add_argument("--calib-data", default=str(DEFAULT_CALIB), help="INT8 calibration images (16 are used)")
+    p.add_argument("--cache", default=str(REPO / "artifacts" / "bench"))
+    p.add_argument("--out", default=str(REPO / "benchmarks"))
+    p.add_argument("--resume", action="store_true", help="keep the cells already in results.json")
+    p.add_argument("--report-only", action="store_true")
+    args = p.parse_args(argv)
+    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    if args.quick:
+        args.cell_seconds = min(args.cell_seconds, 2.0)
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    results_path = out / "results.json"
+    if args.report_only:
+        write_report(json.loads(results_path.read_text()), out / "RESULTS.md")
+        return 0
+    if args.models:
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+    elif args.quick:
+        models = QUICK_MODELS
+    else:
+        models = LOWFORMERS + ([] if args.no_peers else peer_models())
+    notes = ["FP16 on this CPU: ONNX Runtime's CPU provider runs the FP16 convolutions through its FP32 kernels, "
+             "with casts it inserts around them (`lowformer profile` shows them as InsertedPrecisionFreeCast_* "
+             "nodes); FP16 is a GPU/TensorRT format.",
+             "TorchScript is scripted, frozen and `torch.jit.optimize_for_inference`d when loaded "
+             "(the paper's `--optit`).",
+             "Peers are timm models, reparameterized for inference (`timm.utils.model.reparameterize_model`); "
+             "the paper's peers missing from timm are not in the table."]
+    calib = Path(args.calib_data)
+    args.calib = calib if calib.is_dir() else None
+    try:
+        import lowformer.calibrate.quantize  # noqa: F401
+    except ImportError:
+        args.calib = None
+        notes.append("ONNX INT8 skipped: the quantization module is not available in this checkout.")
+    else:
+        if args.calib is None:
+            notes.append(f"ONNX INT8 skipped: calibration images not found at {calib}.")
+    if args.calib is not None:
+        notes.append("ONNX INT8: Q/DQ (u8 activations, s8 weights, min-max ranges from 16 ImageNet images) "
+                     "run by ONNX Runtime's CPU provider; this CPU has no VNNI, so INT8 uses AVX2 u8s8 kernels.")
+    results: Dict[str, Any] = {"schema": 1, "models": {}, "cells": {}}
+    if args.resume and results_path.is_file():
+        old = json.loads(results_path.read_text())
+        results["cells"], results["models"] = old.get("cells", {}), old.get("models", {})
+    torch.set_num_threads(args.threads)
+    log("measuring matmul peaks")
+    results.update(machine=machine_info(), date=_dt.date.today().isoformat(), notes=notes,
+                   settings={k: getattr(args, k) for k in ("quick", "image_size", "threads", "cell_seconds",
+                                                          "max_iterations", "batch_sizes")},
+                   peaks={"fp32_gflops": matmul_peak_gflops(2048, 5, args.threads),
+                          "int8_gops": int8_peak_gops(1024, 5, args.threads)})
+
+    def save() -> None:
+        results["physical_limits"] = physical_limits(results)
+        write_json(results_path, results)
+        write_report(results, out / "RESULTS.md")
+
+    def remeasure_peaks() -> None:
+        """Peaks again after the cells, keeping the best: a busy machine lowers a single reading."""
+        p = results["peaks"]
+        p["fp32_gflops"] = max(p["fp32_gflops"], matmul_peak_gflops(2048, 5, args.threads))
+        again = int8_peak_gops(1024, 5, args.threads)
+        p["int8_gops"] = {k: max(v, again.get(k, 0.0)) for k, v in p["int8_gops"].items()}
+
+    deadline = time.monotonic() + args.budget_minutes * 60
+    for name in models:
+        if time.monotonic() > deadline:
+            results["notes"].append(f"time budget reached: not measured: {name} and later models (use --resume)")
+            break
+        try:
+            bench_model(name, args, results, save)
+        except Exception as e:
+            log(f"{name}: failed: {e}")
+            traceback.print_exc(file=sys.stderr)
+            results["notes"].append(f"{name}: failed ({type(e).__name__}: {str(e).splitlines()[0][:160]})")
+        save()
+    log("measuring matmul peaks again")
+    remeasure_peaks()
+    save()
+    log(f"wrote {results_path} and {out / 'RESULTS.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

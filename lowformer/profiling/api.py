@@ -1,0 +1,178 @@
+"""`profile(...)`: per-layer time of each artifact (or eager model), mapped to LowFormer modules,
+next to its end-to-end latency from a separate, un-instrumented run."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..bench import Target, resolve_targets, time_runner
+from ..errors import LowformerError
+from .collect import rows_from_fused, rows_from_lines, rows_from_modules, rows_from_nodes
+from .names import GraphNeighbours
+from .report import ProfileReport
+from .structure import ModelStructure, structure_of
+
+Log = Callable[[str], None]
+
+_SOURCES = {"pytorch": "torch.profiler, one record_function scope per module call (exclusive times)",
+            "torchscript": "torch.profiler with_stack: ops per serialized code line, start-to-next-start",
+            "onnxruntime": "ONNX Runtime session profiling (per-node kernel_time events)",
+            "tensorrt": "TensorRT IProfiler per engine layer, fused layers split over their ONNX nodes"}
+
+
+def export_reference(manifest: Dict[str, Any]) -> Optional[nn.Module]:
+    """The model an export folder was written from, as the export saw it (BN fused or not).
+
+    Random weights are enough: only the module structure and the graph's op sequence matter here.
+    """
+    from ..fusion import fuse
+    from ..registry import create_model
+
+    m = manifest.get("model") or {}
+    try:
+        model = create_model(m["name"], None, num_classes=int(m.get("num_classes", 1000)))
+    except (LowformerError, KeyError, RuntimeError):
+        return None
+    if m.get("fused_batchnorms", 1):
+        fuse(model)
+    return model
+
+
+class _References:
+    """One reference model per manifest (several artifacts of a folder share it)."""
+
+    def __init__(self, fallback: Optional[nn.Module] = None) -> None:
+        self._cache: Dict[str, Tuple[Optional[nn.Module], ModelStructure]] = {}
+        self._fallback = (fallback, structure_of(fallback))
+
+    def get(self, manifest: Optional[Dict[str, Any]]) -> Tuple[Optional[nn.Module], ModelStructure]:
+        if not manifest:
+            return self._fallback
+        key = repr((manifest.get("model"), manifest.get("created")))
+        if key not in self._cache:
+            model = export_reference(manifest)
+            self._cache[key] = (model, structure_of(model))
+        return self._cache[key]
+
+
+def _input_size(manifest: Optional[Dict[str, Any]], default: int) -> Tuple[Optional[int], int]:
+    if not manifest:
+        return None, default
+    shape = (manifest.get("input") or {}).get("shape") or [None, 3, default, default]
+    return shape[0], int(shape[-1] or default)
+
+
+def profile_runner(runner, *, artifact: str, label: str, batch_size: int = 1, iterations: int = 100,
+                   warmup: int = 20, structure: Optional[ModelStructure] = None,
+                   line_map: Optional[Dict[str, str]] = None, line_note: Optional[str] = None) -> ProfileReport:
+    """Latency (un-instrumented) first, then the per-layer profile, of one runner."""
+    structure = structure or ModelStructure()
+    batch = runner.input_spec.example(batch_size)
+    latency = time_runner(runner, batch, iterations, warmup)
+    notes: List[str] = list(runner.warnings)
+    run_ms: Optional[List[float]] = None
+    backend = runner.backend
+    if backend in ("onnxruntime", "pytorch", "torchscript"):
+        prof = runner.profile_run(batch, iterations, warmup)
+        run_ms = prof.run_ms
+        notes += prof.warnings
+        if backend == "onnxruntime":
+            graph = GraphNeighbours(prof.graph) if prof.graph else None
+            rows = rows_from_nodes(prof.timings, iterations, structure, graph)
+        elif backend == "pytorch":
+            rows = rows_from_modules(prof.timings, iterations, structure)
+        else:
+            rows = rows_from_lines(prof.timings, iterations, structure, line_map)
+            if line_note:
+                notes.append(line_note)
+    elif backend == "tensorrt":
+        rows = rows_from_fused(runner.profile_layers(batch, iterations), structure, iterations)
+    else:
+        raise LowformerError(f"per-layer profiling is not available for {backend}")
+    d = runner.describe()
+    fmt = {"pytorch": "eager", "onnxruntime": "onnx"}.get(backend, backend)
+    return ProfileReport(artifact=artifact, label=label, backend=backend, format=fmt,
+                         precision=d.get("precision", "fp32"), device=d.get("device", "cpu"),
+                         provider=d.get("provider", ""), batch_size=len(batch), iterations=iterations,
+                         warmup=warmup, threads=d.get("threads"), rows=rows,
+                         profiled_run_ms=sum(run_ms) / len(run_ms) if run_ms else None,
+                         latency=latency.to_dict(), warnings=notes, source=_SOURCES.get(backend, ""))
+
+
+def torchscript_lines(path: str, model: Optional[nn.Module], entry: Optional[Dict[str, Any]],
+                      batch: Optional[int], size: int) -> Tuple[Optional[Dict[str, str]], Optional[str]]:
+    """(line -> module map, note) for a TorchScript artifact; the note says what went wrong, if anything."""
+    from .torchscript_names import line_modules
+
+    if model is None:
+        return None, "no manifest beside the TorchScript file (and no model given): its code lines cannot be named"
+    method = (entry or {}).get("method", "script")
+    try:
+        mapping, ratio = line_modules(path, model, torch.zeros(batch or 1, 3, size, size), method)
+    except Exception as e:  # naming is best effort: the times stand without it
+        return None, f"could not map TorchScript lines to modules ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+    note = None if ratio >= 0.99 else f"TorchScript op sequence matched the rebuilt model only {ratio:.0%}"
+    return mapping, note
+
+
+def profile(targets: Sequence[str], batch_size: int = 1, iterations: int = 100, warmup: int = 20,
+            device: str = "cpu", threads: Optional[int] = None, image_size: int = 224,
+            checkpoint: Optional[str] = None, model: Optional[nn.Module] = None,
+            log: Log = lambda s: None) -> List[ProfileReport]:
+    """Profile artifacts (files, export folders, manifests) and model names (eager).
+
+    An artifact's layers are named after the model its manifest describes; `model` (the module
+    the artifacts were exported from, BN-fused as exported) stands in for artifacts without one.
+    """
+    if iterations < 1:
+        raise LowformerError("--iterations must be at least 1")
+    refs = _References(model)
+    reports: List[ProfileReport] = []
+    for target in resolve_targets(targets, image_size, checkpoint, device, threads):
+        log(f"profiling {target.label or target.spec}")
+        reports.append(_profile_target(target, refs, batch_size, iterations, warmup, image_size))
+    return reports
+
+
+def _profile_target(target: Target, refs: _References, batch_size: int, iterations: int, warmup: int,
+                    image_size: int) -> ProfileReport:
+    from ..engines import resolve_artifacts
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        if target.kind == "model":
+            with target.build_runner() as runner:
+                return profile_runner(runner, artifact=target.spec, label=target.label, batch_size=batch_size,
+                                      iterations=iterations, warmup=warmup,
+                                      structure=structure_of(runner.module))
+        (path, entry, manifest), = resolve_artifacts([target.spec])
+        model, structure = refs.get(manifest)
+        line_map, note = None, None
+        if path.suffix in (".ts", ".pt"):
+            fixed, size = _input_size(manifest, image_size)
+            line_map, note = torchscript_lines(str(path), model, entry, fixed, size)
+        with target.build_runner() as runner:
+            return profile_runner(runner, artifact=str(path), label=target.label, batch_size=batch_size,
+                                  iterations=iterations, warmup=warmup, structure=structure,
+                                  line_map=line_map, line_note=note)
+
+
+def report_from_trtexec(profile_json: Any, layer_info_json: Any = None, *, label: str = "TensorRT engine",
+                        structure: Optional[ModelStructure] = None, onnx_nodes: Optional[Sequence[str]] = None,
+                        latency: Optional[Dict[str, Any]] = None) -> ProfileReport:
+    """A report from `trtexec --exportProfile` (and `--exportLayerInfo`) files, made on the GPU machine."""
+    from ..engines.tensorrt import layer_timings
+
+    timings = layer_timings(profile_json, layer_info_json, onnx_nodes)
+    rows = rows_from_fused(timings, structure or ModelStructure())
+    runs = max((t.calls for t in timings), default=1)
+    src = str(profile_json) if isinstance(profile_json, (str, Path)) else "trtexec profile"
+    return ProfileReport(artifact=src, label=label, backend="tensorrt", format="tensorrt", precision="",
+                         device="cuda", provider="tensorrt", batch_size=0, iterations=runs, warmup=0,
+                         threads=None, rows=rows, profiled_run_ms=None, latency=latency or {},
+                         warnings=["per-layer times read from trtexec files (not measured here)"],
+                         source=_SOURCES["tensorrt"])
