@@ -5,6 +5,14 @@ Idempotent (a finished split carries a marker and is never rewritten) and atomic
 in a hidden temporary folder and renamed into place only when complete).
 
     python -m lowformer.fashion_mnist runs/fashion-mnist [--per-class N]
+
+A quick end-to-end check of the training recipe on CPU (LowFormer-B0, 32 px, about 45k images in
+under 30 minutes on 2 busy cores; the ImageNet augmentation is switched off, the rest is the recipe):
+
+    lowformer train b0 --data runs/fashion-mnist/train --val-data runs/fashion-mnist/test \
+        --out runs/b0-fmnist-32px --epochs 1 --max-steps 1400 --batch-size 32 --lr 2e-3 \
+        --image-sizes 32 --eval-size 32 --workers 1 --threads 1 \
+        --mixup 0 --cutmix 0 --randaug none --drop-path 0 --set 'crop_scale=[1,1]'
 """
 from __future__ import annotations
 

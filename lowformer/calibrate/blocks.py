@@ -23,18 +23,21 @@ def block_of_path(path: str) -> Optional[str]:
 
 
 def node_blocks(node_names: Sequence[str]) -> Dict[str, str]:
-    """Block of every node that belongs to a module. Modules outside numbered blocks (LowFormer's
-    head, EfficientNet's conv_stem/conv_head) join `stem` before the first block, `head` after it."""
+    """Block of every node that belongs to a module. Modules outside numbered blocks join `stem`
+    before the first block; from the first such module after them on (LowFormer's in_conv,
+    EfficientNet's conv_head) everything is `head`."""
     out: Dict[str, str] = {}
-    seen_block = False
+    seen_block = in_head = False
     for name in node_names:
         path = module_path_of_node(name)
-        if not path:
-            continue  # shape arithmetic outside any module
+        if not path or name.rsplit("/", 1)[-1].startswith("Constant"):
+            continue  # shape arithmetic outside any module; exporters hoist Constants to the top
         block = block_of_path(path)
-        if block is not None and not block.startswith("stem"):
+        if block is not None and not block.startswith("stem") and not in_head:
             seen_block = True
-        out[name] = block if block is not None else ("head" if seen_block else "stem")
+        elif block is None and seen_block:
+            in_head = True  # the first plain module after the blocks starts the head (its Sequentials too)
+        out[name] = "head" if in_head else (block if block is not None else "stem")
     return out
 
 

@@ -14,15 +14,15 @@ import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
 
 from ..errors import LowformerError
-from ..io import ensure_dir, write_json
+from ..io import atomic_path, ensure_dir
 from .ranges import METHODS, TensorHistogram, compute_range, rebin
 
 SCHEMA = 1
-NUM_BINS = 2048  # per tensor, symmetric around zero (TensorRT's entropy calibrator uses 2048 too)
-MAX_BINS = 8192  # ORT grows histograms when later batches widen the range; merge bins past this
+NUM_BINS = 1024  # per tensor, symmetric around zero: 512 per side, finer than INT8's 128 levels per side
+MAX_BINS = 4096  # ORT grows histograms when later batches widen the range; merge bins past this
 CACHE_DIRNAME = "calib-cache"
 
 Log = Callable[[str], None]
@@ -47,19 +47,25 @@ class CalibrationCache:
     hit: bool = False  # loaded from disk (the model did not run)
     dirty: bool = False
 
-    def ranges_for(self, method: str) -> Dict[str, Tuple[float, float]]:
-        """Per-tensor (low, high) for `method`, computed from the histograms once, then stored."""
+    def ranges_for(self, method: str, names: Optional[Iterable[str]] = None) -> Dict[str, Tuple[float, float]]:
+        """Per-tensor (low, high) for `method` (all tensors, or `names`), computed from the histograms
+        on first use and then stored."""
         if method not in METHODS:
             raise LowformerError(f"unknown calibration method {method!r} (use {', '.join(METHODS)})")
-        if method not in self.ranges:
-            self.ranges[method] = {name: compute_range(h, method) for name, h in self.tensors.items()}
-            self.dirty = True
-        return self.ranges[method]
+        known = self.ranges.setdefault(method, {})
+        wanted = [n for n in (self.tensors if names is None else names) if n in self.tensors]
+        for name in wanted:
+            if name not in known:
+                known[name] = compute_range(self.tensors[name], method)
+                self.dirty = True
+        return {n: known[n] for n in wanted}
 
     def save(self) -> None:
-        write_json(self.path, {"key": self.key, "digest": key_digest(self.key),
-                               "tensors": {n: h.to_json() for n, h in self.tensors.items()},
-                               "ranges": {m: {n: list(r) for n, r in rs.items()} for m, rs in self.ranges.items()}})
+        data = {"key": self.key, "digest": key_digest(self.key),
+                "tensors": {n: h.to_json() for n, h in self.tensors.items()},
+                "ranges": {m: {n: list(r) for n, r in rs.items()} for m, rs in self.ranges.items()}}
+        with atomic_path(self.path) as tmp:  # compact: histograms make indented JSON slow and large
+            tmp.write_text(json.dumps(data, separators=(",", ":")))
         self.dirty = False
 
     def save_if_dirty(self) -> None:

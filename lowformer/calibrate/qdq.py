@@ -31,10 +31,12 @@ class TargetConfig:
     op_types: Tuple[str, ...]
     extra_options: Dict[str, Any] = field(default_factory=dict)
     residual_adds_only: bool = True  # quantize Add only where both inputs are activations
+    reduce_range: bool = False  # 7-bit weights: no u8 x s8 pair-sum saturation on AVX2 without VNNI
 
     def describe(self) -> Dict[str, Any]:
         return {"target": self.name, "format": "QDQ", "activation_type": self.activation_type,
-                "weight_type": self.weight_type, "per_channel": True, "activation_symmetric":
+                "weight_type": self.weight_type, "per_channel": True, "reduce_range": self.reduce_range,
+                "activation_symmetric":
                 bool(self.extra_options.get("ActivationSymmetric")), "op_types": list(self.op_types)}
 
 
@@ -45,10 +47,15 @@ TARGET_CONFIGS: Dict[str, TargetConfig] = {
         "tensorrt", "QInt8", "QInt8", tuple(WEIGHTED_OPS + ["Add"]),
         {"ActivationSymmetric": True, "WeightSymmetric": True,
          "OpTypesToExcludeOutputQuantization": WEIGHTED_OPS + ["Add"]}),
-    # ONNX Runtime CPU: u8 activations x s8 per-channel weights (MLAS' fast u8s8 kernels; s8s8 ran
-    # 2x slower than FP32 here). The op set and options are the measured-fastest, see
-    # benchmarks/int8_speed.py.
-    "cpu": TargetConfig("cpu", "QUInt8", "QInt8", tuple(WEIGHTED_OPS + ["Add"]), {}),
+    # ONNX Runtime CPU: u8 activations x s8 per-channel weights (MLAS' u8s8 kernels; s8 activations ran
+    # 2x slower than FP32 here). 7-bit weights (reduce_range): on x86 without VNNI (this AVX2 EPYC) the
+    # u8s8 kernels sum pairs of products in int16 and saturate; measured on EfficientNet-Lite0, full
+    # 8-bit weights dropped logit cosine from 0.994 (reference math) to 0.934, 7-bit gave 0.979 with
+    # kernels matching reference math. Clip/Relu are listed so ORT folds them into the conv's output
+    # range instead of quantizing the wide pre-activation range. ConvTranspose stays float: ORT's CPU
+    # provider has no int8 ConvTranspose, so its Q/DQ pairs only add work.
+    "cpu": TargetConfig("cpu", "QUInt8", "QInt8", ("Conv", "MatMul", "Gemm", "Add", "Clip", "Relu"), {},
+                        reduce_range=True),
 }
 
 
@@ -98,14 +105,16 @@ def _ort_method(method: str):
 
 
 def quantize_with_ranges(prepared: Path, dst: Path, ranges: Dict[str, Tuple[float, float]], method: str,
-                         target: str, nodes_to_exclude: Sequence[str] = (),
+                         target: "str | TargetConfig", nodes_to_exclude: Sequence[str] = (),
                          extra_options: Dict[str, Any] | None = None) -> Dict[str, Any]:
-    """Write the Q/DQ model of `prepared` to `dst` (atomically) using the given activation ranges."""
+    """Write the Q/DQ model of `prepared` to `dst` (atomically) using the given activation ranges.
+
+    `target`: a target name or an explicit TargetConfig (the speed benchmark tries variants)."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
 
-    cfg = target_config(target)
+    cfg = target if isinstance(target, TargetConfig) else target_config(target)
     model = onnx.load(str(prepared), load_external_data=False)
     exclude = list(dict.fromkeys(list(nodes_to_exclude) + (non_residual_adds(model) if cfg.residual_adds_only else [])))
     options = {**cfg.extra_options, **(extra_options or {})}
@@ -118,7 +127,7 @@ def quantize_with_ranges(prepared: Path, dst: Path, ranges: Dict[str, Tuple[floa
             try:
                 quantize_static(str(prepared), str(out), calibration_data_reader=None,
                                 quant_format=QuantFormat.QDQ, op_types_to_quantize=list(cfg.op_types),
-                                per_channel=True, reduce_range=False,
+                                per_channel=True, reduce_range=cfg.reduce_range,
                                 activation_type=getattr(QuantType, cfg.activation_type),
                                 weight_type=getattr(QuantType, cfg.weight_type),
                                 nodes_to_exclude=exclude, calibrate_method=_ort_method(method),

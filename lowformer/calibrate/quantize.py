@@ -13,7 +13,7 @@ from ..preprocess import Preprocessing
 from .blocks import nodes_matching, nodes_of_blocks
 from .cache import CACHE_DIRNAME, CalibrationCache, cache_key, collect_histograms, open_cache
 from .data import BatchReader, ImageSet, load_images, select_calibration, split_eval_and_calibration
-from .qdq import TARGETS, prepare_model, qdq_summary, quantize_with_ranges, target_config
+from .qdq import prepare_model, qdq_summary, quantize_with_ranges, target_config
 from .ranges import METHODS
 
 Log = Callable[[str], None]
@@ -45,7 +45,7 @@ def model_input(path: Path):
 
 
 @dataclass
-class Session:
+class CalibratedModel:
     """A calibrated model ready to be quantized any number of times (never re-calibrated)."""
 
     prepared: Path  # the FP32 ONNX with Constant nodes turned into initializers
@@ -53,9 +53,15 @@ class Session:
     cache: CalibrationCache
     calib: ImageSet
     preprocessing: Preprocessing
+    graph_io: List[tuple]  # (op_type, inputs, outputs) of every node
+
+    def tensors_for(self, target: str) -> List[str]:
+        """Activations the target's op types can quantize: the only ranges ORT needs."""
+        ops = set(target_config(target).op_types)
+        return list(dict.fromkeys(t for op, ins, outs in self.graph_io if op in ops for t in (*ins, *outs) if t))
 
     def quantize(self, dst: Path, method: str, target: str, nodes_to_exclude: Sequence[str] = ()) -> Dict[str, Any]:
-        ranges = self.cache.ranges_for(method)
+        ranges = self.cache.ranges_for(method, self.tensors_for(target))
         self.cache.save_if_dirty()
         return quantize_with_ranges(self.prepared, dst, ranges, method, target, nodes_to_exclude)
 
@@ -70,7 +76,7 @@ def _check_args(method: str, target: str, calib_data: Optional[str]) -> None:
 
 @contextlib.contextmanager
 def calibrated(src: Path, calib: ImageSet, preprocessing: Preprocessing, checkpoint: str,
-               cache_dir: Optional[Path] = None, log: Log = lambda s: None) -> Iterator[Session]:
+               cache_dir: Optional[Path] = None, log: Log = lambda s: None) -> Iterator[CalibratedModel]:
     """Prepare `src` and load (or collect, running the model once) its calibration histograms."""
     import onnx
 
@@ -79,7 +85,9 @@ def calibrated(src: Path, calib: ImageSet, preprocessing: Preprocessing, checkpo
     with tempfile.TemporaryDirectory(prefix="lowformer-int8-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         prepare_model(src, prepared)
-        names = [n.name for n in onnx.load(str(prepared), load_external_data=False).graph.node]
+        nodes = onnx.load(str(prepared), load_external_data=False).graph.node
+        names = [n.name for n in nodes]
+        graph_io = [(n.op_type, tuple(n.input), tuple(n.output)) for n in nodes]
 
         def collect():
             name, fixed = model_input(prepared)
@@ -89,7 +97,7 @@ def calibrated(src: Path, calib: ImageSet, preprocessing: Preprocessing, checkpo
                 return collect_histograms(prepared, reader.one_batch_readers(), len(reader), log, advance)
 
         cache = open_cache(Path(cache_dir) if cache_dir else src.parent / CACHE_DIRNAME, key, collect, log)
-        yield Session(prepared, names, cache, calib, preprocessing)
+        yield CalibratedModel(prepared, names, cache, calib, preprocessing, graph_io)
 
 
 @contextlib.contextmanager
@@ -109,7 +117,7 @@ def progress_bar(total: int, description: str) -> Iterator[Callable[[int], None]
 
 def quantize_onnx(src: Path, dst: Path, spec: Any = None, image_size: int = 224,
                   manifest: Optional[Dict[str, Any]] = None, log: Log = lambda s: None,
-                  calib_data: Optional[str] = None, calib_size: int = 512, method: str = "entropy",
+                  calib_data: Optional[str] = None, calib_size: int = 512, method: str = "percentile",
                   target: str = "cpu", exclude: Sequence[str] = (), auto_exclude: bool = False,
                   gate_top1_drop: float = 1.0, eval_data: Optional[str] = None,
                   eval_size: int = DEFAULT_EVAL_SIZE, cache_dir: Optional[Path] = None) -> Dict[str, Any]:

@@ -1,0 +1,183 @@
+"""INT8 (Q/DQ, ONNX Runtime CPU) vs FP32 ONNX: latency side by side, and where INT8 loses time.
+
+    python benchmarks/int8_speed.py b1 --calib-data ../shared/data/imagenet-val-1300/val
+    python benchmarks/int8_speed.py artifacts/b1-224 --calib-data DIR --variants conv-only,with-convtranspose --profile
+    python benchmarks/int8_speed.py b1 --calib-data DIR --json > int8_speed.json
+
+MODEL is a model name (exported to --out first) or an export folder. Calibration is cached beside the
+FP32 ONNX, so only the first run pays for it. Models run round-robin (every round times each model
+once) so that load from other processes hits all of them alike; the table shows medians of wall time
+and of process CPU time (the latter is steadier on a shared machine), at batch 1 and batch 16.
+`--profile` adds ONNX Runtime's per-node profile summed per op type (FP32 vs INT8).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+
+# Q/DQ variants tried against the default `cpu` target (see lowformer/calibrate/qdq.py).
+VARIANTS = {
+    "conv-only": dict(op_types=("Conv", "Clip", "Relu")),
+    "with-convtranspose": dict(op_types=("Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Clip", "Relu")),
+    "no-add": dict(op_types=("Conv", "MatMul", "Gemm", "Clip", "Relu")),
+    "keep-activations": dict(extra_options={"QDQKeepRemovableActivations": True}),
+    "8bit-weights": dict(reduce_range=False),
+    "s8-activations": dict(activation_type="QInt8"),
+}
+
+
+def session(path: str, threads: int, profile_prefix: str = ""):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.log_severity_level = 3
+    if profile_prefix:
+        so.enable_profiling, so.profile_file_prefix = True, profile_prefix
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def time_models(paths: Dict[str, str], batch: int, image_size: int, threads: int, rounds: int) -> Dict[str, Dict]:
+    sessions = {k: session(p, threads) for k, p in paths.items()}
+    x = np.random.default_rng(0).standard_normal((batch, 3, image_size, image_size)).astype(np.float32)
+    name = next(iter(sessions.values())).get_inputs()[0].name
+    for s in sessions.values():  # warm-up
+        s.run(None, {name: x})
+    wall = collections.defaultdict(list)
+    cpu = collections.defaultdict(list)
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            t, c = time.perf_counter(), time.process_time()
+            s.run(None, {name: x})
+            wall[k].append((time.perf_counter() - t) * 1e3)
+            cpu[k].append((time.process_time() - c) * 1e3)
+    return {k: {"wall_ms": float(np.median(wall[k])), "wall_min_ms": float(np.min(wall[k])),
+                "cpu_ms": float(np.median(cpu[k])), "rounds": rounds} for k in sessions}
+
+
+def op_profile(path: str, image_size: int, threads: int, runs: int = 5) -> Dict[str, Dict[str, float]]:
+    """ms per run and node count per op type, from ORT's per-node profiler (batch 1)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        s = session(path, threads, os.path.join(tmp, "p"))
+        x = np.random.default_rng(0).standard_normal((1, 3, image_size, image_size)).astype(np.float32)
+        name = s.get_inputs()[0].name
+        s.run(None, {name: x})
+        for _ in range(runs):
+            s.run(None, {name: x})
+        events = json.load(open(s.end_profiling()))
+    total: Dict[str, float] = collections.Counter()
+    nodes: Dict[str, set] = collections.defaultdict(set)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            op = e["args"].get("op_name", "?")
+            total[op] += e["dur"] / 1e3 / (runs + 1)
+            nodes[op].add(e["name"])
+    return {op: {"ms": round(ms, 3), "nodes": len(nodes[op])} for op, ms in total.most_common()}
+
+
+def main(argv: List[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", help="model name (b1, timm:...) or an export folder with model.onnx")
+    ap.add_argument("--calib-data", required=True)
+    ap.add_argument("--calib-size", type=int, default=64)
+    ap.add_argument("--method", default="percentile", choices=["entropy", "minmax", "percentile"])
+    ap.add_argument("--checkpoint")
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--out", help="export folder for a model name [default: artifacts/<model>-<size>]")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--batches", default="1,16")
+    ap.add_argument("--rounds", type=int, default=0, help="timed rounds [default: 20 at batch 1, 5 above]")
+    ap.add_argument("--variants", default="", help=f"comma-separated, from: {', '.join(VARIANTS)}")
+    ap.add_argument("--profile", action="store_true", help="per-op-type ORT profile of FP32 and INT8")
+    ap.add_argument("--json", action="store_true", help="print one JSON document to stdout")
+    args = ap.parse_args(argv)
+
+    from rich.console import Console
+
+    from lowformer.calibrate.data import select_calibration
+    from lowformer.calibrate.qdq import quantize_with_ranges, target_config
+    from lowformer.calibrate.quantize import calibrated, checkpoint_id, preprocessing_for
+    from lowformer.calibrate.sensitivity import _fp32_onnx
+
+    console = Console(stderr=True, width=150)
+    log = lambda s: console.print(s, highlight=False)  # noqa: E731
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variant {unknown[0]} (choose from {', '.join(VARIANTS)})")
+    src, manifest, spec = _fp32_onnx(args.model, args.checkpoint, args.image_size, args.out, log)
+    pp = preprocessing_for(spec, args.image_size, manifest)
+    calib = select_calibration(args.calib_data, args.calib_size, log=log)
+    folder = src.parent / "int8-bench"
+    paths = {"fp32": str(src)}
+    configs = {"int8 (cpu)": target_config("cpu")}
+    configs.update({f"int8 {v}": replace(target_config("cpu"), **VARIANTS[v]) for v in variants})
+    with calibrated(src, calib, pp, checkpoint_id(manifest), None, log) as s:
+        for label, cfg in configs.items():
+            dst = folder / (label.replace(" ", "_").replace("(", "").replace(")", "") + ".onnx")
+            needed = list(dict.fromkeys(t for op, ins, outs in s.graph_io if op in cfg.op_types
+                                        for t in (*ins, *outs) if t))
+            log(f"quantizing {label} ...")
+            quantize_with_ranges(s.prepared, dst, s.cache.ranges_for(args.method, needed), args.method, cfg)
+            s.cache.save_if_dirty()
+            paths[label] = str(dst)
+    results = {"model": str(args.model), "image_size": args.image_size, "threads": args.threads,
+               "method": args.method, "calib_images": len(calib), "cpu": _cpu_name(), "timings": {}}
+    for b in [int(v) for v in args.batches.split(",")]:
+        rounds = args.rounds or (20 if b == 1 else 5)
+        log(f"timing batch {b} ({rounds} rounds, {args.threads} threads) ...")
+        t = time_models(paths, b, args.image_size, args.threads, rounds)
+        for k, v in t.items():
+            v["speedup_wall"] = t["fp32"]["wall_ms"] / v["wall_ms"]
+            v["speedup_cpu"] = t["fp32"]["cpu_ms"] / v["cpu_ms"]
+        results["timings"][f"batch{b}"] = t
+    if args.profile:
+        results["profile"] = {k: op_profile(p, args.image_size, args.threads) for k, p in
+                              [("fp32", paths["fp32"]), ("int8 (cpu)", paths["int8 (cpu)"])]}
+    _print_table(console, results)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        name = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
+        flags = next(line for line in info.splitlines() if line.startswith("flags")).split()
+        vnni = "VNNI" if any("vnni" in f for f in flags) else "no VNNI"
+        return f"{name} ({'AVX-512' if 'avx512f' in flags else 'AVX2' if 'avx2' in flags else 'no AVX2'}, {vnni})"
+    except (OSError, StopIteration):
+        return "unknown"
+
+
+def _print_table(console, results) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{results['model']} at {results['image_size']} px, ORT CPU, {results['threads']} threads, "
+                        f"{results['cpu']}")
+    for c in ("model", "batch", "wall median ms", "wall min ms", "cpu median ms", "speedup (wall)", "speedup (cpu)"):
+        table.add_column(c, justify="left" if c == "model" else "right")
+    for batch, rows in results["timings"].items():
+        for k, v in rows.items():
+            table.add_row(k, batch.replace("batch", ""), f"{v['wall_ms']:.1f}", f"{v['wall_min_ms']:.1f}",
+                          f"{v['cpu_ms']:.1f}", f"{v['speedup_wall']:.2f}x", f"{v['speedup_cpu']:.2f}x")
+    console.print(table)
+    for k, prof in results.get("profile", {}).items():
+        top = ", ".join(f"{op} {d['ms']:.1f} ms ({d['nodes']})" for op, d in list(prof.items())[:8])
+        console.print(f"[bold]{k}[/bold] per op type (batch 1): {top}", highlight=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

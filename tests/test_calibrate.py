@@ -1,0 +1,268 @@
+"""INT8 calibration: image selection, the histogram cache, Q/DQ graphs per target, exclusions, sensitivity."""
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from helpers import assert_one_line_error, load_mini, run_cli
+from PIL import Image
+
+from lowformer.calibrate.blocks import block_of_path, blocks_in_order, node_blocks, nodes_matching
+from lowformer.calibrate.data import select_calibration, split_eval_and_calibration
+from lowformer.calibrate.qdq import qdq_summary
+from lowformer.calibrate.quantize import calibrated, quantize_onnx
+from lowformer.calibrate.ranges import TensorHistogram, entropy_threshold
+from lowformer.calibrate.sensitivity import EvalData, auto_exclude_blocks, block_sensitivity, run_onnx
+from lowformer.compare import compare_logits
+from lowformer.errors import LowformerError
+from lowformer.export.naming import module_path_of_node
+from lowformer.export.onnx_export import export_onnx
+from lowformer.fusion import fuse
+from lowformer.preprocess import lowformer_protocol
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SIZE = 64
+
+
+def _write_images(folder: Path, n: int, classes: int = 4, seed: int = 0) -> Path:
+    """Smooth random RGB images (not noise: activations then look like real ones) in class folders."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        base = rng.uniform(0, 255, (6, 6, 3)).astype(np.uint8)
+        img = Image.fromarray(base).resize((80, 72), Image.BICUBIC)
+        d = folder / f"class{i % classes}"
+        d.mkdir(parents=True, exist_ok=True)
+        img.save(d / f"img{i:03d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A mini LowFormer (stem, stages with attention, head) as a fused FP32 ONNX at 64 px."""
+    folder = tmp_path_factory.mktemp("tiny")
+    model, _, _ = load_mini(FIXTURES / "mini" / "mini_b1.safetensors")
+    fuse(model)
+    export_onnx(model, folder / "model.onnx", SIZE)
+    manifest = {"preprocessing": lowformer_protocol(SIZE).to_dict(), "checkpoint": {"sha256": "mini_b1"}}
+    return folder / "model.onnx", manifest
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    return _write_images(tmp_path_factory.mktemp("calib"), 40)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    """One calibration cache for the tests that are not about caching (they calibrate once)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def _quantize(tiny, images, dst, log=lambda s: None, **kw):
+    src, manifest = tiny
+    kw.setdefault("calib_size", 16)
+    return quantize_onnx(src, dst, image_size=SIZE, manifest=manifest, log=log, calib_data=str(images), **kw)
+
+
+def _augmented_sessions(monkeypatch) -> list:
+    """Record every ONNX Runtime session built on ORT's calibration (augmented) model."""
+    import onnxruntime
+
+    created = []
+    real = onnxruntime.InferenceSession
+
+    class Counting(real):
+        def __init__(self, path_or_bytes, *args, **kwargs):
+            if "augmented" in str(path_or_bytes):
+                created.append(str(path_or_bytes))
+            super().__init__(path_or_bytes, *args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", Counting)
+    return created
+
+
+def test_second_run_reuses_the_cache_without_running_the_model(tiny, images, tmp_path, monkeypatch):
+    created = _augmented_sessions(monkeypatch)
+    cache_dir = tmp_path / "cache"
+    first = _quantize(tiny, images, tmp_path / "a.onnx", cache_dir=cache_dir)
+    assert first["calibration"]["cache_hit"] is False and len(created) == 1
+    assert first["calibration"]["count"] == 16 and len(first["calibration"]["files_sha256"]) == 64
+    # Another method, target and exclusion: same histograms, the model does not run.
+    second = _quantize(tiny, images, tmp_path / "b.onnx", cache_dir=cache_dir, method="minmax", target="tensorrt",
+                       exclude=["stages.1.*"])
+    assert second["calibration"]["cache_hit"] is True and len(created) == 1
+    assert second["calibration"]["cache"] == first["calibration"]["cache"]
+    # Other calibration images: a new cache entry, the model runs again.
+    third = _quantize(tiny, images, tmp_path / "c.onnx", cache_dir=cache_dir, calib_size=20)
+    assert third["calibration"]["cache_hit"] is False and len(created) == 2
+    assert len(list(cache_dir.glob("*.json"))) == 2
+
+
+def test_empty_folder_is_an_error_and_few_images_warn(tiny, tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(LowformerError, match="no images"):
+        _quantize(tiny, tmp_path / "empty", tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
+    with pytest.raises(LowformerError, match="no such folder"):
+        _quantize(tiny, tmp_path / "missing", tmp_path / "x.onnx")
+    logs = []
+    few = _write_images(tmp_path / "few", 8)
+    facts = _quantize(tiny, few, tmp_path / "x.onnx", log=logs.append, cache_dir=tmp_path / "c")
+    assert facts["calibration"]["count"] == 8
+    assert any("warning" in line and "8 calibration images" in line for line in logs), logs
+
+
+def test_tensorrt_graph_is_symmetric_int8_with_per_channel_weights(tiny, images, cache_dir, tmp_path):
+    dst = tmp_path / "trt.onnx"
+    facts = _quantize(tiny, images, dst, target="tensorrt", cache_dir=cache_dir)
+    q = qdq_summary(dst)
+    assert q["activation_dtypes"] == ["int8"] and q["activation_zero_points"] == [0]
+    assert q["weight_dtypes"] == ["int8"] and q["per_channel_weights"] > 0
+    assert facts["int8"]["target"] == "tensorrt" and facts["int8"]["activation_symmetric"] is True
+    model = onnx.load(str(dst))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert convs and all(producer[n.input[0]].op_type == "DequantizeLinear" for n in convs)
+    # Residual Adds get Q/DQ on both inputs; bias/epsilon Adds (a constant operand) none.
+    adds = [n for n in model.graph.node if n.op_type == "Add"]
+    residual = [n for n in adds if all(i in producer and producer[i].op_type == "DequantizeLinear" for i in n.input)]
+    assert residual, "no residual Add was quantized"
+
+
+def test_cpu_graph_has_uint8_activations_and_runs_close_to_fp32(tiny, images, cache_dir, tmp_path):
+    dst = tmp_path / "cpu.onnx"
+    facts = _quantize(tiny, images, dst, target="cpu", cache_dir=cache_dir)
+    q = qdq_summary(dst)
+    assert q["activation_dtypes"] == ["uint8"] and q["weight_dtypes"] == ["int8"] and q["per_channel_weights"] > 0
+    assert facts["int8"]["activation_type"] == "QUInt8" and facts["int8"]["weight_type"] == "QInt8"
+    x = np.random.default_rng(0).uniform(-1.5, 1.5, (4, 3, SIZE, SIZE)).astype(np.float32)
+    cmp = compare_logits(run_onnx(tiny[0], x), run_onnx(dst, x))
+    assert cmp.cosine > 0.9, cmp
+
+
+def test_exclusion_by_module_glob_keeps_those_modules_float(tiny, images, cache_dir, tmp_path):
+    dst = tmp_path / "ex.onnx"
+    facts = _quantize(tiny, images, dst, exclude=["stages.1.*", "head"], cache_dir=cache_dir)
+    model = onnx.load(str(dst))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name for i in model.graph.initializer}
+    float_convs, int8_convs = [], []
+    for n in model.graph.node:
+        if n.op_type != "Conv":
+            continue
+        path = module_path_of_node(n.name)
+        weight_is_dq = n.input[1] in producer and producer[n.input[1]].op_type == "DequantizeLinear"
+        (int8_convs if weight_is_dq else float_convs).append(path)
+        if path.startswith("stages.1.") or node_blocks([n.name]).get(n.name) == "head":
+            assert n.input[1] in inits and not weight_is_dq, path
+    assert float_convs and int8_convs
+    assert facts["int8"]["excluded_nodes"] > 0 and facts["int8"]["exclude"] == ["stages.1.*", "head"]
+    with pytest.raises(LowformerError, match="matches no module"):
+        _quantize(tiny, images, tmp_path / "none.onnx", exclude=["stages.9.*"], cache_dir=cache_dir)
+
+
+def test_blocks_follow_the_lowformer_layout(tiny):
+    names = [n.name for n in onnx.load(str(tiny[0])).graph.node]
+    blocks = blocks_in_order(names)
+    assert blocks[0].startswith("stem.") and blocks[-1] == "head"
+    assert "stages.2.1" in blocks or any(b.startswith("stages.") for b in blocks)
+    assert block_of_path("stages.2.1.attn.main.1") == "stages.2.1" and block_of_path("stem.0.conv") == "stem.0"
+    assert block_of_path("blocks.3.0.conv_pw") == "blocks.3.0" and block_of_path("classifier") is None
+    assert nodes_matching(names, ["head"]) and not nodes_matching(names, [])
+
+
+def test_calibration_and_evaluation_images_never_overlap(images):
+    calib, ev = split_eval_and_calibration(str(images), 20, None, 15)
+    assert len(calib) == 20 and len(ev) == 15
+    assert not {s.path for s in calib.samples} & {s.path for s in ev.samples}
+    again, _ = split_eval_and_calibration(str(images), 20, None, 15)
+    assert again.sha256 == calib.sha256  # deterministic
+    assert select_calibration(str(images), 20).sha256 != calib.sha256  # without a held-out split: other images
+
+
+def test_entropy_threshold_matches_onnxruntime():
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    rng = np.random.default_rng(0)
+    collector = HistogramCollector("entropy", False, 512, 128, 99.99, "same")
+    for data in (rng.standard_normal(200_000), np.maximum(rng.laplace(0.3, 1.0, 200_000), -0.2)):
+        data = data.astype(np.float32)
+        with contextlib.redirect_stdout(io.StringIO()):
+            collector.histogram_dict = {}
+            collector.collect_value({"t": [data]})
+        entry = collector.histogram_dict["t"]
+        ref = collector.get_entropy_threshold(entry, 128)
+        mine = entropy_threshold(TensorHistogram.from_collector(entry))
+        assert np.allclose(mine, [float(ref[0]), float(ref[1])]), (mine, ref)
+
+
+def test_sensitivity_table_and_auto_exclude(tiny, images, cache_dir):
+    src, manifest = tiny
+    pp = lowformer_protocol(SIZE)
+    calib, ev = split_eval_and_calibration(str(images), 16, None, 12)
+    with calibrated(src, calib, pp, "mini_b1", cache_dir) as session:
+        data = EvalData.build(src, ev, pp)
+        assert data.labels is None  # class0..3 are not ImageNet classes: agreement decides
+        rows = block_sensitivity(session, data, "percentile", "cpu")
+        assert [r["block"] for r in rows] == blocks_in_order(session.node_names)
+        assert all(0 <= r["agreement"] <= 1 and r["cosine"] > 0.5 for r in rows)
+        # A gate nothing can fail keeps nothing in float; an impossible one keeps blocks, bounded.
+        easy = auto_exclude_blocks(session, data, "percentile", "cpu", [], 100.0, rows=rows)
+        assert easy["passed"] and easy["kept_float"] == []
+        hard = auto_exclude_blocks(session, data, "percentile", "cpu", [], -1.0, rows=rows, max_steps=2)
+        assert not hard["passed"] and hard["kept_float"] == hard["ranking"][:2] and len(hard["steps"]) == 2
+    assert Path(session.cache.path).is_file()
+
+
+def test_auto_exclude_in_quantize_onnx_holds_out_its_evaluation_images(tiny, images, cache_dir, tmp_path):
+    facts = _quantize(tiny, images, tmp_path / "auto.onnx", cache_dir=cache_dir, calib_size=16, auto_exclude=True,
+                      gate_top1_drop=100.0, eval_size=12)
+    auto = facts["int8"]["auto_exclude"]
+    assert auto["passed"] and auto["kept_float"] == [] and auto["metric"] == "disagreement"
+    assert auto["eval"]["count"] == 12 and facts["calibration"]["count"] == 16
+
+
+def test_export_pipeline_writes_and_records_the_int8_model(images, tmp_path):
+    from lowformer.export.manifest import load_manifest
+    from lowformer.export.pipeline import export_model
+
+    result = export_model("timm:tf_efficientnet_lite0", int8=True, image_size=SIZE, out=str(tmp_path / "eff"),
+                          calib=dict(calib_data=str(images), calib_size=16, method="minmax", target="tensorrt"))
+    entry = next(a for a in load_manifest(tmp_path / "eff")["artifacts"] if a["precision"] == "int8")
+    assert entry["path"] == "model_int8.onnx" and entry["int8"]["target"] == "tensorrt"
+    assert entry["calibration"]["count"] == 16 and entry["calibration"]["files_sha256"]
+    assert entry["int8"]["qdq"]["activation_zero_points"] == [0] and "cosine" in entry["parity"]
+    assert not list((tmp_path / "eff").glob(".*.tmp")) and result.artifacts[-1]["precision"] == "int8"
+
+
+def test_export_int8_without_calib_data_is_one_line():
+    assert_one_line_error(run_cli("export", "timm:tf_efficientnet_lite0", "--int8"), "--calib-data")
+
+
+def test_sensitivity_cli_bad_input_is_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(run_cli("calibrate", "sensitivity", str(tmp_path), "--calib-data", str(tmp_path / "empty")),
+                          "export folder")
+
+
+@pytest.mark.slow
+def test_effnet_lite0_int8_cpu_within_one_point_on_real_images(imagenet_val, effnet_lite0_checkpoint, tmp_path):
+    """Real weights, real images: calibrate on 128 images, evaluate on 400 disjoint ones."""
+    from lowformer.export.pipeline import Exporter
+    from lowformer.calibrate.quantize import preprocessing_for
+
+    ex = Exporter("timm:tf_efficientnet_lite0", effnet_lite0_checkpoint, 224, out=str(tmp_path / "eff"))
+    src = ex.ensure_onnx()
+    pp = preprocessing_for(ex.spec, 224, ex.manifest)
+    calib, ev = split_eval_and_calibration(str(imagenet_val), 128, None, 400)
+    with calibrated(src, calib, pp, "effnet") as session:
+        data = EvalData.build(src, ev, pp)
+        assert data.fp32_top1 > 0.8
+        dst = tmp_path / "int8.onnx"
+        session.quantize(dst, "percentile", "cpu")
+        metrics = data.score(run_onnx(dst, data.images))
+    assert metrics["drop"] <= 1.0 and metrics["agreement"] >= 0.95, metrics
