@@ -10,7 +10,10 @@ import numpy as np
 PARITY_THRESHOLDS: Dict[str, Dict[str, float]] = {
     "fp32": {"max_rel_l2": 1e-4},
     "fp16": {"min_cosine": 0.999},
-    "int8": {"min_cosine": 0.98},
+    # Measured: EfficientNet-Lite0 (real weights), INT8 cpu target, percentile: cosine 0.979 on the
+    # parity batch and 0.978 on 1,044 ImageNet images with top-1 only 0.6 pt below FP32; broken
+    # quantizations measured 0.93 (saturating 8-bit weights) and 0.80-0.85 (entropy ranges).
+    "int8": {"min_cosine": 0.96},
 }
 
 

@@ -132,11 +132,19 @@ def summary_rows(models: List[DemoModel], labelled: bool) -> List[List[str]]:
             s = _score(dm, art)
             if not s:
                 continue
-            verdict = "error" if s.get("error") else ("pass" if s.get("passed") else "FAIL")
+            if labelled:
+                verdict = "error" if s.get("error") else ("pass" if s.get("passed") else "FAIL")
+            else:  # no labels: the top-1 gates say nothing; report the export's logit-parity check
+                verdict = "parity " + ("pass" if _export_parity(dm, art) else "FAIL")
             rows.append([dm.name, art, _fmt(s.get("top1") if labelled else None),
                          _fmt(s.get("top1_delta") if labelled else None, "{:+.2f}"),
                          _fmt(s.get("agreement"), "{:.2%}"), verdict, _fmt(_latency(dm, art))])
     return rows
+
+
+def _export_parity(dm: DemoModel, artifact: str) -> bool:
+    entry = next((a for a in dm.export.get("artifacts", []) if a.get("path") == artifact), {})
+    return bool(entry.get("parity", {}).get("passed"))
 
 
 def _fmt(v: Any, pattern: str = "{:.2f}") -> str:

@@ -9,6 +9,9 @@ from ..errors import LowformerError
 from ..export.naming import module_path_of_node
 
 
+BLOCK_CONTAINERS = ("stem", "stages")  # LowFormer's: numbered children are blocks even when alone
+
+
 def block_of_path(path: str) -> Optional[str]:
     """`stages.2.1.attn.main.1` -> `stages.2.1`; `stem.0.conv` -> `stem.0`; `in_conv.conv` -> None."""
     parts = path.split(".") if path else []
@@ -22,17 +25,32 @@ def block_of_path(path: str) -> Optional[str]:
     return None
 
 
+def _numbered_containers(paths: Sequence[str]) -> set:
+    """Containers holding several numbered children (`blocks`, `layer1`), not `bn1.1`-style wrappers."""
+    children: Dict[str, set] = {}
+    for path in paths:
+        block = block_of_path(path)
+        if block:
+            head, _, rest = block.partition(".")
+            children.setdefault(head, set()).add(rest.split(".")[0])
+    return {c for c, kids in children.items() if len(kids) > 1 or c in BLOCK_CONTAINERS}
+
+
 def node_blocks(node_names: Sequence[str]) -> Dict[str, str]:
     """Block of every node that belongs to a module. Modules outside numbered blocks join `stem`
     before the first block; from the first such module after them on (LowFormer's in_conv,
     EfficientNet's conv_head) everything is `head`."""
     out: Dict[str, str] = {}
+    paths = {n: module_path_of_node(n) for n in node_names
+             if not n.rsplit("/", 1)[-1].startswith("Constant")}  # exporters hoist Constants to the top
+    containers = _numbered_containers(list(paths.values()))
     seen_block = in_head = False
-    for name in node_names:
-        path = module_path_of_node(name)
-        if not path or name.rsplit("/", 1)[-1].startswith("Constant"):
-            continue  # shape arithmetic outside any module; exporters hoist Constants to the top
+    for name, path in paths.items():
+        if not path:
+            continue  # shape arithmetic outside any module
         block = block_of_path(path)
+        if block is not None and block.split(".")[0] not in containers:
+            block = None
         if block is not None and not block.startswith("stem") and not in_head:
             seen_block = True
         elif block is None and seen_block:

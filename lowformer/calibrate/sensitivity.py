@@ -113,11 +113,12 @@ def block_sensitivity(session, data: EvalData, method: str, target: str, base_ex
 
 
 def harm_order(rows: List[Dict[str, Any]], mode: str) -> List[str]:
-    """Blocks from most to least harmful."""
-    if mode == "quantize-one":  # the block alone quantized: more drop, lower cosine = more harm
-        ranked = sorted(rows, key=lambda r: (-r["drop"], r["cosine"]))
-    else:  # the block alone in float: less drop, higher cosine = keeping it in float helps more
-        ranked = sorted(rows, key=lambda r: (r["drop"], -r["cosine"]))
+    """Blocks from most to least harmful, by logit cosine (top-1 on a small split moves in whole
+    images and ties a lot), then agreement."""
+    if mode == "quantize-one":  # the block alone quantized: the lower the cosine, the more harm
+        ranked = sorted(rows, key=lambda r: (r["cosine"], r["agreement"]))
+    else:  # the block alone in float: the higher the cosine, the more keeping it in float helps
+        ranked = sorted(rows, key=lambda r: (-r["cosine"], -r["agreement"]))
     return [r["block"] for r in ranked]
 
 
