@@ -121,7 +121,8 @@ def info_cmd(model: str, checkpoint: Optional[str], image_size: int, as_json: bo
 @click.option("--data", type=click.Path(), help="Image folder: real images join the parity check.")
 @click.option("--calib-data", type=click.Path(), help="INT8: calibration image folder.")
 @click.option("--calib-size", default=512, show_default=True, type=click.IntRange(1, 100000))
-@click.option("--calib-method", default="entropy", show_default=True, type=click.Choice(["entropy", "minmax", "percentile"]))
+@click.option("--calib-method", default="percentile", show_default=True,
+              type=click.Choice(["entropy", "minmax", "percentile"]))
 @click.option("--target", "int8_target", default="cpu", show_default=True, type=click.Choice(["cpu", "tensorrt"]),
               help="INT8 flavour: cpu (u8 activations, x86 VNNI) or tensorrt (symmetric s8).")
 @click.option("--exclude", multiple=True, help="INT8: keep modules matching this glob in float (e.g. 'stages.3.*.attn').")

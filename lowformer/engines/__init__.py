@@ -63,7 +63,9 @@ def load(path: str, device: str = "cpu", threads: Optional[int] = None,
     if fmt == "onnx":
         from .onnxrt import OnnxRuntimeRunner
 
-        return OnnxRuntimeRunner(str(p), precision, device, threads)
+        # A TensorRT-target INT8 graph (s8 activations) is checked with reference Q/DQ math on the CPU.
+        exact = bool(((entry or {}).get("int8") or {}).get("parity_needs_reference_math")) and device == "cpu"
+        return OnnxRuntimeRunner(str(p), precision, device, threads, exact=exact)
     if fmt == "torchscript":
         return TorchScriptRunner.from_file(str(p), _input_spec_from_manifest(manifest), device, threads)
     from .tensorrt import TensorRTRunner

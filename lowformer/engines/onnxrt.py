@@ -20,11 +20,14 @@ _PROVIDERS = {
 }
 
 
-def session_options(threads: Optional[int] = None, profile_prefix: Optional[str] = None):
+def session_options(threads: Optional[int] = None, profile_prefix: Optional[str] = None, exact: bool = False):
+    """`exact`: no graph optimizations, so a Q/DQ graph is computed as written (dequantize, float
+    op, quantize), the arithmetic TensorRT performs, instead of by ORT's fused int8 CPU kernels."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if exact
+                                   else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
@@ -78,7 +81,7 @@ class OnnxRuntimeRunner(Runner):
     backend = "onnxruntime"
 
     def __init__(self, path: str, precision: str = "fp32", device: str = "cpu",
-                 threads: Optional[int] = None):
+                 threads: Optional[int] = None, exact: bool = False):
         import onnxruntime as ort
 
         if device not in _PROVIDERS:
@@ -88,7 +91,7 @@ class OnnxRuntimeRunner(Runner):
         providers = [p for p in wanted if p in available]
         self._path, self._providers = path, providers
         try:
-            self.session = ort.InferenceSession(path, session_options(threads), providers=providers)
+            self.session = ort.InferenceSession(path, session_options(threads, exact=exact), providers=providers)
         except Exception as e:
             raise LowformerError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0]}") from None
         super().__init__(input_spec_of(self.session), precision, device, threads, path)
@@ -98,6 +101,10 @@ class OnnxRuntimeRunner(Runner):
             # ONNX Runtime silently falls back to the CPU: say so.
             self.warnings.append(f"{wanted[0]} is not available here; ONNX Runtime ran on {used[0]}")
         self.output_name = self.session.get_outputs()[0].name
+        self.exact = exact
+        if exact:
+            self.warnings.append("ONNX Runtime graph optimizations are off: the Q/DQ graph is computed as "
+                                 "written (the arithmetic TensorRT performs), not by ORT's int8 CPU kernels")
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         out = self.session.run([self.output_name], {self.input_spec.name: x})[0]

@@ -140,7 +140,7 @@ class Exporter:
         """Run the artifact on the parity batch, compare with the unfused model, record it."""
         from ..engines import load
 
-        with load(str(path), entry={"precision": precision}, manifest=self.manifest) as runner:
+        with load(str(path), entry={"precision": precision, **facts}, manifest=self.manifest) as runner:
             logits = runner.run(self.inputs)
         cmp = compare_logits(self.ref_logits, logits)
         passed = parity_passes(cmp, precision)
