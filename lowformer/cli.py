@@ -228,10 +228,12 @@ def build_engine_cmd(onnx_file: str, out: Optional[str], fp16: bool, int8: bool,
 @click.option("--skip-bad-images", is_flag=True, help="Skip (and list) unreadable images instead of failing.")
 @click.option("--report", type=click.Path(), help="Write the full result (incl. flipped images) as JSON.")
 @click.option("--threads", type=click.IntRange(1, 256), help="Inference threads (torch and ONNX Runtime).")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda", "tensorrt"]),
+              help="Where artifacts run (cuda/tensorrt: ONNX Runtime GPU providers, TensorRT engines).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON to stdout.")
 @handle_errors
 def validate_cmd(artifacts, data, labels, limit, batch_size, workers, reference, checkpoint, gate_top1_drop,
-                 gate_agreement, crop_ratio, interpolation, mean, std, skip_bad_images, report, threads,
+                 gate_agreement, crop_ratio, interpolation, mean, std, skip_bad_images, report, threads, device,
                  as_json) -> None:
     """ImageNet top-1/top-5 of every artifact against the PyTorch reference, on the same images.
 
@@ -248,7 +250,8 @@ def validate_cmd(artifacts, data, labels, limit, batch_size, workers, reference,
                           reference=reference, checkpoint=checkpoint, gate_top1_drop=gate_top1_drop,
                           gate_agreement=gate_agreement, crop_ratio=crop_ratio, interpolation=interpolation,
                           mean=mean, std=std,
-                          skip_bad_images=skip_bad_images, report=report, threads=threads, progress=progress)
+                          skip_bad_images=skip_bad_images, report=report, threads=threads, device=device,
+                          progress=progress)
     for w in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
     if as_json:
