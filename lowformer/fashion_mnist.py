@@ -6,13 +6,16 @@ in a hidden temporary folder and renamed into place only when complete).
 
     python -m lowformer.fashion_mnist runs/fashion-mnist [--per-class N]
 
-A quick end-to-end check of the training recipe on CPU (LowFormer-B0, 32 px, about 45k images in
-under 30 minutes on 2 busy cores; the ImageNet augmentation is switched off, the rest is the recipe):
+A quick end-to-end check of the training recipe on CPU: LowFormer-B0 at 32 px, 820 steps of 128
+images (1.75 epochs), two 1-thread processes (faster than one 2-thread process on busy cores), the
+ImageNet augmentation switched off except a mild crop; measured 86.5% top-1 on the 10,000 test
+images in 23 minutes on this 2-core machine shared with other jobs:
 
-    lowformer train b0 --data runs/fashion-mnist/train --val-data runs/fashion-mnist/test \
-        --out runs/b0-fmnist-32px --epochs 1 --max-steps 1400 --batch-size 32 --lr 2e-3 \
-        --image-sizes 32 --eval-size 32 --workers 1 --threads 1 \
-        --mixup 0 --cutmix 0 --randaug none --drop-path 0 --set 'crop_scale=[1,1]'
+    OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 -m lowformer train b0 \
+        --data runs/fashion-mnist/train --val-data runs/fashion-mnist/test --out runs/b0-fmnist \
+        --epochs 2 --max-steps 820 --eval-every 2 --batch-size 64 --lr 3e-3 --image-sizes 32 \
+        --eval-size 32 --workers 1 --threads 1 --mixup 0 --cutmix 0 --randaug none --drop-path 0 \
+        --set 'crop_scale=[0.85,1]'
 """
 from __future__ import annotations
 

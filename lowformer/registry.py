@@ -87,18 +87,37 @@ def resolve(name: str) -> ModelSpec:
     return VARIANTS[key]
 
 
-def create_model(name: str, checkpoint: Optional[str] = None, num_classes: int = 1000,
+def _classifier_width(state_dict: Dict[str, torch.Tensor], spec: ModelSpec) -> Optional[int]:
+    """Number of classes a checkpoint was trained for, read off its classifier weight."""
+    import timm
+
+    keys = ["classifier.weight", "head.op_list.3.linear.weight", "head.opseq.3.linear.weight"]
+    cfg = timm.get_pretrained_cfg(spec.timm_name)
+    if cfg is not None and isinstance(cfg.classifier, str):
+        keys.append(f"{cfg.classifier}.weight")
+    return next((int(state_dict[k].shape[0]) for k in keys if k in state_dict and state_dict[k].dim() == 2), None)
+
+
+def create_model(name: str, checkpoint: Optional[str] = None, num_classes: Optional[int] = None,
                  **timm_kwargs: Any) -> nn.Module:
-    """Build a model in eval mode; load `checkpoint` (official LowFormer or timm format) strictly."""
+    """Build a model in eval mode; load `checkpoint` (official LowFormer or timm format) strictly.
+
+    `num_classes` defaults to the checkpoint's classifier width (a fine-tuned model), else 1000."""
     import timm
 
     spec = resolve(name)
-    model = timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes,
-                              **{**spec.timm_kwargs, **timm_kwargs})
+    state_dict = None
     if checkpoint is not None:
+        from .checkpoints import read_state_dict
+
+        state_dict = read_state_dict(checkpoint)
+        num_classes = num_classes or _classifier_width(state_dict, spec)
+    model = timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes or 1000,
+                              **{**spec.timm_kwargs, **timm_kwargs})
+    if state_dict is not None:
         from .checkpoints import load_checkpoint
 
-        load_checkpoint(model, checkpoint, spec)
+        load_checkpoint(model, state_dict, spec)
     return model.eval()
 
 
