@@ -31,11 +31,8 @@ def resolve_artifacts(paths: List[str]) -> List[Tuple[Path, Optional[Dict[str, A
         if p.is_dir() or p.name == MANIFEST_NAME or p.suffix == ".json":
             manifest = load_manifest(p)
             folder = p if p.is_dir() else p.parent
-            for entry in manifest["artifacts"]:
-                if entry.get("format") == "tensorrt" and not (folder / entry["path"]).exists():
-                    continue
-                if (folder / entry["path"]).exists():
-                    out.append((folder / entry["path"], entry, manifest))
+            # entries whose file is absent (e.g. an engine built on another device) are skipped
+            out += [(folder / e["path"], e, manifest) for e in manifest["artifacts"] if (folder / e["path"]).exists()]
             continue
         format_of(p)
         mpath = find_manifest_for(p)

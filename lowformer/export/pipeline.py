@@ -93,8 +93,10 @@ def _open_manifest(out: Path, fresh: Dict[str, Any]) -> Dict[str, Any]:
             old = load_manifest(out)
         except LowformerError:
             old = None
-        same = old and all(old.get(k) == fresh[k] for k in ("model", "input")) and \
-            old["checkpoint"].get("sha256") == fresh["checkpoint"].get("sha256") != "random-init"
+        sha = fresh["checkpoint"].get("sha256")
+        # random weights differ on every run, so their artifacts never join an older manifest
+        same = old and sha != "random-init" and old["checkpoint"].get("sha256") == sha and \
+            all(old.get(k) == fresh[k] for k in ("model", "input"))
         if same:
             old.update({k: fresh[k] for k in ("preprocessing", "tools", "created")})
             return old
