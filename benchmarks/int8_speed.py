@@ -3,10 +3,12 @@
     python benchmarks/int8_speed.py b1 --calib-data ../shared/data/imagenet-val-1300/val
     python benchmarks/int8_speed.py artifacts/b1-224 --calib-data DIR --variants conv-only,with-convtranspose --profile
     python benchmarks/int8_speed.py b1 --calib-data DIR --json > int8_speed.json
+    python benchmarks/int8_speed.py b1 --calib-data DIR --threads 1 --kernels   # + the GEMM kernels alone
 
 MODEL is a model name (exported to --out first) or an export folder. Calibration is cached beside the
 FP32 ONNX, so only the first run pays for it. Models run round-robin (every round times each model
-once) so that load from other processes hits all of them alike; the table shows medians of wall time
+once, after a pause that lets the previous session's spinning threads settle) so that load from other
+processes hits all of them alike; the table shows medians of wall time
 and of process CPU time (the latter is steadier on a shared machine), at batch 1 and batch 16.
 `--profile` adds ONNX Runtime's per-node profile summed per op type (FP32 vs INT8).
 """
@@ -25,6 +27,8 @@ from typing import Dict, List
 
 import numpy as np
 
+SPIN_SETTLE_S = 0.1
+
 # Q/DQ variants tried against the default `cpu` target (see lowformer/calibrate/qdq.py).
 VARIANTS = {
     "conv-only": dict(op_types=("Conv", "Clip", "Relu")),
@@ -36,7 +40,7 @@ VARIANTS = {
 }
 
 
-def session(path: str, threads: int, profile_prefix: str = ""):
+def session(path: "str | bytes", threads: int, profile_prefix: str = ""):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -58,12 +62,55 @@ def time_models(paths: Dict[str, str], batch: int, image_size: int, threads: int
     cpu = collections.defaultdict(list)
     for _ in range(rounds):
         for k, s in sessions.items():
+            # ORT's worker threads spin for a while after a run; without this pause they compete with the
+            # next session's run on a 2-core machine and inflate whichever model is timed after them.
+            time.sleep(SPIN_SETTLE_S)
             t, c = time.perf_counter(), time.process_time()
             s.run(None, {name: x})
             wall[k].append((time.perf_counter() - t) * 1e3)
             cpu[k].append((time.process_time() - c) * 1e3)
     return {k: {"wall_ms": float(np.median(wall[k])), "wall_min_ms": float(np.min(wall[k])),
                 "cpu_ms": float(np.median(cpu[k])), "rounds": rounds} for k in sessions}
+
+
+# GEMM shapes (M=pixels, K=in channels, N=out channels) of b1's 1x1 convolutions at 224 px.
+KERNEL_SHAPES = ((3136, 64, 256), (784, 128, 512), (196, 256, 1024))
+
+
+def kernel_ceiling(threads: int, repeats: int = 20) -> List[Dict]:
+    """The most INT8 can gain here: ORT's u8 x s8 MatMulInteger against its FP32 MatMul, both with
+    constant (prepacked) weights, at the GEMM shapes of the model's convolutions."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def one_node(op: str, a_type: int, y_type: int, weight: np.ndarray, m: int, k: int, n: int):
+        graph = helper.make_graph([helper.make_node(op, ["a", "w"], ["y"])], op,
+                                  [helper.make_tensor_value_info("a", a_type, [m, k])],
+                                  [helper.make_tensor_value_info("y", y_type, [m, n])],
+                                  [numpy_helper.from_array(weight, "w")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 9
+        return session(model.SerializeToString(), threads)
+
+    def median_s(sess, a: np.ndarray) -> float:
+        sess.run(None, {"a": a})
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            sess.run(None, {"a": a})
+            times.append(time.perf_counter() - t)
+        return float(np.median(times))
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for m, k, n in KERNEL_SHAPES:
+        fp32 = median_s(one_node("MatMul", 1, 1, rng.standard_normal((k, n), np.float32), m, k, n),
+                        rng.standard_normal((m, k), np.float32))
+        int8 = median_s(one_node("MatMulInteger", 2, 6, rng.integers(-64, 64, (k, n), dtype=np.int8), m, k, n),
+                        rng.integers(0, 256, (m, k), dtype=np.uint8))
+        ops = 2 * m * k * n
+        rows.append({"m": m, "k": k, "n": n, "threads": threads, "fp32_gflops": ops / fp32 / 1e9,
+                     "int8_gops": ops / int8 / 1e9, "ratio": fp32 / int8})
+    return rows
 
 
 def op_profile(path: str, image_size: int, threads: int, runs: int = 5) -> Dict[str, Dict[str, float]]:
@@ -100,6 +147,8 @@ def main(argv: List[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=0, help="timed rounds [default: 20 at batch 1, 5 above]")
     ap.add_argument("--variants", default="", help=f"comma-separated, from: {', '.join(VARIANTS)}")
     ap.add_argument("--profile", action="store_true", help="per-op-type ORT profile of FP32 and INT8")
+    ap.add_argument("--kernels", action="store_true",
+                    help="also time ORT's INT8 vs FP32 GEMM kernels alone, at 1 thread and at --threads")
     ap.add_argument("--json", action="store_true", help="print one JSON document to stdout")
     args = ap.parse_args(argv)
 
@@ -145,6 +194,8 @@ def main(argv: List[str] | None = None) -> int:
     if args.profile:
         results["profile"] = {k: op_profile(p, args.image_size, args.threads) for k, p in
                               [("fp32", paths["fp32"]), ("int8 (cpu)", paths["int8 (cpu)"])]}
+    if args.kernels:
+        results["kernels"] = [row for t in sorted({1, args.threads}) for row in kernel_ceiling(t)]
     _print_table(console, results)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -177,6 +228,10 @@ def _print_table(console, results) -> None:
     for k, prof in results.get("profile", {}).items():
         top = ", ".join(f"{op} {d['ms']:.1f} ms ({d['nodes']})" for op, d in list(prof.items())[:8])
         console.print(f"[bold]{k}[/bold] per op type (batch 1): {top}", highlight=False)
+    for row in results.get("kernels", []):
+        console.print(f"GEMM {row['m']}x{row['k']}x{row['n']}, {row['threads']} thread(s): FP32 "
+                      f"{row['fp32_gflops']:.0f} GFLOP/s, u8s8 {row['int8_gops']:.0f} GOP/s, INT8 {row['ratio']:.2f}x",
+                      highlight=False)
 
 
 if __name__ == "__main__":
