@@ -80,7 +80,7 @@ KERNEL_SHAPES = ((3136, 64, 256), (784, 128, 512), (196, 256, 1024))
 def kernel_ceiling(threads: int, repeats: int = 20) -> List[Dict]:
     """The most INT8 can gain here: ORT's u8 x s8 MatMulInteger against its FP32 MatMul, both with
     constant (prepacked) weights, at the GEMM shapes of the model's convolutions."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     def one_node(op: str, a_type: int, y_type: int, weight: np.ndarray, m: int, k: int, n: int):
         graph = helper.make_graph([helper.make_node(op, ["a", "w"], ["y"])], op,

@@ -13,8 +13,9 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch.utils.data
 
 from .errors import LowformerError
@@ -113,6 +114,22 @@ def list_samples(data: PathLike, labels: Optional[PathLike] = None) -> SampleLis
                                  f"(LOC_val_solution.csv or lines of '<file> <wnid-or-index>')")
         return _flat_with_labels(root, found)
     raise LowformerError(f"no images found in {root} (expected <class>/*.JPEG or a flat folder with --labels)")
+
+
+def any_images(folder: PathLike, what: str) -> SampleList:
+    """All images of a folder; labelled when it is a class-folder/label-file layout, else label -1
+    (calibration and parity checks need no labels). `what` names the option in errors."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise LowformerError(f"{what} {folder}: no such folder")
+    try:
+        return list_samples(root)
+    except LowformerError:
+        images = sorted(p for p in root.rglob("*") if is_image(p)
+                        and not any(part.startswith(".") for part in p.relative_to(root).parts))
+        if not images:
+            raise LowformerError(f"{what} {folder}: no images found") from None
+        return SampleList(root, [Sample(p, -1) for p in images], "flat", "none", False)
 
 
 def _image_folder(root: Path, folders: List[Path]) -> SampleList:
@@ -298,3 +315,21 @@ class ImageDataset(torch.utils.data.Dataset):
         d = dict(self.__dict__)
         d["_transform"] = None
         return d
+
+
+def load_images(samples: Sequence[Sample], preprocessing: Preprocessing,
+                log: Callable[[str], None] = lambda s: None) -> np.ndarray:
+    """Preprocessed images (N, 3, H, W) float32; unreadable files are skipped with a warning."""
+    ds = ImageDataset(samples, preprocessing)
+    arrays, bad = [], []
+    for i in range(len(ds)):
+        x, _, _, error = ds[i]
+        if error:
+            bad.append(f"{samples[i].path.name} ({error})")
+            continue
+        arrays.append(x.numpy())
+    if bad:
+        log(f"[yellow]warning:[/yellow] skipped {len(bad)} unreadable image(s): {', '.join(bad[:3])}")
+    if not arrays:
+        raise LowformerError("none of the selected images could be read")
+    return np.stack(arrays).astype(np.float32)

@@ -8,7 +8,6 @@ attempted (on a machine without TensorRT it stops at the ready ONNX and prints t
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional

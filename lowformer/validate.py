@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -286,12 +286,16 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
         raise LowformerError("name at least one artifact, export folder or manifest")
     started = time.perf_counter()
     listed = list_samples(data, labels)  # data errors first: they are cheap to find
-    samples = stratified_subset(listed.samples, limit, seed=seed)
 
     loaded = load_artifacts(list(artifacts), device, threads)
     items = [(p, e, m) for p, e, m, _ in loaded]
     runners = [r for *_, r in loaded]
     warnings: List[str] = [w for r in runners for w in r.warnings]
+    held_out = calibration_images(items, data, listed.samples)
+    samples = stratified_subset(listed.samples, limit, seed=seed, exclude=held_out)
+    if held_out:
+        warnings.append(f"held out {len(held_out)} image(s) of {data} that calibrated an INT8 artifact: "
+                        f"evaluating on the other {len(samples)}")
 
     if reference is not None:
         ref_model = create_model(reference, checkpoint)
@@ -359,7 +363,7 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
     if bad:
         warnings.append(f"skipped {len(bad)} unreadable image(s)")
     data_info = {**listed.describe(), "images": ref_tally.n, "limit": limit, "seed": seed,
-                 "bad_images": bad}
+                 "held_out_calibration_images": len(held_out), "bad_images": bad}
     result = ValidationResult(data_info, pre.to_dict(), ref_score, scores, warnings,
                               time.perf_counter() - started,
                               _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
@@ -368,6 +372,19 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
     if record:
         _record(items, scores, result)
     return result
+
+
+def calibration_images(items: Sequence[Tuple[Any, Optional[Dict[str, Any]], Any]], data: PathLike,
+                       samples: Sequence[Any]) -> List[Any]:
+    """The `samples` that calibrated any of the artifacts (their manifests list the files and the
+    folder): an INT8 model evaluated on its own calibration images would look better than it is."""
+    root = Path(data).resolve()
+    used: Set[str] = set()
+    for _, entry, _ in items:
+        calib = (entry or {}).get("calibration") or {}
+        if calib.get("files") and Path(calib.get("folder", "")).resolve() == root:
+            used.update(calib["files"])
+    return [s for s in samples if os.path.relpath(s.path, data) in used] if used else []
 
 
 def _one_pass(samples, pre: Preprocessing, batch_size: int, workers: int, skip_bad_images: bool,

@@ -238,6 +238,13 @@ def test_export_pipeline_writes_and_records_the_int8_model(images, tmp_path):
     assert entry["int8"]["qdq"]["activation_zero_points"] == [0] and "cosine" in entry["parity"]
     assert not list((tmp_path / "eff").glob(".*.tmp")) and result.artifacts[-1]["precision"] == "int8"
 
+    # Validating on the calibration folder evaluates only the images that did not calibrate.
+    from lowformer.validate import validate
+
+    report = validate([str(tmp_path / "eff")], images, record=False, workers=0)
+    assert report.data["held_out_calibration_images"] == 16 and report.data["images"] == 40 - 16
+    assert any("held out 16 image(s)" in w for w in report.warnings)
+
 
 def test_export_int8_without_calib_data_is_one_line():
     assert_one_line_error(run_cli("export", "timm:tf_efficientnet_lite0", "--int8"), "--calib-data")

@@ -10,13 +10,12 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 
-from ..data import ImageDataset, Sample, SampleList, is_image, list_samples, stratified_subset
+from ..data import Sample, any_images, stratified_subset
 from ..errors import LowformerError
-from ..preprocess import Preprocessing
 
 MIN_RECOMMENDED = 32  # fewer calibration images give noisy activation ranges
 CALIB_SEED, EVAL_SEED = 0, 1
@@ -46,23 +45,9 @@ class ImageSet:
         return hashlib.sha256("\n".join(self.relative_files).encode()).hexdigest()
 
     def facts(self) -> Dict[str, object]:
-        return {"folder": str(self.folder), "count": len(self), "files_sha256": self.sha256}
-
-
-def _pool(folder: str, what: str) -> SampleList:
-    """All images of a folder; labelled when it is a class-folder/label-file layout, else label -1."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise LowformerError(f"{what} {folder}: no such folder")
-    try:
-        return list_samples(root)
-    except LowformerError:
-        # Calibration needs no labels: any folder of images will do.
-        images = sorted(p for p in root.rglob("*") if is_image(p)
-                        and not any(part.startswith(".") for part in p.relative_to(root).parts))
-        if not images:
-            raise LowformerError(f"{what} {folder}: no images found") from None
-        return SampleList(root, [Sample(p, -1) for p in images], "flat", "none", False)
+        # `files` lets `validate` hold these images out when it evaluates on the same folder.
+        return {"folder": str(self.folder.resolve()), "count": len(self), "files_sha256": self.sha256,
+                "files": self.relative_files}
 
 
 def _same_folder(a: str, b: str) -> bool:
@@ -70,7 +55,7 @@ def _same_folder(a: str, b: str) -> bool:
 
 
 def select_eval(eval_data: str, eval_size: Optional[int]) -> ImageSet:
-    pool = _pool(eval_data, "--eval-data")
+    pool = any_images(eval_data, "--eval-data")
     chosen = stratified_subset(pool.samples, eval_size, seed=EVAL_SEED)
     return ImageSet(pool.root, chosen, labelled=pool.layout != "flat", imagenet=pool.imagenet)
 
@@ -78,7 +63,7 @@ def select_eval(eval_data: str, eval_size: Optional[int]) -> ImageSet:
 def select_calibration(calib_data: str, calib_size: int, held_out: Optional[ImageSet] = None,
                        log: Log = lambda s: None) -> ImageSet:
     """`calib_size` images of `calib_data`, never any image of `held_out`."""
-    pool = _pool(calib_data, "--calib-data")
+    pool = any_images(calib_data, "--calib-data")
     exclude = held_out.samples if held_out is not None else ()
     chosen = stratified_subset(pool.samples, calib_size, seed=CALIB_SEED, exclude=exclude)
     if not chosen:
@@ -97,24 +82,6 @@ def split_eval_and_calibration(calib_data: str, calib_size: int, eval_data: Opti
     same = _same_folder(eval_data or calib_data, calib_data)
     calib = select_calibration(calib_data, calib_size, eval_set if same else None, log)
     return calib, eval_set
-
-
-def load_images(samples: Sequence[Sample], preprocessing: Preprocessing,
-                log: Log = lambda s: None) -> np.ndarray:
-    """Preprocessed images (N, 3, H, W) float32; unreadable files are skipped with a warning."""
-    ds = ImageDataset(samples, preprocessing)
-    arrays, bad = [], []
-    for i in range(len(ds)):
-        x, _, _, error = ds[i]
-        if error:
-            bad.append(f"{samples[i].path.name} ({error})")
-            continue
-        arrays.append(x.numpy())
-    if bad:
-        log(f"[yellow]warning:[/yellow] skipped {len(bad)} unreadable image(s): {', '.join(bad[:3])}")
-    if not arrays:
-        raise LowformerError("none of the selected images could be read")
-    return np.stack(arrays).astype(np.float32)
 
 
 @dataclass

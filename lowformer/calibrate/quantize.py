@@ -12,7 +12,8 @@ from ..errors import LowformerError
 from ..preprocess import Preprocessing
 from .blocks import nodes_matching, nodes_of_blocks
 from .cache import CACHE_DIRNAME, CalibrationCache, cache_key, collect_histograms, open_cache
-from .data import BatchReader, ImageSet, load_images, select_calibration, split_eval_and_calibration
+from ..data import load_images
+from .data import BatchReader, ImageSet, select_calibration, split_eval_and_calibration
 from .qdq import prepare_model, qdq_summary, quantize_with_ranges, target_config
 from .ranges import METHODS
 

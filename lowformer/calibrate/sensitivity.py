@@ -17,7 +17,8 @@ from ..compare import compare_logits
 from ..errors import LowformerError
 from ..preprocess import Preprocessing
 from .blocks import blocks_in_order, nodes_of_blocks
-from .data import ImageSet, load_images
+from ..data import load_images
+from .data import ImageSet
 
 Log = Callable[[str], None]
 MODES = ("quantize-one", "float-one")

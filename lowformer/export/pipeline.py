@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import glob
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -25,7 +24,6 @@ from .prepare import groupnorm1_paths
 TARGETS = ("torchscript", "onnx", "trt")
 FILENAMES = {("torchscript", "fp32"): "model.ts", ("onnx", "fp32"): "model.onnx",
              ("onnx", "fp16"): "model_fp16.onnx", ("onnx", "int8"): "model_int8.onnx"}
-_IMAGE_PATTERNS = ("*.jpg", "*.jpeg", "*.JPEG", "*.JPG", "*.png", "*.PNG")
 
 Log = Callable[[str], None]
 
@@ -64,15 +62,11 @@ def parity_inputs(spec: ModelSpec, image_size: int, data: Optional[str], n_rando
     rng = np.random.default_rng(0)
     batches = [rng.standard_normal((n_random, 3, image_size, image_size)).astype(np.float32)]
     if data:
-        from PIL import Image
+        from ..data import any_images, load_images, stratified_subset
 
-        files = sorted({f for pat in _IMAGE_PATTERNS for f in glob.glob(os.path.join(data, "**", pat), recursive=True)})
-        if not files:
-            raise LowformerError(f"--data {data}: no images found")
-        step = max(1, len(files) // n_images)
-        transform = spec.preprocessing(image_size).transform()
-        imgs = [transform(Image.open(f).convert("RGB")).numpy() for f in files[::step][:n_images]]
-        batches.append(np.stack(imgs).astype(np.float32))
+        # class-stratified, so the real images span classes rather than the first folder's
+        samples = stratified_subset(any_images(data, "--data").samples, n_images)
+        batches.append(load_images(samples, spec.preprocessing(image_size)))
     return np.concatenate(batches)
 
 

@@ -21,7 +21,6 @@ def plot_reports(reports: Sequence[ProfileReport], path: str, by: str = "stage")
     keys = group_order(by, sorted({g.key for r in reports for g in r.group(by)}))
     cmap = plt.get_cmap("tab10" if len(keys) <= 10 else "tab20")
     colors = {k: ("#bbbbbb" if k == UNATTRIBUTED else cmap(i % cmap.N)) for i, k in enumerate(keys)}
-    labels = [r.label for r in reports]
     height = max(2.8, 0.9 * len(reports) + 1.8)
     fig, ax = plt.subplots(figsize=(12, height), dpi=110)
     ys = list(range(len(reports)))[::-1]
