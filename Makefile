@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test test-all demo bench clean
+.PHONY: install test test-readme test-all demo bench clean
 
 install: $(STAMP)
 
@@ -15,6 +15,10 @@ $(STAMP): setup.cfg pyproject.toml
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Every README example that needs no GPU, run as written (about 10 minutes).
+test-readme: install
+	$(BIN)/python -m pytest -q -m readme tests/test_readme_examples.py
 
 test-all: install
 	$(BIN)/python -m pytest -q -m ""

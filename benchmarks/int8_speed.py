@@ -73,43 +73,20 @@ def time_models(paths: Dict[str, str], batch: int, image_size: int, threads: int
                 "cpu_ms": float(np.median(cpu[k])), "rounds": rounds} for k in sessions}
 
 
-# GEMM shapes (M=pixels, K=in channels, N=out channels) of b1's 1x1 convolutions at 224 px.
-KERNEL_SHAPES = ((3136, 64, 256), (784, 128, 512), (196, 256, 1024))
-
-
 def kernel_ceiling(threads: int, repeats: int = 20) -> List[Dict]:
     """The most INT8 can gain here: ORT's u8 x s8 MatMulInteger against its FP32 MatMul, both with
-    constant (prepacked) weights, at the GEMM shapes of the model's convolutions."""
-    from onnx import helper, numpy_helper
-
-    def one_node(op: str, a_type: int, y_type: int, weight: np.ndarray, m: int, k: int, n: int):
-        graph = helper.make_graph([helper.make_node(op, ["a", "w"], ["y"])], op,
-                                  [helper.make_tensor_value_info("a", a_type, [m, k])],
-                                  [helper.make_tensor_value_info("y", y_type, [m, n])],
-                                  [numpy_helper.from_array(weight, "w")])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        model.ir_version = 9
-        return session(model.SerializeToString(), threads)
-
-    def median_s(sess, a: np.ndarray) -> float:
-        sess.run(None, {"a": a})
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            sess.run(None, {"a": a})
-            times.append(time.perf_counter() - t)
-        return float(np.median(times))
+    constant (prepacked) weights, at the GEMM shapes of the model's 1x1 convolutions."""
+    from lowformer.bench import CONV_GEMM_SHAPES, ort_matmul_gops
 
     rng = np.random.default_rng(0)
     rows = []
-    for m, k, n in KERNEL_SHAPES:
-        fp32 = median_s(one_node("MatMul", 1, 1, rng.standard_normal((k, n), np.float32), m, k, n),
-                        rng.standard_normal((m, k), np.float32))
-        int8 = median_s(one_node("MatMulInteger", 2, 6, rng.integers(-64, 64, (k, n), dtype=np.int8), m, k, n),
-                        rng.integers(0, 256, (m, k), dtype=np.uint8))
-        ops = 2 * m * k * n
-        rows.append({"m": m, "k": k, "n": n, "threads": threads, "fp32_gflops": ops / fp32 / 1e9,
-                     "int8_gops": ops / int8 / 1e9, "ratio": fp32 / int8})
+    for m, k, n in CONV_GEMM_SHAPES:
+        fp32 = ort_matmul_gops("MatMul", rng.standard_normal((m, k), np.float32),
+                               rng.standard_normal((k, n), np.float32), repeats, threads)
+        int8 = ort_matmul_gops("MatMulInteger", rng.integers(0, 256, (m, k), dtype=np.uint8),
+                               rng.integers(-64, 64, (k, n), dtype=np.int8), repeats, threads)
+        rows.append({"m": m, "k": k, "n": n, "threads": threads, "fp32_gflops": fp32, "int8_gops": int8,
+                     "ratio": int8 / fp32})
     return rows
 
 

@@ -13,6 +13,7 @@ Artifacts are built once into --cache and reused. Weights are random: speed does
     python benchmarks/run.py --quick          # b1 and MobileNetV3-L only, a few minutes
     python benchmarks/run.py                  # the whole table (tens of minutes on 2 cores)
     python benchmarks/run.py --report-only    # rewrite RESULTS.md from results.json
+    python benchmarks/run.py --resume --retry-failed   # measure again only what failed (after a fix)
 """
 from __future__ import annotations
 
@@ -77,6 +78,7 @@ def inference_model(name: str):
     from lowformer.fusion import fuse
     from lowformer.registry import create_model
 
+    torch.manual_seed(0)  # the same random weights in every run, so --resume can rebuild one artifact
     eager = reparameterize_model(create_model(name)).eval()
     deploy = copy.deepcopy(eager)
     fuse(deploy)
@@ -296,7 +298,8 @@ def write_report(results: Dict[str, Any], out: Path) -> None:
              "each model × format timed alone in a fresh process, "
              f"about {s['cell_seconds']} s of timed calls per cell (at least 3, at most {s['max_iterations']}) "
              "after one warm-up call; random weights (speed does not depend on them).",
-             f"- Peaks measured here: FP32 `torch.matmul` {peaks['fp32_gflops']:.1f} GFLOP/s; INT8 "
+             f"- Peaks measured here (best of n x n and convolution-shaped GEMMs): FP32 matmul (torch, ONNX Runtime) "
+             f"{peaks['fp32_gflops']:.1f} GFLOP/s; INT8 "
              + ", ".join(f"{k} {v:.1f} GOP/s" for k, v in peaks.get("int8_gops", {}).items()) + ".", ""]
     for bs in s["batch_sizes"]:
         what = "ms" if bs == 1 else "ips"
@@ -356,6 +359,7 @@ def parse_args(argv: Optional[List[str]] = None):
     p.add_argument("--cache", default=str(REPO / "artifacts" / "bench"))
     p.add_argument("--out", default=str(REPO / "benchmarks"))
     p.add_argument("--resume", action="store_true", help="keep the cells already in results.json")
+    p.add_argument("--retry-failed", action="store_true", help="with --resume: measure the n/a cells again")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
@@ -401,6 +405,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.resume and results_path.is_file():
         old = json.loads(results_path.read_text())
         results["cells"], results["models"] = old.get("cells", {}), old.get("models", {})
+        if args.retry_failed:
+            results["cells"] = {k: c for k, c in results["cells"].items() if c.get("status") == "ok"}
     torch.set_num_threads(args.threads)
     log("measuring matmul peaks")
     results.update(machine=machine_info(), date=_dt.date.today().isoformat(), notes=notes,

@@ -128,3 +128,43 @@ def test_fp16_keeps_cosine_on_real_images_with_real_weights(imagenet_val, effnet
                           checkpoint=effnet_lite0_checkpoint, out=str(tmp_path), data=str(imagenet_val))
     fp16 = next(a for a in result.artifacts if a["precision"] == "fp16")
     assert fp16["parity"]["inputs"] == "random+images" and fp16["parity"]["cosine"] >= 0.999
+
+
+def test_fp16_conversion_survives_shared_constants_casts_and_resize(tmp_path):
+    """Three graph shapes that broke the FP16 ONNX of timm peers (PVTv2, CoAtNet, EfficientFormerV2):
+    one zero bias shared by a Conv and a LayerNorm, a Cast-to-float feeding Sqrt, a Resize."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from lowformer.compare import compare_logits
+    from lowformer.export.fp16 import convert_fp16
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 1, 1)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.zeros(8, np.float32), "zeros"),  # Conv bias and LayerNorm bias
+             numpy_helper.from_array(np.ones(8, np.float32), "ones"),
+             numpy_helper.from_array(np.array([1], np.int64), "one"),
+             numpy_helper.from_array(np.array([2], np.int64), "two"),
+             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+    nodes = [helper.make_node("Conv", ["x", "w", "zeros"], ["y"], name="conv"),
+             helper.make_node("LayerNormalization", ["y", "ones", "zeros"], ["z"], axis=-1, name="norm"),
+             helper.make_node("Shape", ["z"], ["shape"], name="shape"),
+             helper.make_node("Slice", ["shape", "one", "two"], ["channels"], name="slice"),
+             helper.make_node("Cast", ["channels"], ["channels_f"], to=TensorProto.FLOAT, name="cast"),
+             helper.make_node("Sqrt", ["channels_f"], ["root"], name="sqrt"),
+             helper.make_node("Div", ["z", "root"], ["scaled"], name="div"),
+             helper.make_node("Resize", ["scaled", "", "scales"], ["out"], mode="nearest", name="resize")]
+    graph = helper.make_graph(nodes, "peerish", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 16, 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "fp32.onnx")
+    convert_fp16(tmp_path / "fp32.onnx", tmp_path / "fp16.onnx")
+
+    import onnxruntime as ort
+
+    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    outs = [ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+            for f in ("fp32.onnx", "fp16.onnx")]
+    assert compare_logits(outs[0], outs[1]).cosine > 0.9999
+    conv = next(n for n in onnx.load(tmp_path / "fp16.onnx").graph.node if n.op_type == "Conv")
+    assert conv.input[2] == "zeros"  # the Conv kept the (now FP16) original; the LayerNorm has a copy
