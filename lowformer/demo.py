@@ -68,9 +68,11 @@ def run_demo(out: str = "demo-out", checkpoint: Optional[str] = None, data: Opti
     if data:
         images, image_note = data, f"real images from {data} (up to {limit} for validation)"
     else:
-        images = str(generate_images(root / "generated-images", count=64))
-        image_note = ("64 built-in generated images: they check parity (same images, two computations); "
-                      "accuracy needs real data (make demo DATA=/path/to/imagenet/val)")
+        # INT8 calibrates on `calib_size` of them and validation holds those out, so 64 are left to compare.
+        images = str(generate_images(root / "generated-images", count=calib_size + 64))
+        image_note = (f"{calib_size + 64} built-in generated images ({calib_size} calibrate INT8, the other 64 "
+                      "check parity: same images, two computations); accuracy needs real data "
+                      "(make demo DATA=/path/to/imagenet/val)")
     log(f"[bold]images:[/bold] {image_note}")
     models: List[DemoModel] = []
     for name, (ckpt, weights_note) in _weights(root, checkpoint).items():

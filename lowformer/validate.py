@@ -293,6 +293,8 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
     warnings: List[str] = [w for r in runners for w in r.warnings]
     held_out = calibration_images(items, data, listed.samples)
     samples = stratified_subset(listed.samples, limit, seed=seed, exclude=held_out)
+    if held_out and not samples:
+        raise LowformerError(f"every image of {data} calibrated an INT8 artifact: validate on other images")
     if held_out:
         warnings.append(f"held out {len(held_out)} image(s) of {data} that calibrated an INT8 artifact: "
                         f"evaluating on the other {len(samples)}")

@@ -16,6 +16,7 @@ def test_generated_images_are_deterministic_and_an_image_folder(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.readme  # `make demo` is the README's first command: `make test-readme` runs this too
 def test_demo_runs_end_to_end(tmp_path):
     from helpers import run_cli
 
