@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from ..checkpoints import sha256_file
+from ..data import load_images
 from ..errors import LowformerError
 from ..preprocess import Preprocessing
 from .blocks import nodes_matching, nodes_of_blocks
 from .cache import CACHE_DIRNAME, CalibrationCache, cache_key, collect_histograms, open_cache
-from ..data import load_images
 from .data import BatchReader, ImageSet, select_calibration, split_eval_and_calibration
 from .qdq import prepare_model, qdq_summary, quantize_with_ranges, target_config
 from .ranges import METHODS

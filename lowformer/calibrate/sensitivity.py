@@ -14,10 +14,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..compare import compare_logits
+from ..data import load_images
 from ..errors import LowformerError
 from ..preprocess import Preprocessing
 from .blocks import blocks_in_order, nodes_of_blocks
-from ..data import load_images
 from .data import ImageSet
 
 Log = Callable[[str], None]

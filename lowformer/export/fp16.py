@@ -35,7 +35,8 @@ def convert_fp16(src: Path, dst: Path, fp32_modules: Iterable[str] = ()) -> Dict
                    and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in n.attribute)]
     block_ops = list(dict.fromkeys(float16.DEFAULT_OP_BLOCK_LIST + FP32_OPS))
     kept = set(keep_nodes)
-    unshare_initializers(model, lambda n: n.op_type in block_ops or n.name in kept)
+    stays_fp32 = lambda n: n.op_type in block_ops or n.name in kept  # noqa: E731
+    split = unshare_initializers(model, stays_fp32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "number truncated to 1e-07" for tiny weights
         converted = float16.convert_float_to_float16(
@@ -44,8 +45,8 @@ def convert_fp16(src: Path, dst: Path, fp32_modules: Iterable[str] = ()) -> Dict
     onnx.checker.check_model(converted)
     with atomic_path(dst) as tmp:
         onnx.save(converted, str(tmp))
-    return {"fp32_ops": block_ops, "fp32_modules": modules, "fp32_nodes": len(keep_nodes)
-            + sum(n.op_type in FP32_OPS for n in model.graph.node)}
+    return {"fp32_ops": block_ops, "fp32_modules": modules,
+            "fp32_nodes": sum(stays_fp32(n) for n in model.graph.node), "split_initializers": split}
 
 
 def unshare_initializers(model: Any, stays_fp32: Callable[[Any], bool]) -> int:
