@@ -168,3 +168,24 @@ def test_fp16_conversion_survives_shared_constants_casts_and_resize(tmp_path):
     assert compare_logits(outs[0], outs[1]).cosine > 0.9999
     conv = next(n for n in onnx.load(tmp_path / "fp16.onnx").graph.node if n.op_type == "Conv")
     assert conv.input[2] == "zeros"  # the Conv kept the (now FP16) original; the LayerNorm has a copy
+
+
+@pytest.mark.parametrize("c_in,c_out,k,s,p", [(64, 128, 4, 2, 1), (128, 256, 3, 1, 1), (8, 5, 6, 2, 2), (4, 6, 3, 3, 0)])
+def test_conv_transpose_becomes_an_exact_conv_and_pixel_shuffle(c_in, c_out, k, s, p):
+    """LowFormer's attention upsampling (k4 s2 p1, k3 s1 p1) and other shapes the rewrite accepts."""
+    from lowformer.export.prepare import ConvTransposeAsConv
+
+    torch.manual_seed(0)
+    ct = torch.nn.ConvTranspose2d(c_in, c_out, k, s, p).eval()
+    assert ConvTransposeAsConv.applies(ct)
+    x = torch.randn(2, c_in, 5, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(ConvTransposeAsConv(ct)(x), ct(x), rtol=1e-5, atol=1e-5)
+
+
+def test_conv_transpose_rewrite_leaves_other_shapes_alone():
+    from lowformer.export.prepare import ConvTransposeAsConv
+
+    for ct in (torch.nn.ConvTranspose2d(4, 4, 3, 2, 1), torch.nn.ConvTranspose2d(4, 4, 4, 2, 1, groups=2),
+               torch.nn.ConvTranspose2d(4, 4, 4, 2, 1, output_padding=1)):
+        assert not ConvTransposeAsConv.applies(ct)
