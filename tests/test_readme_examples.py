@@ -90,7 +90,7 @@ def concrete(line: str, effnet_checkpoint: str) -> str:
 # --------------------------------------------------------------------------- the sandbox
 
 
-def _link_images(src: Path, dest: Path, classes: List[Path]) -> None:
+def _link_images(dest: Path, classes: List[Path]) -> None:
     for cls in classes:
         (dest / cls.name).mkdir(parents=True, exist_ok=True)
         first = sorted(p for p in cls.iterdir() if p.is_file())[0]
@@ -107,13 +107,13 @@ def sandbox(tmp_path_factory, imagenet_val, fashion_mnist, effnet_lite0_checkpoi
 
     box = tmp_path_factory.mktemp("readme")
     classes = sorted(p for p in imagenet_val.iterdir() if p.is_dir())
-    _link_images(imagenet_val, box / "imagenet" / "val", classes[:16])
-    _link_images(imagenet_val, box / "imagenet" / "train-subset", classes[16:48])
+    _link_images(box / "imagenet" / "val", classes[:16])
+    _link_images(box / "imagenet" / "train-subset", classes[16:48])
     # An official-format B1 checkpoint (random weights), as `evalmodel.pt` is in the paper's release.
     torch.save({"state_dict": to_official_keys(create_model("b1").state_dict())}, box / "evalmodel.pt")
     prepare_fashion_mnist(box / "fm", fashion_mnist, per_class=13, test_per_class=2)
-    for split in ("train", "test"):
-        (box / ("val" if split == "test" else split)).symlink_to(box / "fm" / split)
+    (box / "train").symlink_to(box / "fm" / "train")  # the table's `train/` and `val/`
+    (box / "val").symlink_to(box / "fm" / "test")
     (box / "effnet.pt").symlink_to(effnet_lite0_checkpoint)
     return box
 
