@@ -264,3 +264,29 @@ def test_cli_rejects_bad_input(trained_run, tmp_path):
     args = _cli_args(_config(data, out))
     assert_one_line_error(run_cli(*args, "--resume", "--epochs", "3"), "epochs differs")
     assert not list(out.glob(".*.tmp"))
+
+
+def test_trained_lowformer_keeps_its_predictions_in_int8(trained_run, tmp_path):
+    """The INT8 goal on a LowFormer trained here: >= 98 % top-1 agreement with FP32 on the Fashion-MNIST
+    test images, calibrated on training images (the tiny variant: export_model builds named variants)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from lowformer import create_model
+    from lowformer.calibrate.quantize import quantize_onnx
+    from lowformer.data import list_samples, load_images
+    from lowformer.export.onnx_export import export_onnx
+    from lowformer.fusion import fuse
+    from lowformer.registry import resolve
+
+    _, out, data = trained_run
+    model = create_model("b0", checkpoint=str(out / "best.pt"), num_classes=10, **TINY).eval()
+    fuse(model)
+    export_onnx(model, tmp_path / "model.onnx", 32)
+    quantize_onnx(tmp_path / "model.onnx", tmp_path / "model_int8.onnx", spec=resolve("b0"), image_size=32,
+                  calib_data=str(data / "train"), calib_size=256, target="cpu")
+    images = load_images(list_samples(data / "test").samples, model_preprocessing())
+    fp32, int8 = (ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"])
+                  .run(None, {"input": images})[0] for f in ("model.onnx", "model_int8.onnx"))
+    agreement = float(np.mean(fp32.argmax(1) == int8.argmax(1)))
+    assert agreement >= 0.98, agreement
