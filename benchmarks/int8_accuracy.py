@@ -38,6 +38,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out", default=str(REPO / "artifacts" / "int8-accuracy"))
     p.add_argument("--json-out", default=str(REPO / "benchmarks" / "int8_accuracy.json"))
     args = p.parse_args(argv)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in variants if v.count("/") != 1]
+    if bad or not variants:
+        p.error(f"--variants takes TARGET/METHOD items, e.g. {DEFAULT_VARIANTS}")
 
     from lowformer.export.pipeline import export_model
     from lowformer.io import write_json
@@ -51,7 +55,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = write_efficientnet_lite0_checkpoint(str(out / "effnet_lite0.pt"))
     folders = {}
-    for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
+    for variant in variants:
         target, method = variant.split("/")
         folder = out / variant.replace("/", "-")
         log(f"export + INT8 {variant} -> {folder}")

@@ -294,6 +294,8 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
     held_out = calibration_images(items, data, listed.samples)
     samples = stratified_subset(listed.samples, limit, seed=seed, exclude=held_out)
     if held_out and not samples:
+        for r in runners:
+            r.close()
         raise LowformerError(f"every image of {data} calibrated an INT8 artifact: validate on other images")
     if held_out:
         warnings.append(f"held out {len(held_out)} image(s) of {data} that calibrated an INT8 artifact: "

@@ -307,3 +307,18 @@ def test_label_order_mistake_is_flagged(lite0_export, imagenet_val, tmp_path):
     result = validate([str(lite0_export)], imagenet_val, labels=tmp_path / "shifted.txt", workers=0,
                       record=False)
     assert result.reference.top1 < 5 and any("class order" in w for w in result.warnings)
+
+
+def test_calibration_images_are_those_of_the_same_folder_only(tmp_path):
+    """Held out: the images an artifact's manifest says calibrated it, when validation reads that folder."""
+    from lowformer.data import Sample
+    from lowformer.validate import calibration_images
+
+    data = tmp_path / "val"
+    samples = [Sample(data / "a" / f"{i}.png", 0) for i in range(4)]
+    entry = {"calibration": {"folder": str(data), "files": ["a/1.png", "a/3.png"]}}
+    other = {"calibration": {"folder": str(tmp_path / "train"), "files": ["a/0.png"]}}
+    data.mkdir()
+    assert calibration_images([("m.onnx", entry, {})], data, samples) == [samples[1], samples[3]]
+    assert calibration_images([("m.onnx", other, {}), ("x.onnx", None, None)], data, samples) == []
+    assert calibration_images([("m.onnx", entry, {})], str(data) + "/", samples) == [samples[1], samples[3]]
