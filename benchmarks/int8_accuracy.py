@@ -44,8 +44,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.error(f"--variants takes TARGET/METHOD items, e.g. {DEFAULT_VARIANTS}")
 
     from lowformer.export.pipeline import export_model
-    from lowformer.io import write_json
-    from lowformer.pretrained import write_efficientnet_lite0_checkpoint
+    from lowformer.core.files import write_json
+    from lowformer.models.pretrained import write_efficientnet_lite0_checkpoint
     from lowformer.validate import validate
 
     if not Path(args.data).is_dir():

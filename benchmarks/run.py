@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from lowformer.bench import (TimingStats, call_once, int8_peak_gops, machine_info,  # noqa: E402
                              matmul_peak_gflops)
-from lowformer.io import atomic_path, write_json  # noqa: E402
+from lowformer.core.files import atomic_path, write_json  # noqa: E402
 
 LOWFORMERS = ["b0", "b1", "b15", "b3", "e1", "e2", "e3"]
 QUICK_MODELS = ["b1", "timm:mobilenetv3_large_100"]
@@ -54,14 +54,14 @@ def log(msg: str) -> None:
 
 
 def peer_models() -> List[str]:
-    from lowformer.info import peer_table
+    from lowformer.models.catalog import peer_table
 
     return [f"timm:{r['timm_name']}" for r in peer_table() if r["available"]]
 
 
 def display_name(spec) -> str:
     """The paper's name of a peer ('MobileNetV3-L (mobilenetv3_large_100)'), else the model's own."""
-    from lowformer.info import PEERS
+    from lowformer.models.catalog import PEERS
 
     peer = next((p for p, t in PEERS if t and spec.timm_name == t and spec.family == "timm"), None)
     return f"{peer} ({spec.timm_name})" if peer else spec.display
@@ -75,8 +75,8 @@ def inference_model(name: str):
     FastViT, RepViT are benchmarked the way their papers deploy them), then BatchNorm folded."""
     from timm.utils.model import reparameterize_model
 
-    from lowformer.fusion import fuse
-    from lowformer.registry import create_model
+    from lowformer.models.fusion import fuse
+    from lowformer.models.registry import create_model
 
     torch.manual_seed(0)  # the same random weights in every run, so --resume can rebuild one artifact
     eager = reparameterize_model(create_model(name)).eval()
@@ -93,7 +93,7 @@ def build(name: str, folder: Path, size: int, calib: Optional[Path]) -> Dict[str
     from lowformer.export.onnx_export import export_onnx
     from lowformer.export.prepare import groupnorm1_paths
     from lowformer.export.torchscript import export_torchscript
-    from lowformer.registry import resolve
+    from lowformer.models.registry import resolve
 
     folder.mkdir(parents=True, exist_ok=True)
     record_path = folder / "build.json"
@@ -206,8 +206,8 @@ def measure_isolated(*args, timeout_s: float = 1800.0) -> Dict[int, Dict[str, An
 
 
 def bench_model(name: str, args, results: Dict[str, Any], save: Callable[[], None]) -> None:
-    from lowformer.complexity import count_macs
-    from lowformer.registry import count_parameters, resolve
+    from lowformer.models.complexity import count_macs
+    from lowformer.models.registry import count_parameters, resolve
 
     spec = resolve(name)
     folder = Path(args.cache) / f"{spec.name.replace(':', '_')}-{args.image_size}"

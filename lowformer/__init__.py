@@ -1,7 +1,7 @@
 """lowformer: export, quantize, validate, profile and benchmark LowFormer vision backbones."""
-from .errors import LowformerError
-from .fusion import fuse
-from .registry import RELEASED, VARIANTS, create_model, resolve
+from lowformer.core.errors import LowformerError
+from lowformer.models.fusion import fuse
+from lowformer.models.registry import RELEASED, VARIANTS, create_model, resolve
 
 __all__ = ["LowformerError", "fuse", "create_model", "resolve", "RELEASED", "VARIANTS"]
 __version__ = "0.1.0"

@@ -1,3 +1,3 @@
-from .cli import main
+from lowformer.cli import main
 
 main()

@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import LowformerError
+from lowformer.core.errors import LowformerError
 
 JOB_TIMEOUT_S = 1800.0  # a spawned job that has not reported by then is a failure, not a hang
 
@@ -132,13 +132,13 @@ class Target:
 
     def _build_runner(self):
         if self.kind == "model":
-            from .engines import InputSpec, PyTorchRunner
-            from .registry import create_model
+            from lowformer.engines import InputSpec, PyTorchRunner
+            from lowformer.models.registry import create_model
 
             model = create_model(self.spec, self.checkpoint)
             return PyTorchRunner(model, InputSpec(shape=(None, 3, self.image_size, self.image_size)),
                                  device=self.device, threads=self.threads)
-        from .engines import load
+        from lowformer.engines import load
 
         runner = load(self.spec, self.device, self.threads)
         runner.precision = precision_of(Path(self.spec), None) if runner.precision == "fp32" else runner.precision
@@ -154,8 +154,8 @@ def precision_of(path: Path, entry: Optional[Dict[str, Any]]) -> str:
 
 
 def _artifact_targets(raw: str, device: str, threads: Optional[int]) -> List[Target]:
-    from .engines import resolve_artifacts
-    from .export.manifest import format_of
+    from lowformer.engines import resolve_artifacts
+    from lowformer.artifacts import format_of
 
     out = []
     for path, entry, manifest in resolve_artifacts([raw]):
@@ -176,9 +176,9 @@ def export_optit(model: str, image_size: int, checkpoint: Optional[str], folder:
     """The paper's --optit: BN-fused, scripted, frozen TorchScript (optimize_for_inference runs at load)."""
     import torch
 
-    from .export.torchscript import export_torchscript
-    from .fusion import fuse
-    from .registry import create_model
+    from lowformer.export.torchscript import export_torchscript
+    from lowformer.models.fusion import fuse
+    from lowformer.models.registry import create_model
 
     m = create_model(model, checkpoint)
     fuse(m)
@@ -191,7 +191,7 @@ def resolve_targets(args: Sequence[str], image_size: int = 224, checkpoint: Opti
                     device: str = "cpu", threads: Optional[int] = None, optit: bool = False,
                     workdir: Optional[Path] = None) -> List[Target]:
     """Artifacts (files, folders, manifests) and model names (`b1`, `timm:resnet50`) to targets."""
-    from .registry import resolve
+    from lowformer.models.registry import resolve
 
     out: List[Target] = []
     for raw in args:
@@ -291,8 +291,8 @@ def macs_of(target: Target) -> Optional[int]:
     if not target.model:
         return None
     try:
-        from .complexity import count_macs
-        from .registry import create_model
+        from lowformer.models.complexity import count_macs
+        from lowformer.models.registry import create_model
 
         return int(count_macs(create_model(target.model), target.image_size))
     except Exception:  # a count is a nicety: never fail a benchmark over it

@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .errors import LowformerError
+from lowformer.core.errors import LowformerError
 
 # Human output goes to stderr so that `--json` leaves stdout to the JSON document alone.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
@@ -66,7 +66,7 @@ def main() -> None:
 @handle_errors
 def models_cmd(as_json: bool, peers: bool) -> None:
     """The LowFormer variants with params, MACs at 224, and published numbers."""
-    from .info import model_table, peer_table
+    from lowformer.models.catalog import model_table, peer_table
 
     rows = peer_table() if peers else model_table()
     if as_json:
@@ -91,7 +91,7 @@ def models_cmd(as_json: bool, peers: bool) -> None:
 @handle_errors
 def info_cmd(model: str, checkpoint: Optional[str], image_size: int, as_json: bool) -> None:
     """Params, MACs and per-stage output shapes of MODEL (b0 b1 b15 b2 b3 e1 e2 e3, timm:<name>)."""
-    from .info import model_info
+    from lowformer.models.catalog import model_info
 
     data = model_info(model, checkpoint, image_size)
     if as_json:
@@ -143,7 +143,7 @@ def export_cmd(model, to, fp16, int8, checkpoint, image_size, batch_size, dynami
     Exit codes: 0 all artifacts written and passed parity; 1 error or failed parity;
     3 the ONNX is ready but the TensorRT engine must be built on a machine with TensorRT and a GPU.
     """
-    from .export.pipeline import export_model
+    from lowformer.export.pipeline import export_model
 
     if batch_size and dynamic_batch:
         raise click.UsageError("--batch-size and --dynamic-batch exclude each other")
@@ -195,7 +195,7 @@ def build_engine_cmd(onnx_file: str, out: Optional[str], fp16: bool, int8: bool,
     Exit codes: 0 built; 1 error; 3 TensorRT or a CUDA GPU is missing here
     (the message says what to run on the target device).
     """
-    from .engines.tensorrt import build_engine
+    from lowformer.engines.tensorrt import build_engine
 
     with console.status(f"building a TensorRT engine from {onnx_file} (this can take minutes)..."):
         entry = build_engine(onnx_file, out, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
@@ -242,7 +242,7 @@ def validate_cmd(artifacts, data, labels, limit, batch_size, workers, reference,
       fp32: top-1 agreement >= 99.9%;  fp16: drop <= 0.2 pt and agreement >= 99.5%;  int8: drop <= 1.0 pt.
     The outcome is also recorded under "validation" in each artifact's manifest entry.
     """
-    from .validate import parse_triplet, progress_bar, validate
+    from lowformer.validate import parse_triplet, progress_bar, validate
 
     mean, std = parse_triplet(mean, "--mean"), parse_triplet(std, "--std")
     with progress_bar(console) as progress:
@@ -321,7 +321,7 @@ def train_cmd(model, data, val_data, epochs, batch_size, lr, image_sizes, eval_s
     Several processes: torchrun --nproc_per_node N -m lowformer train MODEL --data ...
     (lr and total batch scale with N; NCCL on GPUs, gloo on CPUs).
     """
-    from .training import TrainConfig, parse_json_object, parse_overrides, parse_sizes, train
+    from lowformer.training import TrainConfig, parse_json_object, parse_overrides, parse_sizes, train
 
     recipe = parse_overrides(overrides)
     named = dict(mixup_alpha=mixup, cutmix_alpha=cutmix, smoothing=smoothing, reprob=reprob, drop_path=drop_path,
@@ -376,9 +376,9 @@ def profile_cmd(targets, batch_size, iterations, warmup, device, group_by, top, 
     Latency comes from a separate, un-instrumented run; coverage is the share of profiled time
     attributed to named layers.
     """
-    from .profiling import profile, report_from_trtexec
-    from .profiling.plot import plot_reports
-    from .profiling.render import print_reports
+    from lowformer.profiling import profile, report_from_trtexec
+    from lowformer.profiling.plot import plot_reports
+    from lowformer.profiling.render import print_reports
 
     if not targets and not trt_profile:
         raise click.UsageError("give at least one artifact, manifest, folder or model (or --trt-profile)")
@@ -395,7 +395,7 @@ def profile_cmd(targets, batch_size, iterations, warmup, device, group_by, top, 
         if json_path == "-":
             emit_json(doc)
         else:
-            from .io import write_json
+            from lowformer.core.files import write_json
 
             write_json(json_path, doc)
     print_reports(console, reports, group_by, top)
@@ -427,7 +427,7 @@ def bench_cmd(targets, batch_size, iterations, warmup, latency, jobs, threads, d
     `lowformer bench b1 --latency --optit` reproduces the paper's latency command;
     `--jobs 4` times four processes at once (the paper's multi-process latency).
     """
-    from .bench import bench
+    from lowformer.bench import bench
 
     with console.status("benchmarking..."):
         report = bench(list(targets), batch_size=batch_size, iterations=iterations, warmup=warmup, latency=latency,
@@ -455,7 +455,7 @@ def bench_cmd(targets, batch_size, iterations, warmup, latency, jobs, threads, d
 @handle_errors
 def demo_cmd(checkpoint: Optional[str], data: Optional[str], out: str, limit: int, as_json: bool) -> None:
     """The whole chain on built-in defaults: export, INT8, parity, profiles, benchmark, report."""
-    from .demo import run_demo
+    from lowformer.demo import run_demo
 
     summary = run_demo(out, checkpoint, data, limit=limit, log=lambda s: console.print(s, highlight=False))
     if as_json:
@@ -503,7 +503,7 @@ def calibrate_sensitivity_cmd(model, calib_data, eval_data, checkpoint, image_si
     Calibrates once (cached), then re-quantizes one block at a time and reports top-1 agreement,
     logit cosine and the top-1 drop (points) of each variant.
     """
-    from .calibrate.sensitivity import sensitivity_report
+    from lowformer.calibrate.sensitivity import sensitivity_report
 
     report = sensitivity_report(model, calib_data, eval_data, checkpoint, calib_size, eval_size, target, method,
                                 image_size, mode, exclude, auto_exclude, gate_top1_drop, out,

@@ -14,8 +14,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from .errors import NeedsTargetDevice
-from .io import atomic_path, ensure_dir, write_json
+from lowformer.core.errors import NeedsTargetDevice
+from lowformer.core.files import atomic_path, ensure_dir, write_json
 
 Log = Callable[[str], None]
 ARTIFACTS = ("model.ts", "model.onnx", "model_fp16.onnx", "model_int8.onnx")
@@ -35,8 +35,8 @@ class DemoModel:
 
 
 def _weights(out: Path, checkpoint: Optional[str]) -> Dict[str, Any]:
-    from .pretrained import write_efficientnet_lite0_checkpoint
-    from .registry import create_model
+    from lowformer.models.pretrained import write_efficientnet_lite0_checkpoint
+    from lowformer.models.registry import create_model
 
     wdir = ensure_dir(out / "weights")
     if checkpoint:
@@ -56,13 +56,13 @@ def _weights(out: Path, checkpoint: Optional[str]) -> Dict[str, Any]:
 def run_demo(out: str = "demo-out", checkpoint: Optional[str] = None, data: Optional[str] = None,
              image_size: int = 224, limit: int = 200, calib_size: int = 64, log: Log = lambda s: None) -> Dict[str, Any]:
     """Run the chain and write `out/report.md` (+ PNG charts and `out/summary.json`)."""
-    from .bench import bench
-    from .demo_images import generate_images
-    from .engines.tensorrt import build_engine
-    from .export.pipeline import export_model
-    from .profiling import profile
-    from .profiling.plot import plot_reports
-    from .validate import validate
+    from lowformer.bench import bench
+    from lowformer.data.synthetic import generate_images
+    from lowformer.engines.tensorrt import build_engine
+    from lowformer.export.pipeline import export_model
+    from lowformer.profiling import profile
+    from lowformer.profiling.plot import plot_reports
+    from lowformer.validate import validate
 
     root = ensure_dir(out)
     if data:

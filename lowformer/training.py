@@ -34,8 +34,8 @@ import torch
 import torch.distributed as dist
 from timm.utils import ModelEmaV3
 
-from .errors import LowformerError
-from .io import atomic_path, ensure_dir
+from lowformer.core.errors import LowformerError
+from lowformer.core.files import atomic_path, ensure_dir
 
 CHECKPOINT_FORMAT = "lowformer-train/1"
 
@@ -92,7 +92,7 @@ RECIPE_KEYS = tuple(f.name for f in dataclasses.fields(Recipe))
 
 def recipe_for(model: str, overrides: Optional[Dict[str, Any]] = None) -> Recipe:
     """The released recipe of a LowFormer variant (B1's for other models), with overrides."""
-    from .registry import resolve
+    from lowformer.models.registry import resolve
 
     spec = resolve(model)
     base = RELEASED_RECIPES.get(spec.name, Recipe()) if spec.is_lowformer else Recipe()
@@ -239,7 +239,7 @@ def export_state_dict(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
     """Weights as written to best.pt: official LowFormer keys for LowFormer, timm keys otherwise."""
     from timm.models.lowformer import LowFormer
 
-    from .checkpoints import to_official_keys
+    from lowformer.models.checkpoints import to_official_keys
 
     sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return to_official_keys(sd) if isinstance(model, LowFormer) else sd
@@ -404,7 +404,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Dict
 
 class _Trainer:
     def __init__(self, cfg: TrainConfig, d: _Dist, resume: bool, progress: bool):
-        from .registry import resolve
+        from lowformer.models.registry import resolve
 
         self.cfg, self.d, self.resume = cfg, d, resume
         self.spec = resolve(cfg.model)
@@ -431,7 +431,7 @@ class _Trainer:
         return ckpt
 
     def _build_data(self):
-        from .train_data import (MultiSizeDataset, eval_loader, open_image_folder, train_transforms)
+        from lowformer.data.training import (MultiSizeDataset, eval_loader, open_image_folder, train_transforms)
 
         cfg, r = self.cfg, self.recipe
         folder = open_image_folder(cfg.data, "--data")
@@ -480,7 +480,7 @@ class _Trainer:
         from timm.scheduler import CosineLRScheduler
         from timm.data import Mixup
 
-        from .registry import create_model
+        from lowformer.models.registry import create_model
 
         cfg, r = self.cfg, self.recipe
         kwargs = dict(cfg.model_kwargs)
@@ -593,7 +593,7 @@ class _Trainer:
             self._restore(ckpt)
             resumed_from = self.epoch
         elif self.d.main:  # the run folder appears only once everything has been checked
-            from .io import write_json
+            from lowformer.core.files import write_json
 
             ensure_dir(self.out)
             write_json(self.out / "config.json", config)
@@ -620,13 +620,13 @@ class _Trainer:
                    "metrics": str((self.out / "metrics.jsonl").resolve()),
                    "params": sum(p.numel() for p in eval_model.parameters())}
         if self.d.main:
-            from .io import write_json
+            from lowformer.core.files import write_json
 
             write_json(self.out / "summary.json", summary)
         return summary
 
     def _train_epoch(self, bar) -> Dict[str, Any]:
-        from .train_data import RandomResolutionBatchSampler, train_loader
+        from lowformer.data.training import RandomResolutionBatchSampler, train_loader
         from torch.utils.data.distributed import DistributedSampler
 
         cfg, r, d = self.cfg, self.recipe, self.d
@@ -705,7 +705,7 @@ class _Trainer:
         return max(0, self.step - self.warmup_steps) / span
 
     def _evaluate(self, model) -> Dict[str, float]:
-        from .train_data import evaluate
+        from lowformer.data.training import evaluate
 
         task = self.progress.task("eval", len(self.val_loader))
         result = evaluate(model, self.val_loader, self.device, self.autocast_dtype,

@@ -17,10 +17,10 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set,
 
 import numpy as np
 
-from .compare import compare_logits
-from .errors import LowformerError
-from .io import PathLike, write_json
-from .preprocess import Preprocessing
+from lowformer.compare import compare_logits
+from lowformer.core.errors import LowformerError
+from lowformer.core.files import PathLike, write_json
+from lowformer.data.preprocess import Preprocessing
 
 # (pt drop of top-1 allowed, minimum top-1 agreement); None = not gated.
 DEFAULT_GATES: Dict[str, Tuple[Optional[float], Optional[float]]] = {
@@ -214,7 +214,7 @@ def _folder_of(path: Path, entry: Dict[str, Any]) -> Path:
 
 def _reference_from_manifests(items) -> Tuple[Any, Dict[str, Any], Path, bool]:
     """(reference model, manifest, folder, whether its weights are trained rather than random)."""
-    from .export.manifest import checkpoint_path, reference_model
+    from lowformer.artifacts import checkpoint_path, reference_model
 
     found = {}
     for path, entry, manifest in items:
@@ -234,7 +234,7 @@ def _reference_from_manifests(items) -> Tuple[Any, Dict[str, Any], Path, bool]:
 
 def _record(items, scores: List[ModelScore], result: ValidationResult) -> None:
     """Write each artifact's outcome into its manifest entry (one atomic rewrite per manifest)."""
-    from .export.manifest import load_manifest, save_manifest
+    from lowformer.artifacts import load_manifest, save_manifest
 
     by_folder: Dict[Path, List[Tuple[Dict[str, Any], ModelScore]]] = {}
     for (path, entry, manifest), score in zip(items, scores):
@@ -271,10 +271,10 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
     """Top-1/top-5 of the PyTorch reference and every artifact on one pass over `data`."""
     import torch
 
-    from .data import list_samples, stratified_subset
-    from .engines import PyTorchRunner, load_artifacts
-    from .engines.base import InputSpec
-    from .registry import create_model, resolve
+    from lowformer.data.imagenet import list_samples, stratified_subset
+    from lowformer.engines import PyTorchRunner, load_artifacts
+    from lowformer.engines.base import InputSpec
+    from lowformer.models.registry import create_model, resolve
 
     if batch_size < 1:
         raise LowformerError("--batch-size must be at least 1")
@@ -397,7 +397,7 @@ def _one_pass(samples, pre: Preprocessing, batch_size: int, workers: int, skip_b
     """Decode each image once; run the reference and every artifact on the same batch."""
     import torch
 
-    from .data import ImageDataset
+    from lowformer.data.imagenet import ImageDataset
 
     bad: List[Dict[str, str]] = []
     loader = torch.utils.data.DataLoader(ImageDataset(samples, pre), batch_size=batch_size, shuffle=False,

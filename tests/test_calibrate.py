@@ -18,11 +18,11 @@ from lowformer.calibrate.quantize import calibrated, quantize_onnx
 from lowformer.calibrate.ranges import TensorHistogram, entropy_threshold
 from lowformer.calibrate.sensitivity import EvalData, auto_exclude_blocks, block_sensitivity, run_onnx
 from lowformer.compare import compare_logits
-from lowformer.errors import LowformerError
+from lowformer.core.errors import LowformerError
 from lowformer.export.naming import module_path_of_node
 from lowformer.export.onnx_export import export_onnx
-from lowformer.fusion import fuse
-from lowformer.preprocess import lowformer_protocol
+from lowformer.models.fusion import fuse
+from lowformer.data.preprocess import lowformer_protocol
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SIZE = 64
@@ -227,7 +227,7 @@ def test_auto_exclude_in_quantize_onnx_holds_out_its_evaluation_images(tiny, ima
 
 
 def test_export_pipeline_writes_and_records_the_int8_model(images, tmp_path):
-    from lowformer.export.manifest import load_manifest
+    from lowformer.artifacts import load_manifest
     from lowformer.export.pipeline import export_model
 
     result = export_model("timm:tf_efficientnet_lite0", int8=True, image_size=SIZE, out=str(tmp_path / "eff"),

@@ -6,7 +6,7 @@ import torch
 from conftest import FIXTURES
 from helpers import assert_one_line_error, run_cli
 from lowformer import LowformerError, create_model
-from lowformer.checkpoints import identify_variant, load_checkpoint, read_state_dict
+from lowformer.models.checkpoints import identify_variant, load_checkpoint, read_state_dict
 
 MANIFESTS = json.loads((FIXTURES / "manifests.json").read_text())
 

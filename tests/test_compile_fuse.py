@@ -7,7 +7,7 @@ import torch
 
 from lowformer import RELEASED, create_model, fuse
 from lowformer.export.onnx_export import export_onnx
-from lowformer.fusion import count_batchnorms
+from lowformer.models.fusion import count_batchnorms
 
 FAST = ["b0", "e3"]  # attention + MLP, attention only
 SLOW = [v for v in RELEASED if v not in FAST]

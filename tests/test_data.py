@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from lowformer.data import (ImageDataset, Sample, imagenet_wnids, list_samples, load_rgb,
+from lowformer.data.imagenet import (ImageDataset, Sample, imagenet_wnids, list_samples, load_rgb,
                             stratified_subset)
-from lowformer.errors import LowformerError
-from lowformer.preprocess import Preprocessing
+from lowformer.core.errors import LowformerError
+from lowformer.data.preprocess import Preprocessing
 
 
 def write_image(path: Path, size=(40, 30), mode="RGB", seed=0, fmt=None) -> Path:
@@ -196,7 +196,7 @@ def test_timm_eval_transform_matches_preprocessing_from_timm_config(tmp_path):
     import timm
     from timm.data import create_transform, resolve_data_config
 
-    from lowformer.preprocess import from_timm_config
+    from lowformer.data.preprocess import from_timm_config
 
     cfg = timm.get_pretrained_cfg("tf_efficientnet_lite0").to_dict()
     pre = from_timm_config(cfg)

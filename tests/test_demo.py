@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from lowformer.data import list_samples
-from lowformer.demo_images import generate_images
+from lowformer.data.imagenet import list_samples
+from lowformer.data.synthetic import generate_images
 
 
 def test_generated_images_are_deterministic_and_an_image_folder(tmp_path):

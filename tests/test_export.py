@@ -10,12 +10,12 @@ import torch
 from conftest import FIXTURES
 from helpers import assert_one_line_error, load_mini, run_cli
 from lowformer.engines import load
-from lowformer.export.manifest import load_manifest, reference_model
+from lowformer.artifacts import load_manifest, reference_model
 from lowformer.export.naming import module_path_of_node
 from lowformer.export.onnx_export import export_onnx
 from lowformer.export.pipeline import export_model
 from lowformer.export.torchscript import export_torchscript
-from lowformer.fusion import fuse
+from lowformer.models.fusion import fuse
 
 SIZE = 64  # small inputs keep these tests fast; odd feature maps appear at 64 too (64 -> 2 at stage 4)
 

@@ -4,7 +4,7 @@ import pytest
 
 from helpers import run_cli
 from lowformer import create_model, resolve
-from lowformer.complexity import count_macs
+from lowformer.models.complexity import count_macs
 
 
 @pytest.mark.parametrize("variant", ["b0", "b1", "b15", "b3"])

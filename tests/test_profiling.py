@@ -29,7 +29,7 @@ def mini(mini_dir, tmp_path_factory):
     """The mini LowFormer-B1 (real reference weights), BN-fused, exported to ONNX and TorchScript."""
     from lowformer.export.onnx_export import export_onnx
     from lowformer.export.torchscript import export_torchscript
-    from lowformer.fusion import fuse
+    from lowformer.models.fusion import fuse
 
     model, _, _ = load_mini(mini_dir / "mini_b1.safetensors")
     fused = copy.deepcopy(model)
@@ -104,7 +104,7 @@ def test_known_structure_trims_runtime_suffixes(mini):
 
 
 def test_structure_places_lowformer_modules():
-    from lowformer.registry import create_model
+    from lowformer.models.registry import create_model
 
     s = structure_of(create_model("b1"))
     expect = {

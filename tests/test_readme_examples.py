@@ -25,7 +25,7 @@ pytestmark = pytest.mark.readme
 # Appended to the examples whose defaults run for hours; click takes the last value of an option.
 BOUNDS = {
     "lowformer train": ["--max-steps", "2"],
-    "-m lowformer.fashion_mnist": ["--per-class", "13", "--test-per-class", "10"],
+    "-m lowformer.data.fashion_mnist": ["--per-class", "13", "--test-per-class", "10"],
 }
 # Not run here, and why.
 NOT_RUN = {
@@ -101,9 +101,9 @@ def _link_images(dest: Path, classes: List[Path]) -> None:
 def sandbox(tmp_path_factory, imagenet_val, fashion_mnist, effnet_lite0_checkpoint) -> Path:
     import torch
 
-    from lowformer.checkpoints import to_official_keys
-    from lowformer.fashion_mnist import prepare_fashion_mnist
-    from lowformer.registry import create_model
+    from lowformer.models.checkpoints import to_official_keys
+    from lowformer.data.fashion_mnist import prepare_fashion_mnist
+    from lowformer.models.registry import create_model
 
     box = tmp_path_factory.mktemp("readme")
     classes = sorted(p for p in imagenet_val.iterdir() if p.is_dir())

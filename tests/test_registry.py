@@ -1,7 +1,7 @@
 import pytest
 
 from lowformer import LowformerError, create_model, resolve
-from lowformer.preprocess import lowformer_protocol
+from lowformer.data.preprocess import lowformer_protocol
 
 
 @pytest.mark.parametrize("name,key", [("b0", "b0"), ("B1", "b1"), ("b1.5", "b15"), ("B15", "b15"),

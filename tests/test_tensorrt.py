@@ -23,7 +23,7 @@ from onnx import TensorProto, helper
 from fake_tensorrt import make_fake_tensorrt
 from helpers import assert_one_line_error, run_cli
 from lowformer.engines import tensorrt as trt_layer
-from lowformer.errors import LowformerError, NeedsTargetDevice
+from lowformer.core.errors import LowformerError, NeedsTargetDevice
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "trt"
 GPU_NAME, GPU_CC = "Fake GPU 86", (8, 6)
@@ -222,7 +222,7 @@ def test_trt10_fp32_onnx_with_fp16_flag_is_weakly_typed(fake_trt, work):
     assert ("parse_from_file", str(work / "model.onnx")) in trt.calls
     engine = work / "model.engine"
     assert engine.is_file()
-    from lowformer.checkpoints import sha256_file
+    from lowformer.models.checkpoints import sha256_file
 
     assert entry["path"] == str(engine)  # no manifest: the path as given
     assert (entry["format"], entry["precision"], entry["sha256"]) == ("tensorrt", "fp16", sha256_file(str(engine)))
@@ -338,7 +338,7 @@ def test_build_failure_is_one_clear_error(fake_trt, work):
 
 
 def test_manifest_entry_is_upserted(fake_trt, work):
-    from lowformer.export.manifest import load_manifest, new_manifest, save_manifest
+    from lowformer.artifacts import load_manifest, new_manifest, save_manifest
 
     m = new_manifest({"name": "tiny", "timm_name": "tiny", "display": "Tiny", "num_classes": 10},
                      {"path": None, "sha256": "random-init"},
@@ -429,7 +429,7 @@ def test_runner_refuses_engine_that_does_not_deserialize(fake_trt, work):
 
 def test_runner_through_engines_load(fake_trt, work):
     from lowformer.engines import load
-    from lowformer.export.manifest import new_manifest, save_manifest
+    from lowformer.artifacts import new_manifest, save_manifest
 
     save_manifest(work, new_manifest({"name": "tiny", "timm_name": "tiny", "display": "Tiny", "num_classes": 10},
                                      {"path": None, "sha256": "random-init"},

@@ -18,8 +18,8 @@ import torch
 from conftest import FIXTURES, REPO
 from helpers import assert_one_line_error, load_mini, run_cli
 
-from lowformer.checkpoints import read_state_dict, to_official_keys
-from lowformer.fashion_mnist import CLASSES, MARKER, load_split, prepare_fashion_mnist
+from lowformer.models.checkpoints import read_state_dict, to_official_keys
+from lowformer.data.fashion_mnist import CLASSES, MARKER, load_split, prepare_fashion_mnist
 from lowformer.training import TrainConfig, load_checkpoint_file, remove_stale_temporaries, train
 
 BIN = Path(sys.executable).parent
@@ -151,7 +151,7 @@ def test_small_lowformer_learns_fashion_mnist(trained_run):
 
 def test_best_checkpoint_is_official_and_loads_with_create_model(trained_run):
     from lowformer import create_model
-    from lowformer.train_data import eval_loader, evaluate
+    from lowformer.data.training import eval_loader, evaluate
 
     summary, out, data = trained_run
     raw = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
@@ -164,7 +164,7 @@ def test_best_checkpoint_is_official_and_loads_with_create_model(trained_run):
 
 
 def model_preprocessing():
-    from lowformer.registry import resolve
+    from lowformer.models.registry import resolve
 
     return resolve("b0").preprocessing(32)
 
@@ -274,10 +274,10 @@ def test_trained_lowformer_keeps_its_predictions_in_int8(trained_run, tmp_path):
 
     from lowformer import create_model
     from lowformer.calibrate.quantize import quantize_onnx
-    from lowformer.data import list_samples, load_images
+    from lowformer.data.imagenet import list_samples, load_images
     from lowformer.export.onnx_export import export_onnx
-    from lowformer.fusion import fuse
-    from lowformer.registry import resolve
+    from lowformer.models.fusion import fuse
+    from lowformer.models.registry import resolve
 
     _, out, data = trained_run
     model = create_model("b0", checkpoint=str(out / "best.pt"), num_classes=10, **TINY).eval()

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from lowformer.errors import LowformerError
-from lowformer.export.manifest import load_manifest, reference_model, save_manifest, upsert_artifact
-from lowformer.preprocess import Preprocessing
+from lowformer.core.errors import LowformerError
+from lowformer.artifacts import load_manifest, reference_model, save_manifest, upsert_artifact
+from lowformer.data.preprocess import Preprocessing
 from lowformer.validate import Gate, near_chance, validate
 from helpers import assert_one_line_error, run_cli
 
@@ -195,7 +195,7 @@ def test_bare_artifact_needs_a_reference(tiny, images, tmp_path):
 
 
 def test_near_chance_with_trained_weights_warns(tmp_path):
-    from lowformer.registry import create_model
+    from lowformer.models.registry import create_model
 
     ckpt = tmp_path / "weights.pt"
     torch.save(create_model(TINY).state_dict(), ckpt)  # "trained" as far as the manifest knows
@@ -281,7 +281,7 @@ def _check_lite0(lite0_export, imagenet_val, checkpoint, limit):
     assert result.reference.top1 > 70, result.reference.top1  # ~87% on this subset: labels are right
     onnx = result.artifacts[0]
     assert onnx.agreement >= 0.999 and onnx.passed, onnx
-    from lowformer.data import list_samples, stratified_subset
+    from lowformer.data.imagenet import list_samples, stratified_subset
 
     paths = [s.path for s in stratified_subset(list_samples(imagenet_val).samples, limit)]
     assert abs(result.reference.top1 - _timm_torchvision_top1(checkpoint, paths)) <= 0.1
@@ -298,7 +298,7 @@ def test_lite0_full_1300(lite0_export, imagenet_val, effnet_lite0_checkpoint):
 
 @pytest.mark.slow
 def test_label_order_mistake_is_flagged(lite0_export, imagenet_val, tmp_path):
-    from lowformer.data import list_samples, stratified_subset
+    from lowformer.data.imagenet import list_samples, stratified_subset
 
     picked = stratified_subset(list_samples(imagenet_val).samples, 40)
     # Off by one, as with a 1-based label file: every label names the wrong class.
@@ -311,7 +311,7 @@ def test_label_order_mistake_is_flagged(lite0_export, imagenet_val, tmp_path):
 
 def test_calibration_images_are_those_of_the_same_folder_only(tmp_path):
     """Held out: the images an artifact's manifest says calibrated it, when validation reads that folder."""
-    from lowformer.data import Sample
+    from lowformer.data.imagenet import Sample
     from lowformer.validate import calibration_images
 
     data = tmp_path / "val"

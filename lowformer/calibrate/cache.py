@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
 
-from ..errors import LowformerError
-from ..io import atomic_path, ensure_dir
-from .ranges import METHODS, TensorHistogram, compute_range, rebin
+from lowformer.core.errors import LowformerError
+from lowformer.core.files import atomic_path, ensure_dir
+from lowformer.calibrate.ranges import METHODS, TensorHistogram, compute_range, rebin
 
 SCHEMA = 1
 NUM_BINS = 1024  # per tensor, symmetric around zero: 512 per side, finer than INT8's 128 levels per side

@@ -1,6 +1,6 @@
 """Which images calibrate (and which evaluate) an INT8 model, and reading them as the model sees them.
 
-Selection is deterministic and class-stratified (lowformer.data.stratified_subset). When the
+Selection is deterministic and class-stratified (lowformer.data.imagenet.stratified_subset). When the
 evaluation images come from the calibration folder, the evaluation split is drawn first and the
 calibration images are drawn from the rest, so the two never overlap.
 """
@@ -14,8 +14,8 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 
-from ..data import Sample, any_images, stratified_subset
-from ..errors import LowformerError
+from lowformer.data.imagenet import Sample, any_images, stratified_subset
+from lowformer.core.errors import LowformerError
 
 MIN_RECOMMENDED = 32  # fewer calibration images give noisy activation ranges
 CALIB_SEED, EVAL_SEED = 0, 1

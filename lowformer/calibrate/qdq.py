@@ -13,9 +13,9 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import LowformerError
-from ..io import atomic_path
-from .cache import quiet_ort
+from lowformer.core.errors import LowformerError
+from lowformer.core.files import atomic_path
+from lowformer.calibrate.cache import quiet_ort
 
 TARGETS = ("cpu", "tensorrt")
 WEIGHTED_OPS = ["Conv", "ConvTranspose", "MatMul", "Gemm"]

@@ -7,15 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
-from ..checkpoints import sha256_file
-from ..data import load_images
-from ..errors import LowformerError
-from ..preprocess import Preprocessing
-from .blocks import nodes_matching, nodes_of_blocks
-from .cache import CACHE_DIRNAME, CalibrationCache, cache_key, collect_histograms, open_cache
-from .data import BatchReader, ImageSet, select_calibration, split_eval_and_calibration
-from .qdq import prepare_model, qdq_summary, quantize_with_ranges, target_config
-from .ranges import METHODS
+from lowformer.models.checkpoints import sha256_file
+from lowformer.data.imagenet import load_images
+from lowformer.core.errors import LowformerError
+from lowformer.data.preprocess import Preprocessing
+from lowformer.calibrate.blocks import nodes_matching, nodes_of_blocks
+from lowformer.calibrate.cache import CACHE_DIRNAME, CalibrationCache, cache_key, collect_histograms, open_cache
+from lowformer.calibrate.data import BatchReader, ImageSet, select_calibration, split_eval_and_calibration
+from lowformer.calibrate.qdq import prepare_model, qdq_summary, quantize_with_ranges, target_config
+from lowformer.calibrate.ranges import METHODS
 
 Log = Callable[[str], None]
 DEFAULT_EVAL_SIZE = 200
@@ -139,7 +139,7 @@ def quantize_onnx(src: Path, dst: Path, spec: Any = None, image_size: int = 224,
         excluded = nodes_matching(session.node_names, exclude)
         auto = None
         if auto_exclude:
-            from .sensitivity import EvalData, auto_exclude_blocks
+            from lowformer.calibrate.sensitivity import EvalData, auto_exclude_blocks
 
             evaluation = EvalData.build(src, eval_set, preprocessing, log)
             auto = auto_exclude_blocks(session, evaluation, method, target, excluded, gate_top1_drop, log)

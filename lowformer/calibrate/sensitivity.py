@@ -13,12 +13,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..compare import compare_logits
-from ..data import load_images
-from ..errors import LowformerError
-from ..preprocess import Preprocessing
-from .blocks import blocks_in_order, nodes_of_blocks
-from .data import ImageSet
+from lowformer.compare import compare_logits
+from lowformer.data.imagenet import load_images
+from lowformer.core.errors import LowformerError
+from lowformer.data.preprocess import Preprocessing
+from lowformer.calibrate.blocks import blocks_in_order, nodes_of_blocks
+from lowformer.calibrate.data import ImageSet
 
 Log = Callable[[str], None]
 MODES = ("quantize-one", "float-one")
@@ -29,7 +29,7 @@ def run_onnx(path: Path, images: np.ndarray, batch: int = 16) -> np.ndarray:
     """Logits of an ONNX model on the CPU (fixed-batch models get padded chunks)."""
     import onnxruntime as ort
 
-    from ..engines.onnxrt import session_options
+    from lowformer.engines.onnxrt import session_options
 
     sess = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
@@ -165,9 +165,9 @@ def sensitivity_report(model: str, calib_data: str, eval_data: Optional[str] = N
                        gate_top1_drop: float = 1.0, out: Optional[str] = None,
                        log: Log = lambda s: None) -> Dict[str, Any]:
     """The per-block table for MODEL (a model name, or an export folder holding model.onnx)."""
-    from .blocks import nodes_matching
-    from .data import split_eval_and_calibration
-    from .quantize import _check_args, calibrated, checkpoint_id, preprocessing_for
+    from lowformer.calibrate.blocks import nodes_matching
+    from lowformer.calibrate.data import split_eval_and_calibration
+    from lowformer.calibrate.quantize import _check_args, calibrated, checkpoint_id, preprocessing_for
 
     _check_args(method, target, calib_data)
     if mode not in MODES:
@@ -197,8 +197,8 @@ def sensitivity_report(model: str, calib_data: str, eval_data: Optional[str] = N
 
 def _fp32_onnx(model: str, checkpoint: Optional[str], image_size: int, out: Optional[str], log: Log):
     """(model.onnx, manifest, spec): from an export folder, or exported now (fused, checked)."""
-    from ..export.manifest import MANIFEST_NAME, load_manifest
-    from ..registry import resolve
+    from lowformer.artifacts import MANIFEST_NAME, load_manifest
+    from lowformer.models.registry import resolve
 
     folder = Path(model)
     if folder.is_dir():
@@ -207,7 +207,7 @@ def _fp32_onnx(model: str, checkpoint: Optional[str], image_size: int, out: Opti
                                  "(run `lowformer export MODEL --to onnx` first)")
         manifest = load_manifest(folder)
         return folder / "model.onnx", manifest, resolve(manifest["model"]["name"])
-    from ..export.pipeline import Exporter
+    from lowformer.export.pipeline import Exporter
 
     ex = Exporter(model, checkpoint, image_size, out=out, log=log)
     return ex.ensure_onnx(), ex.manifest, ex.spec

@@ -4,11 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..errors import LowformerError
-from ..export.manifest import (MANIFEST_NAME, artifact_entry, find_manifest_for, format_of,
+from lowformer.core.errors import LowformerError
+from lowformer.artifacts import (MANIFEST_NAME, artifact_entry, find_manifest_for, format_of,
                                load_manifest)
-from .base import InputSpec, LayerTiming, Runner
-from .torch_runners import PyTorchRunner, TorchScriptRunner
+from lowformer.engines.base import InputSpec, LayerTiming, Runner
+from lowformer.engines.torch_runners import PyTorchRunner, TorchScriptRunner
 
 __all__ = ["InputSpec", "LayerTiming", "Runner", "PyTorchRunner", "TorchScriptRunner", "load",
            "load_artifacts", "resolve_artifacts"]
@@ -58,14 +58,14 @@ def load(path: str, device: str = "cpu", threads: Optional[int] = None,
     if not p.is_file():
         raise LowformerError(f"artifact not found: {p}")
     if fmt == "onnx":
-        from .onnxrt import OnnxRuntimeRunner
+        from lowformer.engines.onnxrt import OnnxRuntimeRunner
 
         # A TensorRT-target INT8 graph (s8 activations) is checked with reference Q/DQ math on the CPU.
         exact = bool(((entry or {}).get("int8") or {}).get("parity_needs_reference_math")) and device == "cpu"
         return OnnxRuntimeRunner(str(p), precision, device, threads, exact=exact)
     if fmt == "torchscript":
         return TorchScriptRunner.from_file(str(p), _input_spec_from_manifest(manifest), device, threads)
-    from .tensorrt import TensorRTRunner
+    from lowformer.engines.tensorrt import TensorRTRunner
 
     return TensorRTRunner.from_file(str(p), device=device, entry=entry)
 

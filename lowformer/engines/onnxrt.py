@@ -10,8 +10,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import LowformerError
-from .base import InputSpec, LayerTiming, Runner
+from lowformer.core.errors import LowformerError
+from lowformer.engines.base import InputSpec, LayerTiming, Runner
 
 _PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],

@@ -22,9 +22,9 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..errors import LowformerError, NeedsTargetDevice
-from ..io import atomic_path
-from .base import InputSpec, LayerTiming, Runner
+from lowformer.core.errors import LowformerError, NeedsTargetDevice
+from lowformer.core.files import atomic_path
+from lowformer.engines.base import InputSpec, LayerTiming, Runner
 
 log = logging.getLogger("lowformer.tensorrt")
 
@@ -242,7 +242,7 @@ def _rel_or_abs(path: Path, folder: Optional[Path]) -> str:
 
 
 def _manifest_folder(onnx_path: Path, manifest_folder: Optional[str]) -> Optional[Path]:
-    from ..export.manifest import MANIFEST_NAME
+    from lowformer.artifacts import MANIFEST_NAME
 
     if manifest_folder is not None:
         return Path(manifest_folder)
@@ -311,7 +311,7 @@ def build_engine(onnx_path: Union[str, os.PathLike], engine_path: Union[str, os.
     check_request(facts, fp16, int8, min_batch, opt_batch, max_batch, onnx_path.name)
     folder = _manifest_folder(onnx_path, manifest_folder)
     if folder is not None:
-        from ..export.manifest import MANIFEST_NAME, load_manifest
+        from lowformer.artifacts import MANIFEST_NAME, load_manifest
 
         if (folder / MANIFEST_NAME).is_file():
             load_manifest(folder)  # a broken manifest should fail before a minutes-long build
@@ -358,7 +358,7 @@ def build_engine(onnx_path: Union[str, os.PathLike], engine_path: Union[str, os.
         tmp.write_bytes(bytes(memoryview(serialized)))
     _save_timing_cache(config, cache_path)
 
-    from ..checkpoints import sha256_file
+    from lowformer.models.checkpoints import sha256_file
 
     entry: Dict[str, Any] = {
         "path": _rel_or_abs(engine, folder),
@@ -381,7 +381,7 @@ def build_engine(onnx_path: Union[str, os.PathLike], engine_path: Union[str, os.
     if plan.notes:
         entry["warnings"] = list(plan.notes)
     if folder is not None:
-        from ..export.manifest import MANIFEST_NAME, load_manifest, save_manifest, upsert_artifact
+        from lowformer.artifacts import MANIFEST_NAME, load_manifest, save_manifest, upsert_artifact
 
         if (folder / MANIFEST_NAME).is_file():
             manifest = load_manifest(folder)  # re-read: the build took a while

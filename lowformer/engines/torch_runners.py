@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import LowformerError
-from .base import InputSpec, LayerTiming, Runner
+from lowformer.core.errors import LowformerError
+from lowformer.engines.base import InputSpec, LayerTiming, Runner
 
 SCOPE_PREFIX = "lowformer.module:"  # record_function scopes around eager modules
 RUN_SCOPE = "lowformer.run"

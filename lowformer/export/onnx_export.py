@@ -10,9 +10,9 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import nn
 
-from ..errors import LowformerError
-from ..io import atomic_path
-from .prepare import for_onnx
+from lowformer.core.errors import LowformerError
+from lowformer.core.files import atomic_path
+from lowformer.export.prepare import for_onnx
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 MIN_OPSET = 17  # native LayerNormalization

@@ -11,15 +11,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..checkpoints import sha256_file
-from ..compare import PARITY_THRESHOLDS, compare_logits, parity_passes
-from ..errors import LowformerError, NeedsTargetDevice
-from ..fusion import fuse
-from ..io import atomic_path, ensure_dir
-from ..registry import ModelSpec, create_model, resolve
-from .manifest import MANIFEST_NAME, load_manifest, new_manifest, save_manifest, upsert_artifact
-from .onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
-from .prepare import groupnorm1_paths
+from lowformer.models.checkpoints import sha256_file
+from lowformer.compare import PARITY_THRESHOLDS, compare_logits, parity_passes
+from lowformer.core.errors import LowformerError, NeedsTargetDevice
+from lowformer.models.fusion import fuse
+from lowformer.core.files import atomic_path, ensure_dir
+from lowformer.models.registry import ModelSpec, create_model, resolve
+from lowformer.artifacts import MANIFEST_NAME, load_manifest, new_manifest, save_manifest, upsert_artifact
+from lowformer.export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
+from lowformer.export.prepare import groupnorm1_paths
 
 TARGETS = ("torchscript", "onnx", "trt")
 FILENAMES = {("torchscript", "fp32"): "model.ts", ("onnx", "fp32"): "model.onnx",
@@ -62,7 +62,7 @@ def parity_inputs(spec: ModelSpec, image_size: int, data: Optional[str], n_rando
     rng = np.random.default_rng(0)
     batches = [rng.standard_normal((n_random, 3, image_size, image_size)).astype(np.float32)]
     if data:
-        from ..data import any_images, load_images, stratified_subset
+        from lowformer.data.imagenet import any_images, load_images, stratified_subset
 
         # class-stratified, so the real images span classes rather than the first folder's
         samples = stratified_subset(any_images(data, "--data").samples, n_images)
@@ -134,7 +134,7 @@ class Exporter:
 
     def check_and_record(self, path: Path, fmt: str, precision: str, facts: Dict[str, Any]) -> Dict[str, Any]:
         """Run the artifact on the parity batch, compare with the unfused model, record it."""
-        from ..engines import load
+        from lowformer.engines import load
 
         with load(str(path), entry={"precision": precision, **facts}, manifest=self.manifest) as runner:
             logits = runner.run(self.inputs)
@@ -153,7 +153,7 @@ class Exporter:
         return entry
 
     def torchscript(self) -> Dict[str, Any]:
-        from .torchscript import export_torchscript
+        from lowformer.export.torchscript import export_torchscript
 
         path = self.path("torchscript", "fp32")
         example = torch.from_numpy(self.inputs[: self.batch_size or 1])
@@ -178,7 +178,7 @@ class Exporter:
         return path
 
     def fp16(self) -> Dict[str, Any]:
-        from .fp16 import convert_fp16
+        from lowformer.export.fp16 import convert_fp16
 
         src = self.ensure_onnx()
         path = self.path("onnx", "fp16")
@@ -186,7 +186,7 @@ class Exporter:
         return self.check_and_record(path, "onnx", "fp16", {"opset": self.opset, **facts})
 
     def int8(self, **calib: Any) -> Dict[str, Any]:
-        from ..calibrate.quantize import quantize_onnx
+        from lowformer.calibrate.quantize import quantize_onnx
 
         src = self.ensure_onnx()
         path = self.path("onnx", "int8")
@@ -195,7 +195,7 @@ class Exporter:
         return self.check_and_record(path, "onnx", "int8", {"opset": self.opset, **facts})
 
     def trt(self, precision: str, **build: Any) -> None:
-        from ..engines.tensorrt import build_engine
+        from lowformer.engines.tensorrt import build_engine
 
         onnx_path = self.out / FILENAMES[("onnx", precision)]
         try:

@@ -8,8 +8,8 @@ from typing import Any, Dict, List
 import torch
 from torch import nn
 
-from ..errors import LowformerError
-from ..io import atomic_path
+from lowformer.core.errors import LowformerError
+from lowformer.core.files import atomic_path
 
 
 def export_torchscript(model: nn.Module, path: Path, example: torch.Tensor) -> Dict[str, Any]:

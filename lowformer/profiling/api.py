@@ -9,12 +9,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..bench import Target, resolve_targets, time_runner
-from ..errors import LowformerError
-from .collect import rows_from_fused, rows_from_lines, rows_from_modules, rows_from_nodes
-from .names import GraphNeighbours
-from .report import ProfileReport
-from .structure import ModelStructure, structure_of
+from lowformer.bench import Target, resolve_targets, time_runner
+from lowformer.core.errors import LowformerError
+from lowformer.profiling.collect import rows_from_fused, rows_from_lines, rows_from_modules, rows_from_nodes
+from lowformer.profiling.names import GraphNeighbours
+from lowformer.profiling.report import ProfileReport
+from lowformer.profiling.structure import ModelStructure, structure_of
 
 Log = Callable[[str], None]
 
@@ -29,8 +29,8 @@ def export_reference(manifest: Dict[str, Any]) -> Optional[nn.Module]:
 
     Random weights are enough: only the module structure and the graph's op sequence matter here.
     """
-    from ..fusion import fuse
-    from ..registry import create_model
+    from lowformer.models.fusion import fuse
+    from lowformer.models.registry import create_model
 
     m = manifest.get("model") or {}
     try:
@@ -106,7 +106,7 @@ def profile_runner(runner, *, artifact: str, label: str, batch_size: int = 1, it
 def torchscript_lines(path: str, model: Optional[nn.Module], entry: Optional[Dict[str, Any]],
                       batch: Optional[int], size: int) -> Tuple[Optional[Dict[str, str]], Optional[str]]:
     """(line -> module map, note) for a TorchScript artifact; the note says what went wrong, if anything."""
-    from .torchscript_names import line_modules
+    from lowformer.profiling.torchscript_names import line_modules
 
     if model is None:
         return None, "no manifest beside the TorchScript file (and no model given): its code lines cannot be named"
@@ -140,7 +140,7 @@ def profile(targets: Sequence[str], batch_size: int = 1, iterations: int = 100, 
 
 def _profile_target(target: Target, refs: _References, batch_size: int, iterations: int, warmup: int,
                     image_size: int) -> ProfileReport:
-    from ..engines import resolve_artifacts
+    from lowformer.engines import resolve_artifacts
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -165,7 +165,7 @@ def report_from_trtexec(profile_json: Any, layer_info_json: Any = None, *, label
                         structure: Optional[ModelStructure] = None, onnx_nodes: Optional[Sequence[str]] = None,
                         latency: Optional[Dict[str, Any]] = None) -> ProfileReport:
     """A report from `trtexec --exportProfile` (and `--exportLayerInfo`) files, made on the GPU machine."""
-    from ..engines.tensorrt import layer_timings
+    from lowformer.engines.tensorrt import layer_timings
 
     timings = layer_timings(profile_json, layer_info_json, onnx_nodes)
     rows = rows_from_fused(timings, structure or ModelStructure())

@@ -4,10 +4,10 @@ from __future__ import annotations
 import re
 from typing import Dict, List, Optional, Sequence
 
-from ..engines.base import LayerTiming
-from .names import GraphNeighbours, attribute_names, module_of_name
-from .report import LayerRow
-from .structure import ModelStructure
+from lowformer.engines.base import LayerTiming
+from lowformer.profiling.names import GraphNeighbours, attribute_names, module_of_name
+from lowformer.profiling.report import LayerRow
+from lowformer.profiling.structure import ModelStructure
 
 # A fused layer's time is split over its nodes by these weights: the convolutions and matmuls do
 # nearly all the work; the activations, adds and Q/DQ fused into them almost none.

@@ -14,8 +14,8 @@ import re
 from collections import deque
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from ..export.naming import module_path_of_node
-from .structure import ModelStructure
+from lowformer.export.naming import module_path_of_node
+from lowformer.profiling.structure import ModelStructure
 
 # Casts that FP16 conversion (onnxconverter-common) and ONNX Runtime insert name themselves after
 # the node or initializer they serve: `InsertedPrecisionFreeCast_stages.3.0.main.conv.bias`.

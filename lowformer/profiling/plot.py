@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ..io import atomic_path
-from .report import ProfileReport, group_order
-from .structure import UNATTRIBUTED
+from lowformer.core.files import atomic_path
+from lowformer.profiling.report import ProfileReport, group_order
+from lowformer.profiling.structure import UNATTRIBUTED
 
 
 def plot_reports(reports: Sequence[ProfileReport], path: str, by: str = "stage") -> Path:

@@ -6,7 +6,7 @@ from typing import List, Sequence
 
 from rich.table import Table
 
-from .report import ProfileReport, group_order
+from lowformer.profiling.report import ProfileReport, group_order
 
 
 def _ms(v) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
-from .structure import KINDS, UNATTRIBUTED
+from lowformer.profiling.structure import KINDS, UNATTRIBUTED
 
 GROUPS = ("layer", "block", "stage", "kind")
 

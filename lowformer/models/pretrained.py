@@ -10,8 +10,8 @@ from typing import Dict
 
 import torch
 
-from .errors import LowformerError
-from .io import atomic_path
+from lowformer.core.errors import LowformerError
+from lowformer.core.files import atomic_path
 
 EFFICIENTNET_LITE0 = "timm:tf_efficientnet_lite0"
 

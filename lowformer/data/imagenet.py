@@ -18,13 +18,13 @@ from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequenc
 import numpy as np
 import torch.utils.data
 
-from .errors import LowformerError
-from .io import PathLike
-from .preprocess import Preprocessing
+from lowformer.core.errors import LowformerError
+from lowformer.core.files import PathLike
+from lowformer.data.preprocess import Preprocessing
 
 # torchvision's IMG_EXTENSIONS (matched case-insensitively).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-SYNSETS_FILE = Path(__file__).resolve().parent / "data" / "imagenet_synsets.txt"
+SYNSETS_FILE = Path(__file__).resolve().parent / "imagenet_synsets.txt"
 KAGGLE_LABELS = "LOC_val_solution.csv"
 _WNID = re.compile(r"^n\d{8}$")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_path, ensure_dir
+from lowformer.core.files import atomic_path, ensure_dir
 
 
 def generate_images(folder: Path, count: int = 64, size: int = 256, classes: int = 8, seed: int = 0) -> Path:

@@ -4,7 +4,7 @@ folder per class named `<label>-<name>` so that sorted folder order equals the l
 Idempotent (a finished split carries a marker and is never rewritten) and atomic (a split is built
 in a hidden temporary folder and renamed into place only when complete).
 
-    python -m lowformer.fashion_mnist runs/fashion-mnist [--per-class N]
+    python -m lowformer.data.fashion_mnist runs/fashion-mnist [--per-class N]
 
 A quick end-to-end check of the training recipe on CPU: LowFormer-B0 at 32 px, 820 steps of 128
 images (1.75 epochs), two 1-thread processes (faster than one 2-thread process on busy cores), the
@@ -30,8 +30,8 @@ from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 
-from .errors import LowformerError
-from .io import ensure_dir
+from lowformer.core.errors import LowformerError
+from lowformer.core.files import ensure_dir
 
 DEFAULT_SOURCE = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 CLASSES = ("0-tshirt-top", "1-trouser", "2-pullover", "3-dress", "4-coat",
@@ -134,7 +134,7 @@ def prepare_fashion_mnist(dest: Union[str, os.PathLike], source: Union[str, os.P
 def main(argv=None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m lowformer.fashion_mnist", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m lowformer.data.fashion_mnist", description=__doc__.splitlines()[0])
     p.add_argument("dest", help="output folder (gets train/ and test/)")
     p.add_argument("--source", default=str(DEFAULT_SOURCE), help="folder with the four idx.gz files")
     p.add_argument("--per-class", type=int, default=None, help="keep only N training images per class")

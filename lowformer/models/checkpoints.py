@@ -8,7 +8,7 @@ from typing import Dict, Mapping, Optional, Union
 import torch
 from torch import nn
 
-from .errors import LowformerError
+from lowformer.core.errors import LowformerError
 
 StateDict = Dict[str, torch.Tensor]
 _CONTAINER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
@@ -74,7 +74,7 @@ def identify_variant(state_dict: StateDict) -> Optional[str]:
     """Which released (or b2) LowFormer variant a state dict (official or timm keys) belongs to."""
     from timm.models.lowformer import checkpoint_filter_fn
 
-    from .registry import VARIANTS, meta_state_dict_shapes
+    from lowformer.models.registry import VARIANTS, meta_state_dict_shapes
 
     sd = checkpoint_filter_fn(state_dict, None)
     for name in VARIANTS:

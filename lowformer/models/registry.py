@@ -8,8 +8,8 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from .errors import LowformerError
-from .preprocess import Preprocessing, from_timm_config, lowformer_protocol
+from lowformer.core.errors import LowformerError
+from lowformer.data.preprocess import Preprocessing, from_timm_config, lowformer_protocol
 
 
 @dataclass(frozen=True)
@@ -108,14 +108,14 @@ def create_model(name: str, checkpoint: Optional[str] = None, num_classes: Optio
     spec = resolve(name)
     state_dict = None
     if checkpoint is not None:
-        from .checkpoints import read_state_dict
+        from lowformer.models.checkpoints import read_state_dict
 
         state_dict = read_state_dict(checkpoint)
         num_classes = num_classes or _classifier_width(state_dict, spec)
     model = timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes or 1000,
                               **{**spec.timm_kwargs, **timm_kwargs})
     if state_dict is not None:
-        from .checkpoints import load_checkpoint
+        from lowformer.models.checkpoints import load_checkpoint
 
         load_checkpoint(model, state_dict, spec)
     return model.eval()

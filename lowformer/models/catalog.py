@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any, Dict, List, Optional
 
-from .complexity import count_macs, stage_shapes
-from .registry import VARIANTS, count_parameters, create_model, resolve
+from lowformer.models.complexity import count_macs, stage_shapes
+from lowformer.models.registry import VARIANTS, count_parameters, create_model, resolve
 
 # The paper's peer backbones and the timm model each corresponds to (None: not in timm).
 PEERS = [

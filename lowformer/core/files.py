@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Union
 
-from .errors import LowformerError
+from lowformer.core.errors import LowformerError
 
 PathLike = Union[str, os.PathLike]
 

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..errors import LowformerError
-from ..io import PathLike, write_json
+from lowformer.core.errors import LowformerError
+from lowformer.core.files import PathLike, write_json
 
 MANIFEST_NAME = "manifest.json"
 FORMATS = {".onnx": "onnx", ".ts": "torchscript", ".pt": "torchscript", ".engine": "tensorrt", ".plan": "tensorrt"}
@@ -99,7 +99,7 @@ def checkpoint_path(manifest: Dict[str, Any], folder: PathLike) -> Optional[str]
 
 def reference_model(manifest: Dict[str, Any], folder: PathLike):
     """The unfused PyTorch model an export folder came from (the parity reference)."""
-    from ..registry import create_model
+    from lowformer.models.registry import create_model
 
     m = manifest["model"]
     return create_model(m["name"], checkpoint_path(manifest, folder), num_classes=int(m.get("num_classes", 1000)))
