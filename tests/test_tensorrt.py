@@ -23,6 +23,7 @@ from onnx import TensorProto, helper
 from fake_tensorrt import make_fake_tensorrt
 from helpers import assert_one_line_error, run_cli
 from lowformer.engines import tensorrt as trt_layer
+from lowformer.profiling import trtexec
 from lowformer.core.errors import LowformerError, NeedsTargetDevice
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "trt"
@@ -473,7 +474,7 @@ def test_parse_engine_layers_fixture():
 
 
 def test_parse_layer_times_fixture():
-    timings = trt_layer.parse_layer_times(FIXTURES / "profile.json")
+    timings = trtexec.parse_layer_times(FIXTURES / "profile.json")
     assert len(timings) == 5 and all(t.calls == 10 for t in timings)
     stem = timings[1]
     assert stem.total_ms == pytest.approx(1.873)
@@ -482,7 +483,7 @@ def test_parse_layer_times_fixture():
 
 
 def test_layer_timings_joins_profile_and_inspector():
-    timings = trt_layer.layer_timings(FIXTURES / "profile.json", FIXTURES / "layer_info.json")
+    timings = trtexec.layer_timings(FIXTURES / "profile.json", FIXTURES / "layer_info.json")
     by = {t.name: t for t in timings}
     attn = by["/stages/stages.2/stages.2.1/attn/MatMul_myl0_3"]
     assert attn.op == "kgen" and len(attn.fused_from) == 3 and attn.total_ms == pytest.approx(2.448)
@@ -508,9 +509,9 @@ def test_parse_errors_are_lowformer_errors(tmp_path):
     with pytest.raises(LowformerError, match="Layers"):
         trt_layer.parse_engine_layers({"Bindings": []})
     with pytest.raises(LowformerError, match="cannot read"):
-        trt_layer.parse_layer_times(tmp_path / "missing.json")
+        trtexec.parse_layer_times(tmp_path / "missing.json")
     with pytest.raises(LowformerError, match="not TensorRT JSON"):
-        trt_layer.parse_layer_times("[{broken")
+        trtexec.parse_layer_times("[{broken")
 
 
 # --------------------------------------------------------------------------- real hardware

@@ -165,7 +165,7 @@ def report_from_trtexec(profile_json: Any, layer_info_json: Any = None, *, label
                         structure: Optional[ModelStructure] = None, onnx_nodes: Optional[Sequence[str]] = None,
                         latency: Optional[Dict[str, Any]] = None) -> ProfileReport:
     """A report from `trtexec --exportProfile` (and `--exportLayerInfo`) files, made on the GPU machine."""
-    from lowformer.engines.tensorrt import layer_timings
+    from lowformer.profiling.trtexec import layer_timings
 
     timings = layer_timings(profile_json, layer_info_json, onnx_nodes)
     rows = rows_from_fused(timings, structure or ModelStructure())
