@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 SHARED = Path(os.environ.get("LOWFORMER_SHARED", REPO.parent / "shared"))
 DEFAULT_VARIANTS = "cpu/percentile,cpu/minmax,cpu/entropy,tensorrt/percentile"
 

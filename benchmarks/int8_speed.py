@@ -133,8 +133,9 @@ def main(argv: List[str] | None = None) -> int:
 
     from lowformer.calibrate.data import select_calibration
     from lowformer.calibrate.qdq import quantize_with_ranges, target_config
-    from lowformer.calibrate.quantize import calibrated, checkpoint_id, preprocessing_for
-    from lowformer.calibrate.sensitivity import _fp32_onnx
+    from lowformer.calibrate.session import calibrated
+    from lowformer.data.preprocess import Preprocessing
+    from lowformer.export.pipeline import fp32_onnx
 
     console = Console(stderr=True, width=150)
     log = lambda s: console.print(s, highlight=False)  # noqa: E731
@@ -142,14 +143,14 @@ def main(argv: List[str] | None = None) -> int:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         ap.error(f"unknown variant {unknown[0]} (choose from {', '.join(VARIANTS)})")
-    src, manifest, spec = _fp32_onnx(args.model, args.checkpoint, args.image_size, args.out, log)
-    pp = preprocessing_for(spec, args.image_size, manifest)
-    calib = select_calibration(args.calib_data, args.calib_size, log=log)
+    src, manifest = fp32_onnx(args.model, args.checkpoint, args.image_size, args.out)
+    pp = Preprocessing.from_dict(manifest.preprocessing)
+    calib = select_calibration(args.calib_data, args.calib_size)
     folder = src.parent / "int8-bench"
     paths = {"fp32": str(src)}
     configs = {"int8 (cpu)": target_config("cpu")}
     configs.update({f"int8 {v}": replace(target_config("cpu"), **VARIANTS[v]) for v in variants})
-    with calibrated(src, calib, pp, checkpoint_id(manifest), None, log) as s:
+    with calibrated(src, calib, pp, str(manifest.checkpoint.get("sha256") or "unknown")) as s:
         for label, cfg in configs.items():
             dst = folder / (label.replace(" ", "_").replace("(", "").replace(")", "") + ".onnx")
             needed = list(dict.fromkeys(t for op, ins, outs in s.graph_io if op in cfg.op_types

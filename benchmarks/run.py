@@ -32,12 +32,13 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from lowformer.bench import int8_peak_gops, matmul_peak_gflops
+from lowformer.core.files import atomic_path, write_json
+from lowformer.core.machine import machine_info
+from lowformer.core.timing import TimingStats, time_for
+from lowformer.engines.timing import call_once
 
-from lowformer.bench import (TimingStats, call_once, int8_peak_gops, machine_info,  # noqa: E402
-                             matmul_peak_gflops)
-from lowformer.core.files import atomic_path, write_json  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 LOWFORMERS = ["b0", "b1", "b15", "b3", "e1", "e2", "e3"]
 QUICK_MODELS = ["b1", "timm:mobilenetv3_large_100"]
@@ -114,8 +115,8 @@ def build(name: str, folder: Path, size: int, calib: Optional[Path]) -> Dict[str
     if calib is not None:
         from lowformer.calibrate.quantize import quantize_onnx
 
-        steps["onnx-int8"] = lambda p: quantize_onnx(folder / files["onnx-fp32"], p, spec=resolve(name),
-                                                     image_size=size, calib_data=str(calib), calib_size=16,
+        steps["onnx-int8"] = lambda p: quantize_onnx(folder / files["onnx-fp32"], p, resolve(name).preprocessing(size),
+                                                     calib_data=str(calib), calib_size=16,
                                                      method="minmax", target="cpu")
     for fmt, step in steps.items():
         path = folder / files[fmt]
@@ -169,17 +170,7 @@ def make_runner(fmt: str, path_or_model: Any, size: int, threads: Optional[int])
 
 def time_cell(runner, batch_size: int, seconds: float, max_iterations: int) -> TimingStats:
     """One warm-up call, then as many timed calls as fit in `seconds` (at least 3)."""
-    fn = call_once(runner, runner.input_spec.example(batch_size))
-    t0 = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t0
-    n = max(3, min(max_iterations, int(seconds / max(first, 1e-4))))
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return TimingStats.from_ms(times)
+    return time_for(call_once(runner, runner.input_spec.example(batch_size)), seconds, max_iterations)
 
 
 def measure(name: str, fmt: str, target: Optional[str], size: int, threads: Optional[int],

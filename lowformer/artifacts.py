@@ -1,43 +1,274 @@
-"""`manifest.json`: what an export folder holds, how it was made, and whether each artifact passed."""
+"""`manifest.json`: what an export folder holds, how it was made, and whether each artifact passed.
+
+This module is the only code that reads or writes `manifest.json`. The manifest is a typed object
+(`Manifest` with `ArtifactEntry` items and their `ParityRecord` / `ValidationRecord`); writers change
+it through `update(folder, fn)`, which re-reads, applies and writes atomically under a file lock, so
+two processes recording into one folder never lose each other's entries. The JSON layout is schema 1
+as before: old manifests load unchanged.
+"""
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
+import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
+
+from filelock import FileLock, Timeout
 
 from lowformer.core.errors import LowformerError
 from lowformer.core.files import PathLike, write_json
+from lowformer.core.machine import tool_versions
+
+log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
+LOCK_NAME = ".manifest.lock"
+SCHEMA = 1
 FORMATS = {".onnx": "onnx", ".ts": "torchscript", ".pt": "torchscript", ".engine": "tensorrt", ".plan": "tensorrt"}
+DEFAULT_LOCK_TIMEOUT_S = 600.0
 
 
-def tool_versions() -> Dict[str, str]:
-    import importlib.metadata as md
+def _known(cls, data: Dict[str, Any]) -> Dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
 
-    out = {}
-    for pkg in ("lowformer", "torch", "timm", "onnx", "onnxruntime", "onnxsim", "tensorrt"):
+
+def _require_dict(value: Any, what: str) -> Dict[str, Any]:
+    if not isinstance(value, dict):
+        raise LowformerError(f"manifest: {what} must be an object, not {type(value).__name__}")
+    return value
+
+
+@dataclass
+class ParityRecord:
+    """The export check: the artifact against the unfused model on a fixed batch of inputs."""
+
+    max_abs: float
+    rel_l2: float
+    cosine: float
+    top1_agreement: float
+    n: int
+    thresholds: Dict[str, float] = field(default_factory=dict)
+    inputs: str = "random"
+    passed: bool = False
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "ParityRecord":
+        d = _require_dict(data, "parity")
         try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
+            return cls(**{**_known(cls, d), "passed": bool(d.get("passed", False))})
+        except TypeError as e:
+            raise LowformerError(f"manifest: bad parity record ({e})") from None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
-def new_manifest(model: Dict[str, Any], checkpoint: Dict[str, Any], input_spec: Dict[str, Any],
-                 preprocessing: Dict[str, Any]) -> Dict[str, Any]:
-    return {
-        "schema": 1,
-        "model": model,
-        "checkpoint": checkpoint,
-        "input": input_spec,
-        "preprocessing": preprocessing,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "tools": tool_versions(),
-        "artifacts": [],
-    }
+@dataclass
+class ValidationRecord:
+    """The last `lowformer validate` of an artifact against its reference on labelled images."""
+
+    date: str
+    passed: bool
+    data: str
+    images: int
+    error: Optional[str] = None
+    limit: Optional[int] = None
+    label_source: Optional[str] = None
+    preprocessing: Optional[Dict[str, Any]] = None
+    top1: Optional[float] = None
+    top5: Optional[float] = None
+    reference_top1: Optional[float] = None
+    reference_top5: Optional[float] = None
+    top1_delta: Optional[float] = None
+    agreement: Optional[float] = None
+    cosine: Optional[float] = None
+    max_abs: Optional[float] = None
+    flipped: int = 0
+    flipped_images: List[Any] = field(default_factory=list)
+    gate: Optional[Dict[str, Any]] = None
+    failures: List[str] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "ValidationRecord":
+        d = _require_dict(data, "validation")
+        try:
+            return cls(**_known(cls, d))
+        except TypeError as e:
+            raise LowformerError(f"manifest: bad validation record ({e})") from None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Keys of an artifact entry with a typed field; every other key is a format-specific fact.
+_ENTRY_KEYS = ("path", "format", "precision", "sha256", "parity", "validation")
+
+
+@dataclass
+class ArtifactEntry:
+    """One artifact file of the folder (path relative to it) and what is known about it.
+
+    `facts` holds what only some formats have (opset and op counts of an ONNX, `int8` and
+    `calibration` of a quantized one, `build`/`source`/`tensorrt`/`gpu` of an engine, notes).
+    """
+
+    path: str
+    format: str
+    precision: str = "fp32"
+    sha256: Optional[str] = None
+    parity: Optional[ParityRecord] = None
+    validation: Optional[ValidationRecord] = None
+    facts: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "ArtifactEntry":
+        d = _require_dict(data, "an artifact entry")
+        for key in ("path", "format"):
+            if not isinstance(d.get(key), str) or not d[key]:
+                raise LowformerError(f"manifest: an artifact entry has no {key!r} (got {d.get(key)!r})")
+        return cls(path=d["path"], format=d["format"], precision=str(d.get("precision", "fp32")),
+                   sha256=d.get("sha256"),
+                   parity=ParityRecord.from_dict(d["parity"]) if d.get("parity") else None,
+                   validation=ValidationRecord.from_dict(d["validation"]) if d.get("validation") else None,
+                   facts={k: v for k, v in d.items() if k not in _ENTRY_KEYS})
+
+    def to_dict(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"path": self.path, "format": self.format, "precision": self.precision,
+                               "sha256": self.sha256, **self.facts}
+        if self.parity is not None:
+            out["parity"] = self.parity.to_dict()
+        if self.validation is not None:
+            out["validation"] = self.validation.to_dict()
+        return out
+
+    def fact(self, key: str, default: Any = None) -> Any:
+        return self.facts.get(key, default)
+
+    @property
+    def int8(self) -> Dict[str, Any]:
+        return self.facts.get("int8") or {}
+
+    @property
+    def calibration(self) -> Dict[str, Any]:
+        return self.facts.get("calibration") or {}
+
+
+@dataclass
+class Manifest:
+    """What an export folder holds: the model, its weights, the input contract and the artifacts."""
+
+    model: Dict[str, Any]
+    checkpoint: Dict[str, Any]
+    input: Dict[str, Any]
+    preprocessing: Dict[str, Any]
+    created: str = ""
+    tools: Dict[str, str] = field(default_factory=dict)
+    artifacts: List[ArtifactEntry] = field(default_factory=list)
+    pending: Optional[List[str]] = None  # commands that remain to run on the target device
+    schema: int = SCHEMA
+
+    @classmethod
+    def new(cls, model: Dict[str, Any], checkpoint: Dict[str, Any], input_spec: Dict[str, Any],
+            preprocessing: Dict[str, Any]) -> "Manifest":
+        return cls(model=model, checkpoint=checkpoint, input=input_spec, preprocessing=preprocessing,
+                   created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                   tools=tool_versions())
+
+    # ------------------------------------------------------------------ typed views
+    @property
+    def model_name(self) -> str:
+        return str(self.model["name"])
+
+    @property
+    def display_name(self) -> str:
+        return str(self.model.get("display") or self.model["name"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model.get("num_classes", 1000))
+
+    @property
+    def input_shape(self) -> List[Optional[int]]:
+        return list(self.input.get("shape") or [None, 3, 224, 224])
+
+    @property
+    def random_weights(self) -> bool:
+        return self.checkpoint.get("sha256") == "random-init"
+
+    def checkpoint_path(self, folder: PathLike) -> Optional[str]:
+        """Absolute path of the weights the artifacts were exported from (None: none recorded)."""
+        path = self.checkpoint.get("path")
+        if not path:
+            return None
+        p = Path(path)
+        return str(p if p.is_absolute() else Path(folder) / p)
+
+    # ------------------------------------------------------------------ entries
+    def entry(self, path: str) -> Optional[ArtifactEntry]:
+        return next((a for a in self.artifacts if a.path == path), None)
+
+    def upsert(self, entry: ArtifactEntry) -> None:
+        """Add or replace (same path) one artifact entry."""
+        self.artifacts = [a for a in self.artifacts if a.path != entry.path] + [entry]
+
+    def entry_for(self, artifact: PathLike, folder: PathLike) -> Optional[ArtifactEntry]:
+        rel = os.path.relpath(Path(artifact).resolve(), Path(folder).resolve())
+        return self.entry(rel)
+
+    # ------------------------------------------------------------------ JSON
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "manifest") -> "Manifest":
+        if not isinstance(data, dict) or "artifacts" not in data or "model" not in data:
+            raise LowformerError(f"{where} is not a lowformer manifest")
+        arts = data.get("artifacts")
+        if not isinstance(arts, list):
+            raise LowformerError(f"{where}: 'artifacts' must be a list, not {type(arts).__name__}")
+        model = _require_dict(data["model"], "model")
+        if not isinstance(model.get("name"), str):
+            raise LowformerError(f"{where}: the model has no name")
+        try:
+            int(model.get("num_classes", 1000))
+        except (TypeError, ValueError):
+            raise LowformerError(f"{where}: num_classes {model.get('num_classes')!r} is not a number") from None
+        schema = data.get("schema", SCHEMA)
+        if schema != SCHEMA:
+            raise LowformerError(f"{where}: schema {schema!r} is not supported (this lowformer reads {SCHEMA})")
+        return cls(model=model, checkpoint=_require_dict(data.get("checkpoint") or {}, "checkpoint"),
+                   input=_require_dict(data.get("input") or {}, "input"),
+                   preprocessing=_require_dict(data.get("preprocessing") or {}, "preprocessing"),
+                   created=str(data.get("created", "")), tools=dict(data.get("tools") or {}),
+                   artifacts=[ArtifactEntry.from_dict(a) for a in arts], pending=data.get("pending"),
+                   schema=SCHEMA)
+
+    def to_dict(self) -> Dict[str, Any]:
+        out = {"schema": self.schema, "model": self.model, "checkpoint": self.checkpoint, "input": self.input,
+               "preprocessing": self.preprocessing, "created": self.created, "tools": self.tools,
+               "artifacts": [a.to_dict() for a in self.artifacts]}
+        if self.pending is not None:
+            out["pending"] = self.pending
+        return out
+
+    @classmethod
+    def load(cls, path: PathLike) -> "Manifest":
+        p = manifest_path(path)
+        try:
+            data = json.loads(p.read_text())
+        except FileNotFoundError:
+            raise LowformerError(f"no manifest at {p}") from None
+        except (OSError, ValueError) as e:
+            raise LowformerError(f"cannot read manifest {p}: {e}") from None
+        return cls.from_dict(data, str(p))
+
+    def save(self, folder: PathLike) -> Path:
+        """Atomic write (callers that read-modify-write use `update`)."""
+        p = manifest_path(folder)
+        write_json(p, self.to_dict())
+        return p
 
 
 def manifest_path(path: PathLike) -> Path:
@@ -45,29 +276,33 @@ def manifest_path(path: PathLike) -> Path:
     return p / MANIFEST_NAME if p.is_dir() else p
 
 
-def load_manifest(path: PathLike) -> Dict[str, Any]:
-    p = manifest_path(path)
+def folder_lock(folder: PathLike, timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> FileLock:
+    """The lock every writer of an export folder holds (fcntl-based; released if the process dies)."""
+    return FileLock(str(Path(folder) / LOCK_NAME), timeout=timeout)
+
+
+def update(folder: PathLike, fn: Callable[[Manifest], Optional[Manifest]],
+           fresh: Optional[Manifest] = None, timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> Manifest:
+    """Re-read the folder's manifest under its lock, apply `fn`, write it back atomically.
+
+    `fresh` is used when the folder has no manifest yet; `fn` may return a replacement manifest.
+    """
+    folder = Path(folder)
+    lock = folder_lock(folder, timeout)
     try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise LowformerError(f"no manifest at {p}") from None
-    except (OSError, ValueError) as e:
-        raise LowformerError(f"cannot read manifest {p}: {e}") from None
-    if not isinstance(data, dict) or "artifacts" not in data or "model" not in data:
-        raise LowformerError(f"{p} is not a lowformer manifest")
-    return data
-
-
-def save_manifest(folder: PathLike, manifest: Dict[str, Any]) -> Path:
-    p = manifest_path(folder)
-    write_json(p, manifest)
-    return p
-
-
-def upsert_artifact(manifest: Dict[str, Any], entry: Dict[str, Any]) -> None:
-    """Add or replace (same path) one artifact entry."""
-    arts: List[Dict[str, Any]] = manifest.setdefault("artifacts", [])
-    arts[:] = [a for a in arts if a["path"] != entry["path"]] + [entry]
+        with lock:
+            p = folder / MANIFEST_NAME
+            if p.is_file():
+                manifest = Manifest.load(p)
+            elif fresh is not None:
+                manifest = fresh
+            else:
+                raise LowformerError(f"no manifest at {p}")
+            manifest = fn(manifest) or manifest
+            manifest.save(folder)
+            return manifest
+    except Timeout:
+        raise LowformerError(f"{folder} is locked by another lowformer process (waited {timeout:.0f} s)") from None
 
 
 def find_manifest_for(artifact: PathLike) -> Optional[Path]:
@@ -76,30 +311,8 @@ def find_manifest_for(artifact: PathLike) -> Optional[Path]:
     return p if p.is_file() else None
 
 
-def artifact_entry(manifest: Dict[str, Any], artifact: PathLike, folder: PathLike) -> Optional[Dict[str, Any]]:
-    rel = os.path.relpath(Path(artifact).resolve(), Path(folder).resolve())
-    return next((a for a in manifest.get("artifacts", []) if a["path"] == rel), None)
-
-
 def format_of(path: PathLike) -> str:
     fmt = FORMATS.get(Path(path).suffix.lower())
     if fmt is None:
         raise LowformerError(f"unknown artifact type {Path(path).name!r} (expected .onnx, .ts/.pt, .engine)")
     return fmt
-
-
-def checkpoint_path(manifest: Dict[str, Any], folder: PathLike) -> Optional[str]:
-    """Absolute path of the weights the artifacts were exported from (None: none recorded)."""
-    path = (manifest.get("checkpoint") or {}).get("path")
-    if not path:
-        return None
-    p = Path(path)
-    return str(p if p.is_absolute() else Path(folder) / p)
-
-
-def reference_model(manifest: Dict[str, Any], folder: PathLike):
-    """The unfused PyTorch model an export folder came from (the parity reference)."""
-    from lowformer.models.registry import create_model
-
-    m = manifest["model"]
-    return create_model(m["name"], checkpoint_path(manifest, folder), num_classes=int(m.get("num_classes", 1000)))

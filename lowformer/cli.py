@@ -7,13 +7,14 @@ import sys
 from typing import Any, Callable, Optional
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from lowformer.cli_progress import RichProgress, console, install_logging
 from lowformer.core.errors import LowformerError
 
-# Human output goes to stderr so that `--json` leaves stdout to the JSON document alone.
-console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+# Library errors name parameters; the user typed flags. Whole-word names only (they have underscores).
+PARAMETER_FLAGS = {"calib_data": "--calib-data", "eval_data": "--eval-data", "skip_bad_images": "--skip-bad-images",
+                   "calib_size": "--calib-size", "image_size": "--image-size", "batch_size": "--batch-size"}
 
 
 def emit_json(data: Any) -> None:
@@ -28,13 +29,19 @@ def handle_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except LowformerError as e:
-            console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            console.print(f"[red]error:[/red] {speak_flags(str(e))}", highlight=False, soft_wrap=True, markup=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             console.print("[red]interrupted[/red]")
             sys.exit(130)
 
     return wrapper
+
+
+def speak_flags(message: str) -> str:
+    import re
+
+    return re.sub(r"\b(" + "|".join(PARAMETER_FLAGS) + r")\b", lambda m: PARAMETER_FLAGS[m.group(1)], message)
 
 
 def print_table(title: str, columns, rows) -> None:
@@ -58,6 +65,7 @@ def main() -> None:
       lowformer profile artifacts/b1-224
       lowformer bench b1 --latency --optit
     """
+    install_logging()
 
 
 @main.command("models")
@@ -154,15 +162,15 @@ def export_cmd(model, to, fp16, int8, checkpoint, image_size, batch_size, dynami
                               batch_size=batch_size, opset=opset, out=out, do_fuse=not no_fuse, data=data,
                               calib=calib, trt_build=dict(min_batch=min_batch, opt_batch=opt_batch,
                                                           max_batch=max_batch, workspace_mb=workspace_mb),
-                              log=lambda s: console.print(s, highlight=False))
+                              progress=RichProgress())
     if as_json:
         emit_json(result.to_dict())
     else:
         print_table(f"Exported to {result.out}", ["artifact", "format", "precision", "rel-L2", "cosine", "top-1 agree",
                                                   "parity"],
-                    [(a["path"], a["format"], a["precision"], f"{a['parity']['rel_l2']:.2e}",
-                      f"{a['parity']['cosine']:.6f}", f"{a['parity']['top1_agreement']:.1%}",
-                      "pass" if a["parity"]["passed"] else "FAIL") for a in result.artifacts if "parity" in a])
+                    [(a.path, a.format, a.precision, f"{a.parity.rel_l2:.2e}", f"{a.parity.cosine:.6f}",
+                      f"{a.parity.top1_agreement:.1%}", "pass" if a.parity.passed else "FAIL")
+                     for a in result.artifacts if a.parity is not None])
         for step in result.next_steps:
             console.print(f"[bold]next step:[/bold] {step}", highlight=False, soft_wrap=True)
     sys.exit(result.exit_code)
@@ -242,16 +250,15 @@ def validate_cmd(artifacts, data, labels, limit, batch_size, workers, reference,
       fp32: top-1 agreement >= 99.9%;  fp16: drop <= 0.2 pt and agreement >= 99.5%;  int8: drop <= 1.0 pt.
     The outcome is also recorded under "validation" in each artifact's manifest entry.
     """
-    from lowformer.validate import parse_triplet, progress_bar, validate
+    from lowformer.cli_options import parse_triplet
+    from lowformer.validate import validate
 
     mean, std = parse_triplet(mean, "--mean"), parse_triplet(std, "--std")
-    with progress_bar(console) as progress:
-        result = validate(list(artifacts), data, labels=labels, limit=limit, batch_size=batch_size, workers=workers,
-                          reference=reference, checkpoint=checkpoint, gate_top1_drop=gate_top1_drop,
-                          gate_agreement=gate_agreement, crop_ratio=crop_ratio, interpolation=interpolation,
-                          mean=mean, std=std,
-                          skip_bad_images=skip_bad_images, report=report, threads=threads, device=device,
-                          progress=progress)
+    result = validate(list(artifacts), data, labels=labels, limit=limit, batch_size=batch_size, workers=workers,
+                      reference=reference, checkpoint=checkpoint, gate_top1_drop=gate_top1_drop,
+                      gate_agreement=gate_agreement, crop_ratio=crop_ratio, interpolation=interpolation,
+                      mean=mean, std=std, skip_bad_images=skip_bad_images, report=report, threads=threads,
+                      device=device, progress=RichProgress())
     for w in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
     if as_json:
@@ -321,7 +328,8 @@ def train_cmd(model, data, val_data, epochs, batch_size, lr, image_sizes, eval_s
     Several processes: torchrun --nproc_per_node N -m lowformer train MODEL --data ...
     (lr and total batch scale with N; NCCL on GPUs, gloo on CPUs).
     """
-    from lowformer.training import TrainConfig, parse_json_object, parse_overrides, parse_sizes, train
+    from lowformer.cli_options import parse_json_object, parse_overrides, parse_sizes
+    from lowformer.training import TrainConfig, train
 
     recipe = parse_overrides(overrides)
     named = dict(mixup_alpha=mixup, cutmix_alpha=cutmix, smoothing=smoothing, reprob=reprob, drop_path=drop_path,
@@ -334,7 +342,7 @@ def train_cmd(model, data, val_data, epochs, batch_size, lr, image_sizes, eval_s
                       workers=workers, accum_steps=accum_steps, num_classes=num_classes, max_steps=max_steps,
                       seed=seed, model_kwargs=parse_json_object(model_kwargs, "--model-kwargs"), recipe=recipe,
                       eval_every=eval_every, threads=threads)
-    summary = train(cfg, resume=resume, progress=True)
+    summary = train(cfg, resume=resume, progress=RichProgress())
     if summary["rank"] != 0:
         return
     if as_json:
@@ -378,18 +386,17 @@ def profile_cmd(targets, batch_size, iterations, warmup, device, group_by, top, 
     """
     from lowformer.profiling import profile, report_from_trtexec
     from lowformer.profiling.plot import plot_reports
-    from lowformer.profiling.render import print_reports
+    from lowformer.cli_render import print_reports
 
     if not targets and not trt_profile:
         raise click.UsageError("give at least one artifact, manifest, folder or model (or --trt-profile)")
     if trt_layers and not trt_profile:
         raise click.UsageError("--trt-layers goes with --trt-profile")
-    with console.status("profiling..."):
-        reports = profile(list(targets), batch_size=batch_size, iterations=iterations, warmup=warmup, device=device,
-                          threads=threads, image_size=image_size, checkpoint=checkpoint,
-                          log=lambda s: console.print(s, highlight=False)) if targets else []
-        if trt_profile:
-            reports.append(report_from_trtexec(trt_profile, trt_layers, label=f"TensorRT ({trt_profile})"))
+    reports = profile(list(targets), batch_size=batch_size, iterations=iterations, warmup=warmup, device=device,
+                      threads=threads, image_size=image_size, checkpoint=checkpoint,
+                      progress=RichProgress()) if targets else []
+    if trt_profile:
+        reports.append(report_from_trtexec(trt_profile, trt_layers, label=f"TensorRT ({trt_profile})"))
     if json_path:
         doc = {"schema": 1, "reports": [r.to_dict() for r in reports]}
         if json_path == "-":
@@ -429,10 +436,9 @@ def bench_cmd(targets, batch_size, iterations, warmup, latency, jobs, threads, d
     """
     from lowformer.bench import bench
 
-    with console.status("benchmarking..."):
-        report = bench(list(targets), batch_size=batch_size, iterations=iterations, warmup=warmup, latency=latency,
-                       jobs=jobs, threads=threads, device=device, image_size=image_size, optit=optit,
-                       checkpoint=checkpoint, log=lambda s: console.print(s, highlight=False))
+    report = bench(list(targets), batch_size=batch_size, iterations=iterations, warmup=warmup, latency=latency,
+                   jobs=jobs, threads=threads, device=device, image_size=image_size, optit=optit,
+                   checkpoint=checkpoint, progress=RichProgress())
     if as_json:
         return emit_json(report.to_dict())
     m = report.machine
@@ -457,7 +463,7 @@ def demo_cmd(checkpoint: Optional[str], data: Optional[str], out: str, limit: in
     """The whole chain on built-in defaults: export, INT8, parity, profiles, benchmark, report."""
     from lowformer.demo import run_demo
 
-    summary = run_demo(out, checkpoint, data, limit=limit, log=lambda s: console.print(s, highlight=False))
+    summary = run_demo(out, checkpoint, data, limit=limit, progress=RichProgress())
     if as_json:
         return emit_json(summary)
     print_table("lowformer demo", ["model", "artifact", "top-1 %", "Δ top-1", "agreement", "gate", "ms (batch 1)"],
@@ -503,11 +509,16 @@ def calibrate_sensitivity_cmd(model, calib_data, eval_data, checkpoint, image_si
     Calibrates once (cached), then re-quantizes one block at a time and reports top-1 agreement,
     logit cosine and the top-1 drop (points) of each variant.
     """
-    from lowformer.calibrate.sensitivity import sensitivity_report
+    from lowformer.calibrate.sensitivity import SensitivityConfig, sensitivity_report
+    from lowformer.data.preprocess import Preprocessing
+    from lowformer.export.pipeline import fp32_onnx
 
-    report = sensitivity_report(model, calib_data, eval_data, checkpoint, calib_size, eval_size, target, method,
-                                image_size, mode, exclude, auto_exclude, gate_top1_drop, out,
-                                log=lambda s: console.print(s, highlight=False))
+    src, manifest = fp32_onnx(model, checkpoint, image_size, out)
+    cfg = SensitivityConfig(calib_data, eval_data, calib_size, eval_size, target, method, mode, tuple(exclude),
+                            auto_exclude, gate_top1_drop)
+    report = sensitivity_report(src, Preprocessing.from_dict(manifest.preprocessing),
+                                str(manifest.checkpoint.get("sha256") or "unknown"), cfg,
+                                model_name=manifest.model_name, progress=RichProgress())
     if as_json:
         return emit_json(report)
     labels = report["labels"]

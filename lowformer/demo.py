@@ -8,16 +8,18 @@ attempted (on a machine without TensorRT it stops at the ready ONNX and prints t
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 
 from lowformer.core.errors import NeedsTargetDevice
 from lowformer.core.files import atomic_path, ensure_dir, write_json
+from lowformer.core.progress import Progress, no_progress
 
-Log = Callable[[str], None]
+log = logging.getLogger(__name__)
 ARTIFACTS = ("model.ts", "model.onnx", "model_fp16.onnx", "model_int8.onnx")
 
 
@@ -54,7 +56,8 @@ def _weights(out: Path, checkpoint: Optional[str]) -> Dict[str, Any]:
 
 
 def run_demo(out: str = "demo-out", checkpoint: Optional[str] = None, data: Optional[str] = None,
-             image_size: int = 224, limit: int = 200, calib_size: int = 64, log: Log = lambda s: None) -> Dict[str, Any]:
+             image_size: int = 224, limit: int = 200, calib_size: int = 64,
+             progress: Progress = no_progress) -> Dict[str, Any]:
     """Run the chain and write `out/report.md` (+ PNG charts and `out/summary.json`)."""
     from lowformer.bench import bench
     from lowformer.data.synthetic import generate_images
@@ -73,27 +76,28 @@ def run_demo(out: str = "demo-out", checkpoint: Optional[str] = None, data: Opti
         image_note = (f"{calib_size + 64} built-in generated images ({calib_size} calibrate INT8, the other 64 "
                       "check parity: same images, two computations); accuracy needs real data "
                       "(make demo DATA=/path/to/imagenet/val)")
-    log(f"[bold]images:[/bold] {image_note}")
+    log.info("images: %s", image_note)
     models: List[DemoModel] = []
     for name, (ckpt, weights_note) in _weights(root, checkpoint).items():
         short = name.replace("timm:", "")
         dm = DemoModel(name, root / short, weights_note)
-        log(f"\n[bold]== {name}[/bold]: weights {weights_note}")
+        log.info("== %s: weights %s", name, weights_note)
         res = export_model(name, to=("torchscript", "onnx"), fp16=True, int8=True, checkpoint=ckpt,
                            image_size=image_size, out=str(dm.folder), data=images,
                            calib=dict(calib_data=images, calib_size=calib_size, method="percentile", target="cpu"),
-                           log=log)
+                           progress=progress)
         dm.export = res.to_dict()
-        log("validating every artifact against the PyTorch model...")
-        dm.validation = validate([str(dm.folder)], images, limit=limit, batch_size=25, workers=1).to_dict()
-        log("profiling per layer...")
+        log.info("validating every artifact against the PyTorch model...")
+        dm.validation = validate([str(dm.folder)], images, limit=limit, batch_size=25, workers=1,
+                                 progress=progress).to_dict()
+        log.info("profiling per layer...")
         paths = [str(dm.folder / a) for a in ARTIFACTS if (dm.folder / a).is_file()]
-        reports = profile(paths, iterations=10, warmup=3, image_size=image_size)
+        reports = profile(paths, iterations=10, warmup=3, image_size=image_size, progress=progress)
         dm.profile = [r.to_dict() for r in reports]
         dm.profile_png = str(plot_reports(reports, str(root / f"profile-{short}.png"), by="stage"))
-        log("benchmarking (batch 1 latency)...")
+        log.info("benchmarking (batch 1 latency)...")
         dm.bench = bench([name, *paths], latency=True, iterations=30, warmup=5, image_size=image_size,
-                         checkpoint=ckpt).to_dict()
+                         checkpoint=ckpt, progress=progress).to_dict()
         try:
             build_engine(str(dm.folder / "model_fp16.onnx"), fp16=True)
         except NeedsTargetDevice as e:

@@ -7,17 +7,20 @@ flipped. Precision-specific gates decide pass/fail; the caller (the CLI) turns t
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
+from lowformer import artifacts as _artifacts
+from lowformer.artifacts import ArtifactEntry, Manifest, ValidationRecord
 from lowformer.compare import compare_logits
+from lowformer.core.progress import Progress, no_progress
 from lowformer.core.errors import LowformerError
 from lowformer.core.files import PathLike, write_json
 from lowformer.data.preprocess import Preprocessing
@@ -30,7 +33,8 @@ DEFAULT_GATES: Dict[str, Tuple[Optional[float], Optional[float]]] = {
 }
 MAX_FLIPS_IN_MANIFEST = 50
 
-ProgressFn = Callable[[int, int, Dict[str, float]], None]
+log = logging.getLogger(__name__)
+Item = Tuple[Path, Optional[ArtifactEntry], Optional[Manifest]]
 
 
 @dataclass
@@ -164,37 +168,9 @@ def near_chance(top1: float, num_classes: int, n: int) -> bool:
     return top1 <= 100.0 * (p + 3.0 * (p * (1 - p) / n) ** 0.5) + 1.0
 
 
-def parse_triplet(text: Optional[str], what: str) -> Optional[Tuple[float, float, float]]:
-    """'0.485,0.456,0.406' -> a 3-tuple of floats (for --mean/--std)."""
-    if text is None:
-        return None
-    try:
-        vals = tuple(float(v) for v in text.replace(" ", "").split(","))
-    except ValueError:
-        vals = ()
-    if len(vals) != 3:
-        raise LowformerError(f"{what} needs three comma-separated numbers, got {text!r}")
-    return vals  # type: ignore[return-value]
-
-
 def default_workers() -> int:
     # Leave a core to the models: decoding runs beside inference, not instead of it.
     return max(1, min(4, (os.cpu_count() or 2) - 1))
-
-
-def run_batched(runner, x: np.ndarray) -> np.ndarray:
-    """Logits for x; artifacts built for a fixed batch size run in chunks of it (last one padded)."""
-    fixed = runner.input_spec.fixed_batch
-    if not fixed or fixed == len(x):
-        return np.asarray(runner.run(x), dtype=np.float32)
-    outs = []
-    for i in range(0, len(x), fixed):
-        chunk = x[i:i + fixed]
-        n = len(chunk)
-        if n < fixed:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n, axis=0)])
-        outs.append(np.asarray(runner.run(chunk), dtype=np.float32)[:n])
-    return np.concatenate(outs)
 
 
 def _check_input_size(runner, crop: int, name: str) -> None:
@@ -204,26 +180,31 @@ def _check_input_size(runner, crop: int, name: str) -> None:
                              f"validate it with a matching manifest")
 
 
-def _folder_of(path: Path, entry: Dict[str, Any]) -> Path:
+def _folder_of(path: Path, entry: ArtifactEntry) -> Path:
     """The export folder of an artifact: its path minus the entry's relative path."""
     p = path.resolve()
-    for _ in Path(entry["path"]).parts:
+    for _ in Path(entry.path).parts:
         p = p.parent
     return p
 
 
-def _reference_from_manifests(items) -> Tuple[Any, Dict[str, Any], Path, bool]:
-    """(reference model, manifest, folder, whether its weights are trained rather than random)."""
-    from lowformer.artifacts import checkpoint_path, reference_model
+def reference_model(manifest: Manifest, folder: PathLike):
+    """The unfused PyTorch model an export folder came from (the parity reference)."""
+    from lowformer.models.registry import create_model
 
+    return create_model(manifest.model_name, manifest.checkpoint_path(folder), num_classes=manifest.num_classes)
+
+
+def _reference_from_manifests(items: Sequence[Item]) -> Tuple[Any, Manifest, Path, bool]:
+    """(reference model, manifest, folder, whether its weights are trained rather than random)."""
     found = {}
     for path, entry, manifest in items:
         if manifest is None or entry is None:
             raise LowformerError(f"{path} has no manifest entry: give --reference MODEL [--checkpoint PATH]")
         folder = _folder_of(path, entry)
-        ckpt = checkpoint_path(manifest, folder)
-        sha = (manifest.get("checkpoint") or {}).get("sha256")
-        key = (manifest["model"]["name"], str(Path(ckpt).resolve()) if ckpt else None, sha)
+        ckpt = manifest.checkpoint_path(folder)
+        sha = manifest.checkpoint.get("sha256")
+        key = (manifest.model_name, str(Path(ckpt).resolve()) if ckpt else None, sha)
         found.setdefault(key, (manifest, folder, ckpt is not None and sha != "random-init"))
     if len(found) > 1:
         raise LowformerError("the artifacts come from different models or checkpoints: validate them "
@@ -232,31 +213,28 @@ def _reference_from_manifests(items) -> Tuple[Any, Dict[str, Any], Path, bool]:
     return reference_model(manifest, folder), manifest, folder, trained
 
 
-def _record(items, scores: List[ModelScore], result: ValidationResult) -> None:
-    """Write each artifact's outcome into its manifest entry (one atomic rewrite per manifest)."""
-    from lowformer.artifacts import load_manifest, save_manifest
+def _validation_record(s: ModelScore, result: ValidationResult) -> ValidationRecord:
+    return ValidationRecord(
+        date=result.date, passed=bool(s.passed), error=s.error, data=result.data["root"], images=s.images,
+        limit=result.data["limit"], label_source=result.data["label_source"], preprocessing=result.preprocessing,
+        top1=s.top1, top5=s.top5, reference_top1=result.reference.top1, reference_top5=result.reference.top5,
+        top1_delta=s.top1_delta, agreement=s.agreement, cosine=s.cosine, max_abs=s.max_abs,
+        flipped=len(s.flipped), flipped_images=s.flipped[:MAX_FLIPS_IN_MANIFEST], gate=s.gate, failures=s.failures)
 
-    by_folder: Dict[Path, List[Tuple[Dict[str, Any], ModelScore]]] = {}
+
+def _record(items: Sequence[Item], scores: List[ModelScore], result: ValidationResult) -> None:
+    """Write each artifact's outcome into its manifest entry (one locked update per manifest)."""
+    by_folder: Dict[Path, List[Tuple[ArtifactEntry, ModelScore]]] = {}
     for (path, entry, manifest), score in zip(items, scores):
         if entry is not None:
             by_folder.setdefault(_folder_of(path, entry), []).append((entry, score))
     for folder, pairs in by_folder.items():
-        manifest = load_manifest(folder)  # re-read: another command may have changed it meanwhile
-        for entry, s in pairs:
-            target = next((a for a in manifest["artifacts"] if a["path"] == entry["path"]), None)
-            if target is None:
-                continue
-            target["validation"] = {
-                "date": result.date, "passed": bool(s.passed), "error": s.error,
-                "data": result.data["root"], "images": s.images, "limit": result.data["limit"],
-                "label_source": result.data["label_source"], "preprocessing": result.preprocessing,
-                "top1": s.top1, "top5": s.top5, "reference_top1": result.reference.top1,
-                "reference_top5": result.reference.top5, "top1_delta": s.top1_delta,
-                "agreement": s.agreement, "cosine": s.cosine, "max_abs": s.max_abs,
-                "flipped": len(s.flipped), "flipped_images": s.flipped[:MAX_FLIPS_IN_MANIFEST],
-                "gate": s.gate, "failures": s.failures,
-            }
-        save_manifest(folder, manifest)
+        def apply(manifest: Manifest) -> None:
+            for entry, s in pairs:
+                target = manifest.entry(entry.path)
+                if target is not None:
+                    target.validation = _validation_record(s, result)
+        _artifacts.update(folder, apply)  # re-read under the lock: other commands may write meanwhile
 
 
 def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathLike] = None,
@@ -267,7 +245,7 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
              mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
              skip_bad_images: bool = False, report: Optional[PathLike] = None, record: bool = True,
              device: str = "cpu", threads: Optional[int] = None, seed: int = 0,
-             progress: Optional[ProgressFn] = None) -> ValidationResult:
+             progress: Progress = no_progress) -> ValidationResult:
     """Top-1/top-5 of the PyTorch reference and every artifact on one pass over `data`."""
     import torch
 
@@ -277,11 +255,11 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
     from lowformer.models.registry import create_model, resolve
 
     if batch_size < 1:
-        raise LowformerError("--batch-size must be at least 1")
+        raise LowformerError("batch size must be at least 1")
     if limit is not None and limit < 1:
-        raise LowformerError("--limit must be at least 1")
+        raise LowformerError("limit must be at least 1")
     if gate_agreement is not None and not 0.0 <= gate_agreement <= 1.0:
-        raise LowformerError("--gate-agreement is a fraction between 0 and 1 (e.g. 0.999)")
+        raise LowformerError("the agreement gate is a fraction between 0 and 1 (e.g. 0.999)")
     if not artifacts:
         raise LowformerError("name at least one artifact, export folder or manifest")
     started = time.perf_counter()
@@ -308,11 +286,11 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
         ref_name = resolve(reference).display
     else:
         if checkpoint is not None:
-            raise LowformerError("--checkpoint goes with --reference MODEL")
+            raise LowformerError("a checkpoint goes with a reference model")
         ref_model, manifest, _, real_checkpoint = _reference_from_manifests(items)
-        ref_name = manifest["model"].get("display") or manifest["model"]["name"]
+        ref_name = manifest.display_name
     if manifest is not None:
-        pre = Preprocessing.from_dict(manifest["preprocessing"])
+        pre = Preprocessing.from_dict(manifest.preprocessing)
     else:
         size = next((r.input_spec.shape[-1] for r in runners if isinstance(r.input_spec.shape[-1], int)), 224)
         pre = resolve(reference).preprocessing(int(size))  # type: ignore[arg-type]
@@ -325,7 +303,7 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
     ref_runner = PyTorchRunner(ref_model, InputSpec(shape=(None, 3, pre.crop, pre.crop)), device=device)
 
     ref_score = ModelScore(ref_name, "pytorch", "fp32", None)
-    scores = [ModelScore(n, r.backend, (e or {}).get("precision", r.precision), str(p))
+    scores = [ModelScore(n, r.backend, e.precision if e else r.precision, str(p))
               for n, r, (p, e, _) in zip(names, runners, items)]
     for s in scores:
         g = Gate.for_precision(s.precision, gate_top1_drop, gate_agreement)
@@ -378,14 +356,14 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
     return result
 
 
-def calibration_images(items: Sequence[Tuple[Any, Optional[Dict[str, Any]], Any]], data: PathLike,
+def calibration_images(items: Sequence[Item], data: PathLike,
                        samples: Sequence[Any]) -> List[Any]:
     """The `samples` that calibrated any of the artifacts (their manifests list the files and the
     folder): an INT8 model evaluated on its own calibration images would look better than it is."""
     root = Path(data).resolve()
     used: Set[str] = set()
     for _, entry, _ in items:
-        calib = (entry or {}).get("calibration") or {}
+        calib = entry.calibration if entry else {}
         if calib.get("files") and Path(calib.get("folder", "")).resolve() == root:
             used.update(calib["files"])
     return [s for s in samples if os.path.relpath(s.path, data) in used] if used else []
@@ -393,7 +371,7 @@ def calibration_images(items: Sequence[Tuple[Any, Optional[Dict[str, Any]], Any]
 
 def _one_pass(samples, pre: Preprocessing, batch_size: int, workers: int, skip_bad_images: bool,
               label_source: str, ref_runner, ref_score: ModelScore, ref_tally: _Tally, runners,
-              scores: List[ModelScore], tallies: List[_Tally], progress: Optional[ProgressFn]) -> List[Dict[str, str]]:
+              scores: List[ModelScore], tallies: List[_Tally], progress: Progress) -> List[Dict[str, str]]:
     """Decode each image once; run the reference and every artifact on the same batch."""
     import torch
 
@@ -402,45 +380,53 @@ def _one_pass(samples, pre: Preprocessing, batch_size: int, workers: int, skip_b
     bad: List[Dict[str, str]] = []
     loader = torch.utils.data.DataLoader(ImageDataset(samples, pre), batch_size=batch_size, shuffle=False,
                                          num_workers=workers, prefetch_factor=2 if workers else None)
-    done = 0
-    for x, y, idx, errors in loader:
-        ok = np.array([not e for e in errors], dtype=bool)
-        for i in np.flatnonzero(~ok):
-            bad.append({"path": str(samples[int(idx[i])].path), "error": errors[i]})
-        if bad and not skip_bad_images:
-            shown = "; ".join(f"{Path(b['path']).name} ({b['error']})" for b in bad[:3])
-            raise LowformerError(f"unreadable image{'s' if len(bad) > 1 else ''}: {shown}; "
-                                 f"rerun with --skip-bad-images to skip and list them")
-        done += len(ok)
-        if ok.any():
-            xb = x[torch.from_numpy(ok)] if not ok.all() else x
-            labels_b = y.numpy()[ok]
-            paths = [str(samples[int(i)].path) for i in idx.numpy()[ok]]
-            ref_logits = ref_runner.run(xb).numpy()
-            if ref_logits.shape[1] <= labels_b.max():
-                raise LowformerError(f"the labels go up to class {labels_b.max()} but the model has "
-                                     f"{ref_logits.shape[1]} outputs ({label_source})")
-            ref_pred = ref_tally.accuracy(ref_logits, labels_b)
-            ref_tally.num_classes = ref_logits.shape[1]
-            xn = xb.numpy()
-            for r, s, t in zip(runners, scores, tallies):
-                if s.error:
-                    continue
-                try:
-                    out = run_batched(r, xn)
-                except Exception as e:  # a backend failing mid-run fails that artifact, not the run
-                    s.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-                    continue
-                if out.shape != ref_logits.shape:
-                    s.error = f"output shape {tuple(out.shape)} differs from the reference {tuple(ref_logits.shape)}"
-                    continue
-                pred = t.accuracy(out, labels_b)
-                t.parity(ref_logits, out, ref_pred, pred, labels_b, paths)
-        if progress is not None:
-            running = {ref_score.name: ref_tally.pct(ref_tally.top1)}
-            running.update({s.name: t.pct(t.top1) for s, t in zip(scores, tallies) if not s.error})
-            progress(done, len(samples), running)
+    with progress.task("validating", total=len(samples)) as task:
+        for x, y, idx, errors in loader:
+            _one_batch(x, y, idx, errors, samples, skip_bad_images, label_source, ref_runner, ref_tally, runners,
+                       scores, tallies, bad)
+            running = [f"{ref_score.name} {ref_tally.pct(ref_tally.top1):.1f}%"]
+            running += [f"{s.name} {t.pct(t.top1):.1f}%" for s, t in zip(scores, tallies) if not s.error]
+            task.advance(len(errors), status="top-1: " + "  ".join(running))
     return bad
+
+
+def _one_batch(x, y, idx, errors, samples, skip_bad_images: bool, label_source: str, ref_runner, ref_tally: _Tally,
+               runners, scores: List[ModelScore], tallies: List[_Tally], bad: List[Dict[str, str]]) -> None:
+    """The reference and every artifact on one decoded batch."""
+    import torch
+
+    ok = np.array([not e for e in errors], dtype=bool)
+    for i in np.flatnonzero(~ok):
+        bad.append({"path": str(samples[int(idx[i])].path), "error": errors[i]})
+    if bad and not skip_bad_images:
+        shown = "; ".join(f"{Path(b['path']).name} ({b['error']})" for b in bad[:3])
+        raise LowformerError(f"unreadable image{'s' if len(bad) > 1 else ''}: {shown}; "
+                             f"rerun with skip_bad_images to skip and list them")
+    if not ok.any():
+        return
+    xb = x[torch.from_numpy(ok)] if not ok.all() else x
+    labels_b = y.numpy()[ok]
+    paths = [str(samples[int(i)].path) for i in idx.numpy()[ok]]
+    ref_logits = ref_runner.run(xb).numpy()
+    if ref_logits.shape[1] <= labels_b.max():
+        raise LowformerError(f"the labels go up to class {labels_b.max()} but the model has "
+                             f"{ref_logits.shape[1]} outputs ({label_source})")
+    ref_pred = ref_tally.accuracy(ref_logits, labels_b)
+    ref_tally.num_classes = ref_logits.shape[1]
+    xn = xb.numpy()
+    for r, s, t in zip(runners, scores, tallies):
+        if s.error:
+            continue
+        try:
+            out = np.asarray(r.run(xn), dtype=np.float32)  # fixed-batch artifacts run in chunks
+        except Exception as e:  # a backend failing mid-run fails that artifact, not the run
+            s.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            continue
+        if out.shape != ref_logits.shape:
+            s.error = f"output shape {tuple(out.shape)} differs from the reference {tuple(ref_logits.shape)}"
+            continue
+        pred = t.accuracy(out, labels_b)
+        t.parity(ref_logits, out, ref_pred, pred, labels_b, paths)
 
 
 def _fill(score: ModelScore, tally: _Tally) -> None:
@@ -454,30 +440,3 @@ def _unique_names(paths: List[Path]) -> List[str]:
     if len(set(names)) == len(names):
         return names
     return [f"{p.parent.name}/{p.name}" for p in paths]
-
-
-@contextlib.contextmanager
-def progress_bar(console) -> Iterator[ProgressFn]:
-    """A rich progress bar (on `console`) with images done and each model's running top-1.
-
-    The bar appears at the first update, so errors found while loading print alone, as one line.
-    """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("validating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   TextColumn("{task.fields[running]}"), console=console)
-    task = None
-
-    def update(done: int, total: int, running: Dict[str, float]) -> None:
-        nonlocal task
-        if task is None:
-            bar.start()
-            task = bar.add_task("validate", total=total, running="")
-        text = "  ".join(f"{k} {v:.1f}%" for k, v in running.items())
-        bar.update(task, completed=done, total=total, running=f"top-1: {text}")
-
-    try:
-        yield update
-    finally:
-        if task is not None:
-            bar.stop()

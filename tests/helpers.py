@@ -44,3 +44,31 @@ def assert_one_line_error(result, *fragments: str) -> None:
     assert err.startswith("error:") and "\n" not in err, err
     for frag in fragments:
         assert frag in err, err
+
+
+def manifest_dict(folder):
+    """The folder's manifest.json as the JSON object it is (read and checked by the typed Manifest)."""
+    from lowformer.artifacts import Manifest
+
+    return Manifest.load(folder).to_dict()
+
+
+class RecordingProgress:
+    """A lowformer.core.progress.Progress that records (done, total) after every step."""
+
+    def __init__(self):
+        self.seen = []
+
+    def task(self, description, total=None, completed=0):
+        import contextlib
+
+        owner = self
+
+        class _Task:
+            done = completed
+
+            def advance(self, n=1, status=None, description=None):
+                self.done += n
+                owner.seen.append((self.done, total))
+
+        return contextlib.nullcontext(_Task())

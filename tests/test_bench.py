@@ -8,7 +8,9 @@ import warnings
 import pytest
 
 from helpers import assert_one_line_error, run_cli
-from lowformer.bench import (BenchResult, TimingStats, bench, int8_peak_gops, machine_info, matmul_peak_gflops)
+from lowformer.bench import BenchResult, bench, int8_peak_gops, matmul_peak_gflops
+from lowformer.core.machine import machine_info
+from lowformer.core.timing import TimingStats
 
 TINY = "timm:test_efficientnet"  # a 0.36 M-parameter timm model
 SIZE = 64

@@ -1,6 +1,8 @@
 """INT8 calibration: image selection, the histogram cache, Q/DQ graphs per target, exclusions, sensitivity."""
 from __future__ import annotations
 
+import logging
+
 import contextlib
 import io
 from pathlib import Path
@@ -14,7 +16,8 @@ from PIL import Image
 from lowformer.calibrate.blocks import block_of_path, blocks_in_order, node_blocks, nodes_matching
 from lowformer.calibrate.data import select_calibration, split_eval_and_calibration
 from lowformer.calibrate.qdq import qdq_summary
-from lowformer.calibrate.quantize import calibrated, quantize_onnx
+from lowformer.calibrate.quantize import quantize_onnx
+from lowformer.calibrate.session import calibrated
 from lowformer.calibrate.ranges import TensorHistogram, entropy_threshold
 from lowformer.calibrate.sensitivity import EvalData, auto_exclude_blocks, block_sensitivity, run_onnx
 from lowformer.compare import compare_logits
@@ -47,8 +50,7 @@ def tiny(tmp_path_factory):
     model, _, _ = load_mini(FIXTURES / "mini" / "mini_b1.safetensors")
     fuse(model)
     export_onnx(model, folder / "model.onnx", SIZE)
-    manifest = {"preprocessing": lowformer_protocol(SIZE).to_dict(), "checkpoint": {"sha256": "mini_b1"}}
-    return folder / "model.onnx", manifest
+    return folder / "model.onnx", lowformer_protocol(SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +64,10 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-def _quantize(tiny, images, dst, log=lambda s: None, **kw):
-    src, manifest = tiny
+def _quantize(tiny, images, dst, **kw):
+    src, preprocessing = tiny
     kw.setdefault("calib_size", 16)
-    return quantize_onnx(src, dst, image_size=SIZE, manifest=manifest, log=log, calib_data=str(images), **kw)
+    return quantize_onnx(src, dst, preprocessing, "mini_b1", calib_data=str(images), **kw)
 
 
 def _augmented_sessions(monkeypatch) -> list:
@@ -102,18 +104,19 @@ def test_second_run_reuses_the_cache_without_running_the_model(tiny, images, tmp
     assert len(list(cache_dir.glob("*.json"))) == 2
 
 
-def test_empty_folder_is_an_error_and_few_images_warn(tiny, tmp_path):
+def test_empty_folder_is_an_error_and_few_images_warn(tiny, tmp_path, caplog):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     with pytest.raises(LowformerError, match="no images"):
         _quantize(tiny, tmp_path / "empty", tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
     with pytest.raises(LowformerError, match="no such folder"):
         _quantize(tiny, tmp_path / "missing", tmp_path / "x.onnx")
-    logs = []
     few = _write_images(tmp_path / "few", 8)
-    facts = _quantize(tiny, few, tmp_path / "x.onnx", log=logs.append, cache_dir=tmp_path / "c")
+    with caplog.at_level(logging.WARNING, logger="lowformer"):
+        facts = _quantize(tiny, few, tmp_path / "x.onnx", cache_dir=tmp_path / "c")
     assert facts["calibration"]["count"] == 8
-    assert any("warning" in line and "8 calibration images" in line for line in logs), logs
+    logs = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("8 calibration images" in line for line in logs), logs
 
 
 def test_tensorrt_graph_is_symmetric_int8_with_per_channel_weights(tiny, images, cache_dir, tmp_path):
@@ -201,7 +204,7 @@ def test_entropy_threshold_matches_onnxruntime():
 
 
 def test_sensitivity_table_and_auto_exclude(tiny, images, cache_dir):
-    src, manifest = tiny
+    src, _ = tiny
     pp = lowformer_protocol(SIZE)
     calib, ev = split_eval_and_calibration(str(images), 16, None, 12)
     with calibrated(src, calib, pp, "mini_b1", cache_dir) as session:
@@ -227,7 +230,7 @@ def test_auto_exclude_in_quantize_onnx_holds_out_its_evaluation_images(tiny, ima
 
 
 def test_export_pipeline_writes_and_records_the_int8_model(images, tmp_path):
-    from lowformer.artifacts import load_manifest
+    from helpers import manifest_dict as load_manifest
     from lowformer.export.pipeline import export_model
 
     result = export_model("timm:tf_efficientnet_lite0", int8=True, image_size=SIZE, out=str(tmp_path / "eff"),
@@ -236,7 +239,7 @@ def test_export_pipeline_writes_and_records_the_int8_model(images, tmp_path):
     assert entry["path"] == "model_int8.onnx" and entry["int8"]["target"] == "tensorrt"
     assert entry["calibration"]["count"] == 16 and entry["calibration"]["files_sha256"]
     assert entry["int8"]["qdq"]["activation_zero_points"] == [0] and "cosine" in entry["parity"]
-    assert not list((tmp_path / "eff").glob(".*.tmp")) and result.artifacts[-1]["precision"] == "int8"
+    assert not list((tmp_path / "eff").glob(".*.tmp")) and result.artifacts[-1].precision == "int8"
 
     # Validating on the calibration folder evaluates only the images that did not calibrate.
     from lowformer.validate import validate
@@ -260,11 +263,11 @@ def test_sensitivity_cli_bad_input_is_one_line(tmp_path):
 def test_effnet_lite0_int8_cpu_within_one_point_on_real_images(imagenet_val, effnet_lite0_checkpoint, tmp_path):
     """Real weights, real images: calibrate on 128 images, evaluate on 400 disjoint ones."""
     from lowformer.export.pipeline import Exporter
-    from lowformer.calibrate.quantize import preprocessing_for
+    from lowformer.data.preprocess import Preprocessing
 
     ex = Exporter("timm:tf_efficientnet_lite0", effnet_lite0_checkpoint, 224, out=str(tmp_path / "eff"))
     src = ex.ensure_onnx()
-    pp = preprocessing_for(ex.spec, 224, ex.manifest)
+    pp = Preprocessing.from_dict(ex.manifest.preprocessing)
     calib, ev = split_eval_and_calibration(str(imagenet_val), 128, None, 400)
     with calibrated(src, calib, pp, "effnet") as session:
         data = EvalData.build(src, ev, pp)

@@ -10,7 +10,9 @@ import torch
 from conftest import FIXTURES
 from helpers import assert_one_line_error, load_mini, run_cli
 from lowformer.engines import load
-from lowformer.artifacts import load_manifest, reference_model
+from helpers import manifest_dict as load_manifest
+from lowformer.artifacts import Manifest
+from lowformer.validate import reference_model
 from lowformer.export.naming import module_path_of_node
 from lowformer.export.onnx_export import export_onnx
 from lowformer.export.pipeline import export_model
@@ -64,7 +66,7 @@ def test_onnx_graph_is_fused_named_and_fp16_keeps_norms_fp32(b0_export):
 
 def test_reference_model_is_rebuilt_from_the_manifest(b0_export):
     out, _ = b0_export
-    m = load_manifest(out)
+    m = Manifest.load(out)
     x = np.random.default_rng(1).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
     with torch.no_grad():
         ref = reference_model(m, out)(torch.from_numpy(x)).numpy()
@@ -126,8 +128,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
 def test_fp16_keeps_cosine_on_real_images_with_real_weights(imagenet_val, effnet_lite0_checkpoint, tmp_path):
     result = export_model("timm:tf_efficientnet_lite0", to=("onnx",), fp16=True,
                           checkpoint=effnet_lite0_checkpoint, out=str(tmp_path), data=str(imagenet_val))
-    fp16 = next(a for a in result.artifacts if a["precision"] == "fp16")
-    assert fp16["parity"]["inputs"] == "random+images" and fp16["parity"]["cosine"] >= 0.999
+    fp16 = next(a for a in result.artifacts if a.precision == "fp16")
+    assert fp16.parity.inputs == "random+images" and fp16.parity.cosine >= 0.999
 
 
 def test_fp16_conversion_survives_shared_constants_casts_and_resize(tmp_path):

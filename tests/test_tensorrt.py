@@ -339,13 +339,14 @@ def test_build_failure_is_one_clear_error(fake_trt, work):
 
 
 def test_manifest_entry_is_upserted(fake_trt, work):
-    from lowformer.artifacts import load_manifest, new_manifest, save_manifest
+    from helpers import manifest_dict as load_manifest
+    from lowformer.artifacts import ArtifactEntry, Manifest
 
-    m = new_manifest({"name": "tiny", "timm_name": "tiny", "display": "Tiny", "num_classes": 10},
+    m = Manifest.new({"name": "tiny", "timm_name": "tiny", "display": "Tiny", "num_classes": 10},
                      {"path": None, "sha256": "random-init"},
                      {"name": "input", "shape": [None, 3, 16, 16], "dtype": "float32", "output": "logits"}, {})
-    m["artifacts"].append({"path": "model_fp16.onnx", "format": "onnx", "precision": "fp16"})
-    save_manifest(work, m)
+    m.artifacts.append(ArtifactEntry("model_fp16.onnx", "onnx", "fp16"))
+    m.save(work)
     fake_trt()
     entry = trt_layer.build_engine(work / "model_fp16.onnx", fp16=True)
     entry2 = trt_layer.build_engine(work / "model_fp16.onnx", fp16=True)  # a rebuild replaces, not appends
@@ -430,11 +431,11 @@ def test_runner_refuses_engine_that_does_not_deserialize(fake_trt, work):
 
 def test_runner_through_engines_load(fake_trt, work):
     from lowformer.engines import load
-    from lowformer.artifacts import new_manifest, save_manifest
+    from lowformer.artifacts import Manifest
 
-    save_manifest(work, new_manifest({"name": "tiny", "timm_name": "tiny", "display": "Tiny", "num_classes": 10},
-                                     {"path": None, "sha256": "random-init"},
-                                     {"name": "input", "shape": [None, 3, 16, 16], "dtype": "float32"}, {}))
+    Manifest.new({"name": "tiny", "timm_name": "tiny", "display": "Tiny", "num_classes": 10},
+                 {"path": None, "sha256": "random-init"},
+                 {"name": "input", "shape": [None, 3, 16, 16], "dtype": "float32"}, {}).save(work)
     _built(fake_trt, work)
     runner = load(str(work / "model.engine"))  # default device "cpu": TensorRT still runs on the GPU
     assert isinstance(runner, trt_layer.TensorRTRunner) and runner.precision == "fp32"

@@ -135,7 +135,7 @@ def test_to_official_keys_round_trips_reference_weights(path):
 def trained_run(fm_data, tmp_path_factory):
     """A tiny LowFormer, 2 epochs x 125 steps of 16 images at 32 px (about 30-50 s on 2 busy cores)."""
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    return train(_config(fm_data, out), progress=False), out, fm_data
+    return train(_config(fm_data, out)), out, fm_data
 
 
 def test_small_lowformer_learns_fashion_mnist(trained_run):
@@ -172,7 +172,7 @@ def model_preprocessing():
 def test_kill_and_resume_gives_the_uninterrupted_result(fm_tiny, tmp_path):
     """One run of 2 epochs in one go; another killed (SIGKILL) during epoch 2 and resumed from last.pt."""
     straight = _config(fm_tiny, tmp_path / "straight", batch_size=16, workers=1)
-    reference = train(straight, progress=False)
+    reference = train(straight)
 
     killed = _config(fm_tiny, tmp_path / "killed", batch_size=16, workers=1)
     proc = subprocess.Popen([str(BIN / "lowformer"), *_cli_args(killed)], stdout=subprocess.DEVNULL,
@@ -283,7 +283,7 @@ def test_trained_lowformer_keeps_its_predictions_in_int8(trained_run, tmp_path):
     model = create_model("b0", checkpoint=str(out / "best.pt"), num_classes=10, **TINY).eval()
     fuse(model)
     export_onnx(model, tmp_path / "model.onnx", 32)
-    quantize_onnx(tmp_path / "model.onnx", tmp_path / "model_int8.onnx", spec=resolve("b0"), image_size=32,
+    quantize_onnx(tmp_path / "model.onnx", tmp_path / "model_int8.onnx", resolve("b0").preprocessing(32),
                   calib_data=str(data / "train"), calib_size=256, target="cpu")
     images = load_images(list_samples(data / "test").samples, model_preprocessing())
     fp32, int8 = (ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"])

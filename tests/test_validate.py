@@ -11,7 +11,9 @@ import torch
 from PIL import Image
 
 from lowformer.core.errors import LowformerError
-from lowformer.artifacts import load_manifest, reference_model, save_manifest, upsert_artifact
+from helpers import RecordingProgress, manifest_dict as load_manifest
+from lowformer.artifacts import ArtifactEntry, Manifest
+from lowformer.validate import reference_model
 from lowformer.data.preprocess import Preprocessing
 from lowformer.validate import Gate, near_chance, validate
 from helpers import assert_one_line_error, run_cli
@@ -66,10 +68,10 @@ def _independent_top1(model, paths, labels, transform) -> float:
 
 
 def test_tiny_artifacts_match_reference_and_are_recorded(tiny, images, tmp_path):
-    seen = []
+    progress = RecordingProgress()
     report = tmp_path / "out" / "report.json"
-    result = validate([str(tiny)], images, batch_size=5, workers=1, report=report,
-                      progress=lambda done, total, running: seen.append((done, total)))
+    result = validate([str(tiny)], images, batch_size=5, workers=1, report=report, progress=progress)
+    seen = progress.seen
     assert result.passed and result.warnings == []  # random-init weights: no near-chance warning
     assert sorted(a.name for a in result.artifacts) == ["model.onnx", "model.ts"]
     for art in result.artifacts:
@@ -94,9 +96,9 @@ def test_tiny_artifacts_match_reference_and_are_recorded(tiny, images, tmp_path)
 def test_top1_counts_exactly_the_images_labelled_with_the_models_own_prediction(tiny, images, tmp_path):
     # Predictions made outside lowformer (model + torchvision, one image at a time) become the labels
     # of 7 images; the other 5 get another class. Any preprocessing or label mix-up changes 7/12.
-    manifest = load_manifest(tiny)
+    manifest = Manifest.load(tiny)
     model = reference_model(manifest, tiny)
-    tf = Preprocessing.from_dict(manifest["preprocessing"]).transform()
+    tf = Preprocessing.from_dict(manifest.preprocessing).transform()
     paths = sorted(images.rglob("*.JPEG"))
     with torch.inference_mode():
         preds = [int(model(tf(Image.open(p).convert("RGB"))[None]).argmax()) for p in paths]
@@ -119,18 +121,18 @@ def test_fixed_batch_artifact_runs_in_chunks(tmp_path, images):
 
 def _add_permuted_artifact(folder: Path) -> str:
     """A second fp32 ONNX whose classifier rows are rolled: it never predicts the reference's class."""
-    manifest = load_manifest(folder)
+    manifest = Manifest.load(folder)
     model = reference_model(manifest, folder)
     with torch.no_grad():
         head = model.get_classifier()
         head.weight.copy_(head.weight.roll(1, 0))
         head.bias.copy_(head.bias.roll(1, 0))
-    size = manifest["input"]["shape"][-1]
+    size = manifest.input_shape[-1]
     torch.onnx.export(model, (torch.randn(1, 3, size, size),), str(folder / "model_bad.onnx"), dynamo=False,
                       opset_version=17, input_names=["input"], output_names=["logits"],
                       dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    upsert_artifact(manifest, {"path": "model_bad.onnx", "format": "onnx", "precision": "fp32"})
-    save_manifest(folder, manifest)
+    manifest.upsert(ArtifactEntry("model_bad.onnx", "onnx", "fp32"))
+    manifest.save(folder)
     return str(folder / "model_bad.onnx")
 
 
@@ -152,7 +154,7 @@ def test_gate_fails_when_predictions_flip(tiny, images):
 
 def test_unreadable_image_fails_unless_skipped(tiny, images):
     (images / CLASSES[0] / "broken.JPEG").write_bytes(b"\xff\xd8 not really a jpeg")
-    with pytest.raises(LowformerError, match="broken.JPEG.*--skip-bad-images"):
+    with pytest.raises(LowformerError, match="broken.JPEG.*skip_bad_images"):
         validate([str(tiny)], images, workers=0, record=False)
     result = validate([str(tiny / "model.onnx")], images, workers=1, skip_bad_images=True, record=False)
     assert result.passed and result.artifacts[0].images == 12
@@ -316,8 +318,10 @@ def test_calibration_images_are_those_of_the_same_folder_only(tmp_path):
 
     data = tmp_path / "val"
     samples = [Sample(data / "a" / f"{i}.png", 0) for i in range(4)]
-    entry = {"calibration": {"folder": str(data), "files": ["a/1.png", "a/3.png"]}}
-    other = {"calibration": {"folder": str(tmp_path / "train"), "files": ["a/0.png"]}}
+    entry = ArtifactEntry("m.onnx", "onnx", "int8", facts={"calibration": {"folder": str(data),
+                                                                              "files": ["a/1.png", "a/3.png"]}})
+    other = ArtifactEntry("m.onnx", "onnx", "int8", facts={"calibration": {"folder": str(tmp_path / "train"),
+                                                                              "files": ["a/0.png"]}})
     data.mkdir()
     assert calibration_images([("m.onnx", entry, {})], data, samples) == [samples[1], samples[3]]
     assert calibration_images([("m.onnx", other, {}), ("x.onnx", None, None)], data, samples) == []

@@ -25,7 +25,7 @@ NUM_BINS = 1024  # per tensor, symmetric around zero: 512 per side, finer than I
 MAX_BINS = 4096  # ORT grows histograms when later batches widen the range; merge bins past this
 CACHE_DIRNAME = "calib-cache"
 
-Log = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 def cache_key(onnx_sha256: str, checkpoint: str, data_sha256: str, calib_size: int,
@@ -103,7 +103,7 @@ def quiet_ort() -> Iterator[None]:
         root.setLevel(level)
 
 
-def collect_histograms(model_path: Path, readers, total: int, log: Log = lambda s: None,
+def collect_histograms(model_path: Path, readers, total: int,
                        progress: Optional[Callable[[int], None]] = None) -> Dict[str, TensorHistogram]:
     """Run the model on every batch (ORT's histogram calibrator over all float tensors)."""
     from onnxruntime.quantization import CalibrationMethod, create_calibrator
@@ -124,15 +124,15 @@ def collect_histograms(model_path: Path, readers, total: int, log: Log = lambda 
 
 
 def open_cache(cache_dir: Path, key: Dict[str, Any], collect: Callable[[], Dict[str, TensorHistogram]],
-               log: Log = lambda s: None) -> CalibrationCache:
+) -> CalibrationCache:
     """The cached histograms for `key`, or collect them (running the model) and store them."""
     path = cache_path(cache_dir, key)
     cache = load_cache(path, key)
     if cache is not None:
-        log(f"calibration cache hit: {path} (the model does not run again)")
+        log.info("calibration cache hit: %s (the model does not run again)", path)
         return cache
     ensure_dir(cache_dir)
     cache = CalibrationCache(path, key, collect())
     cache.save()
-    log(f"calibration cache written: {path}")
+    log.info("calibration cache written: %s", path)
     return cache

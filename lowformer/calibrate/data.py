@@ -7,20 +7,22 @@ calibration images are drawn from the rest, so the two never overlap.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 
 from lowformer.data.imagenet import Sample, any_images, stratified_subset
+from lowformer.core.batching import fixed_batches
 from lowformer.core.errors import LowformerError
 
 MIN_RECOMMENDED = 32  # fewer calibration images give noisy activation ranges
 CALIB_SEED, EVAL_SEED = 0, 1
 
-Log = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,32 +57,31 @@ def _same_folder(a: str, b: str) -> bool:
 
 
 def select_eval(eval_data: str, eval_size: Optional[int]) -> ImageSet:
-    pool = any_images(eval_data, "--eval-data")
+    pool = any_images(eval_data, "eval_data")
     chosen = stratified_subset(pool.samples, eval_size, seed=EVAL_SEED)
     return ImageSet(pool.root, chosen, labelled=pool.layout != "flat", imagenet=pool.imagenet)
 
 
-def select_calibration(calib_data: str, calib_size: int, held_out: Optional[ImageSet] = None,
-                       log: Log = lambda s: None) -> ImageSet:
+def select_calibration(calib_data: str, calib_size: int, held_out: Optional[ImageSet] = None) -> ImageSet:
     """`calib_size` images of `calib_data`, never any image of `held_out`."""
-    pool = any_images(calib_data, "--calib-data")
+    pool = any_images(calib_data, "calib_data")
     exclude = held_out.samples if held_out is not None else ()
     chosen = stratified_subset(pool.samples, calib_size, seed=CALIB_SEED, exclude=exclude)
     if not chosen:
-        raise LowformerError(f"--calib-data {calib_data}: no images left for calibration after holding out "
+        raise LowformerError(f"calibration data {calib_data}: no images left for calibration after holding out "
                              f"{len(held_out or [])} evaluation images")
     if len(chosen) < MIN_RECOMMENDED:
-        log(f"[yellow]warning:[/yellow] only {len(chosen)} calibration images (at least {MIN_RECOMMENDED} "
-            "recommended): INT8 ranges may be noisy")
+        log.warning("only %d calibration images (at least %d recommended): INT8 ranges may be noisy",
+                    len(chosen), MIN_RECOMMENDED)
     return ImageSet(pool.root, chosen, labelled=pool.layout != "flat", imagenet=pool.imagenet)
 
 
 def split_eval_and_calibration(calib_data: str, calib_size: int, eval_data: Optional[str],
-                               eval_size: Optional[int], log: Log = lambda s: None):
+                               eval_size: Optional[int]):
     """(calibration set, evaluation set): disjoint when both come from one folder."""
     eval_set = select_eval(eval_data or calib_data, eval_size)
     same = _same_folder(eval_data or calib_data, calib_data)
-    calib = select_calibration(calib_data, calib_size, eval_set if same else None, log)
+    calib = select_calibration(calib_data, calib_size, eval_set if same else None)
     return calib, eval_set
 
 
@@ -95,7 +96,6 @@ class BatchReader:
     input_name: str = "input"
     batch_size: int = 8
     fixed_batch: Optional[int] = None
-    batches_read: int = field(default=0, init=False)
     _pos: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -107,10 +107,8 @@ class BatchReader:
             return None
         batch = self.images[self._pos:self._pos + self.batch_size]
         self._pos += self.batch_size
-        if self.fixed_batch and len(batch) < self.fixed_batch:
-            idx = np.arange(self.fixed_batch) % len(batch)
-            batch = batch[idx]
-        self.batches_read += 1
+        if self.fixed_batch:
+            batch, _ = next(fixed_batches(batch, self.fixed_batch))
         return {self.input_name: np.ascontiguousarray(batch)}
 
     def __iter__(self) -> Iterator[Dict[str, np.ndarray]]:
@@ -123,7 +121,5 @@ class BatchReader:
     def one_batch_readers(self) -> Iterator["BatchReader"]:
         """Single-batch readers: ORT's histogram calibrator holds every output of a reader in memory."""
         for start in range(0, len(self.images), self.batch_size):
-            sub = BatchReader(self.images[start:start + self.batch_size], self.input_name, self.batch_size,
+            yield BatchReader(self.images[start:start + self.batch_size], self.input_name, self.batch_size,
                               self.fixed_batch)
-            yield sub
-            self.batches_read += sub.batches_read

@@ -9,13 +9,15 @@ from __future__ import annotations
 import csv
 import functools
 import hashlib
+import logging
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from torchvision.datasets.folder import IMG_EXTENSIONS as IMAGE_EXTENSIONS
 import torch.utils.data
 
 from lowformer.core.errors import LowformerError
@@ -23,7 +25,8 @@ from lowformer.core.files import PathLike
 from lowformer.data.preprocess import Preprocessing
 
 # torchvision's IMG_EXTENSIONS (matched case-insensitively).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+log = logging.getLogger(__name__)
+
 SYNSETS_FILE = Path(__file__).resolve().parent / "imagenet_synsets.txt"
 KAGGLE_LABELS = "LOC_val_solution.csv"
 _WNID = re.compile(r"^n\d{8}$")
@@ -317,8 +320,7 @@ class ImageDataset(torch.utils.data.Dataset):
         return d
 
 
-def load_images(samples: Sequence[Sample], preprocessing: Preprocessing,
-                log: Callable[[str], None] = lambda s: None) -> np.ndarray:
+def load_images(samples: Sequence[Sample], preprocessing: Preprocessing) -> np.ndarray:
     """Preprocessed images (N, 3, H, W) float32; unreadable files are skipped with a warning."""
     ds = ImageDataset(samples, preprocessing)
     arrays, bad = [], []
@@ -329,7 +331,7 @@ def load_images(samples: Sequence[Sample], preprocessing: Preprocessing,
             continue
         arrays.append(x.numpy())
     if bad:
-        log(f"[yellow]warning:[/yellow] skipped {len(bad)} unreadable image(s): {', '.join(bad[:3])}")
+        log.warning("skipped %d unreadable image(s): %s", len(bad), ", ".join(bad[:3]))
     if not arrays:
         raise LowformerError("none of the selected images could be read")
     return np.stack(arrays).astype(np.float32)

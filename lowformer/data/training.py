@@ -13,7 +13,6 @@ from torch.utils.data.distributed import DistributedSampler
 from lowformer.core.errors import LowformerError
 from lowformer.data.preprocess import Preprocessing
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 def open_image_folder(path: str, what: str = "--data"):

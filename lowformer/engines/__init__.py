@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from lowformer.core.errors import LowformerError
-from lowformer.artifacts import (MANIFEST_NAME, artifact_entry, find_manifest_for, format_of,
-                               load_manifest)
+from lowformer.artifacts import MANIFEST_NAME, ArtifactEntry, Manifest, find_manifest_for, format_of
 from lowformer.engines.base import InputSpec, LayerTiming, Runner
 from lowformer.engines.torch_runners import PyTorchRunner, TorchScriptRunner
 
@@ -14,14 +13,17 @@ __all__ = ["InputSpec", "LayerTiming", "Runner", "PyTorchRunner", "TorchScriptRu
            "load_artifacts", "resolve_artifacts"]
 
 
-def _input_spec_from_manifest(manifest: Optional[Dict[str, Any]]) -> InputSpec:
+Resolved = Tuple[Path, Optional[ArtifactEntry], Optional[Manifest]]
+
+
+def _input_spec_from_manifest(manifest: Optional[Manifest]) -> InputSpec:
     if not manifest:
         return InputSpec()
-    i = manifest["input"]
-    return InputSpec(i.get("name", "input"), tuple(i["shape"]), i.get("dtype", "float32"))
+    i = manifest.input
+    return InputSpec(i.get("name", "input"), tuple(manifest.input_shape), i.get("dtype", "float32"))
 
 
-def resolve_artifacts(paths: List[str]) -> List[Tuple[Path, Optional[Dict[str, Any]], Optional[Dict[str, Any]]]]:
+def resolve_artifacts(paths: List[str]) -> List[Resolved]:
     """Expand artifact files, manifests and export folders into (artifact, entry, manifest)."""
     out = []
     for raw in paths:
@@ -29,15 +31,15 @@ def resolve_artifacts(paths: List[str]) -> List[Tuple[Path, Optional[Dict[str, A
         if not p.exists():
             raise LowformerError(f"no such artifact or manifest: {raw}")
         if p.is_dir() or p.name == MANIFEST_NAME or p.suffix == ".json":
-            manifest = load_manifest(p)
+            manifest = Manifest.load(p)
             folder = p if p.is_dir() else p.parent
             # entries whose file is absent (e.g. an engine built on another device) are skipped
-            out += [(folder / e["path"], e, manifest) for e in manifest["artifacts"] if (folder / e["path"]).exists()]
+            out += [(folder / e.path, e, manifest) for e in manifest.artifacts if (folder / e.path).exists()]
             continue
         format_of(p)
         mpath = find_manifest_for(p)
-        manifest = load_manifest(mpath) if mpath else None
-        entry = artifact_entry(manifest, p, mpath.parent) if manifest else None
+        manifest = Manifest.load(mpath) if mpath else None
+        entry = manifest.entry_for(p, mpath.parent) if manifest else None
         out.append((p, entry, manifest))
     if not out:
         raise LowformerError("no runnable artifacts in " + ", ".join(paths))
@@ -45,29 +47,29 @@ def resolve_artifacts(paths: List[str]) -> List[Tuple[Path, Optional[Dict[str, A
 
 
 def load(path: str, device: str = "cpu", threads: Optional[int] = None,
-         entry: Optional[Dict[str, Any]] = None, manifest: Optional[Dict[str, Any]] = None) -> Runner:
+         entry: Optional[ArtifactEntry] = None, manifest: Optional[Manifest] = None) -> Runner:
     """A runner for one artifact file (.onnx, .ts/.pt, .engine); reads the manifest beside it."""
     p = Path(path)
     if manifest is None:
         mpath = find_manifest_for(p)
         if mpath:
-            manifest = load_manifest(mpath)
-            entry = artifact_entry(manifest, p, mpath.parent)
+            manifest = Manifest.load(mpath)
+            entry = manifest.entry_for(p, mpath.parent)
     fmt = format_of(p)
-    precision = (entry or {}).get("precision", "fp32")
+    precision = entry.precision if entry else "fp32"
     if not p.is_file():
         raise LowformerError(f"artifact not found: {p}")
     if fmt == "onnx":
         from lowformer.engines.onnxrt import OnnxRuntimeRunner
 
         # A TensorRT-target INT8 graph (s8 activations) is checked with reference Q/DQ math on the CPU.
-        exact = bool(((entry or {}).get("int8") or {}).get("parity_needs_reference_math")) and device == "cpu"
+        exact = bool(entry and entry.int8.get("parity_needs_reference_math")) and device == "cpu"
         return OnnxRuntimeRunner(str(p), precision, device, threads, exact=exact)
     if fmt == "torchscript":
         return TorchScriptRunner.from_file(str(p), _input_spec_from_manifest(manifest), device, threads)
     from lowformer.engines.tensorrt import TensorRTRunner
 
-    return TensorRTRunner.from_file(str(p), device=device, entry=entry)
+    return TensorRTRunner.from_file(str(p), device=device, entry=entry.to_dict() if entry else None)
 
 
 def load_artifacts(paths: List[str], device: str = "cpu", threads: Optional[int] = None):

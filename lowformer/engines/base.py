@@ -8,6 +8,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from lowformer.core.batching import run_in_fixed_batches
+
 
 @dataclass
 class InputSpec:
@@ -77,20 +79,8 @@ class Runner(abc.ABC):
         """Artifacts exported with a fixed batch size: run chunks of it, padding the last one."""
         as_torch = isinstance(batch, torch.Tensor)
         x = batch.detach().cpu().numpy() if as_torch else np.asarray(batch, dtype=np.float32)
-        outs = []
-        for i in range(0, len(x), fixed):
-            chunk = x[i:i + fixed]
-            n = len(chunk)
-            if n < fixed:
-                chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), chunk.dtype)])
-            outs.append(np.asarray(self.run(chunk))[:n])
-        out = np.concatenate(outs)
+        out = run_in_fixed_batches(self.run, x, fixed)
         return torch.from_numpy(out) if as_torch else out
-
-    def warmup(self, iterations: int = 3, batch_size: int = 1) -> None:
-        x = self.input_spec.example(batch_size)
-        for _ in range(iterations):
-            self.run(x)
 
     def profile_layers(self, batch: np.ndarray, iterations: int = 10) -> List[LayerTiming]:
         """Per-layer times; backends that can profile override this."""

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -17,28 +18,31 @@ from lowformer.core.errors import LowformerError, NeedsTargetDevice
 from lowformer.models.fusion import fuse
 from lowformer.core.files import atomic_path, ensure_dir
 from lowformer.models.registry import ModelSpec, create_model, resolve
-from lowformer.artifacts import MANIFEST_NAME, load_manifest, new_manifest, save_manifest, upsert_artifact
+from lowformer import artifacts
+from lowformer.artifacts import MANIFEST_NAME, ArtifactEntry, Manifest, ParityRecord
 from lowformer.export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
 from lowformer.export.prepare import groupnorm1_paths
+from lowformer.core.progress import Progress, no_progress
+from lowformer.data.preprocess import Preprocessing
 
 TARGETS = ("torchscript", "onnx", "trt")
 FILENAMES = {("torchscript", "fp32"): "model.ts", ("onnx", "fp32"): "model.onnx",
              ("onnx", "fp16"): "model_fp16.onnx", ("onnx", "int8"): "model_int8.onnx"}
 
-Log = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class ExportResult:
     out: Path
     manifest_path: Path
-    artifacts: List[Dict[str, Any]] = field(default_factory=list)
+    artifacts: List[ArtifactEntry] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
     next_steps: List[str] = field(default_factory=list)
 
     @property
     def failed(self) -> List[str]:
-        return [a["path"] for a in self.artifacts if not a.get("parity", {}).get("passed", True)]
+        return [a.path for a in self.artifacts if a.parity is not None and not a.parity.passed]
 
     @property
     def exit_code(self) -> int:
@@ -47,7 +51,8 @@ class ExportResult:
         return 3 if self.next_steps else 0
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"out": str(self.out), "manifest": str(self.manifest_path), "artifacts": self.artifacts,
+        return {"out": str(self.out), "manifest": str(self.manifest_path),
+                "artifacts": [a.to_dict() for a in self.artifacts],
                 "failed": self.failed, "warnings": self.warnings, "next_steps": self.next_steps,
                 "exit_code": self.exit_code}
 
@@ -65,7 +70,7 @@ def parity_inputs(spec: ModelSpec, image_size: int, data: Optional[str], n_rando
         from lowformer.data.imagenet import any_images, load_images, stratified_subset
 
         # class-stratified, so the real images span classes rather than the first folder's
-        samples = stratified_subset(any_images(data, "--data").samples, n_images)
+        samples = stratified_subset(any_images(data, "data").samples, n_images)
         batches.append(load_images(samples, spec.preprocessing(image_size)))
     return np.concatenate(batches)
 
@@ -80,20 +85,21 @@ def _checkpoint_record(checkpoint: Optional[str], model: torch.nn.Module, out: P
     return {"path": weights.name, "sha256": "random-init", "source": "random-init"}
 
 
-def _open_manifest(out: Path, fresh: Dict[str, Any]) -> Dict[str, Any]:
-    """Reuse the folder's manifest when it describes the same model, weights and input; else start anew."""
-    if (out / MANIFEST_NAME).is_file():
-        try:
-            old = load_manifest(out)
-        except LowformerError:
-            old = None
-        sha = fresh["checkpoint"].get("sha256")
-        # random weights differ on every run, so their artifacts never join an older manifest
-        same = old and sha != "random-init" and old["checkpoint"].get("sha256") == sha and \
-            all(old.get(k) == fresh[k] for k in ("model", "input"))
-        if same:
-            old.update({k: fresh[k] for k in ("preprocessing", "tools", "created")})
-            return old
+def _same_export(old: Manifest, fresh: Manifest) -> bool:
+    """Whether `old` describes the same model, weights and input as `fresh` (so its entries stay)."""
+    if old.created == fresh.created and old.checkpoint == fresh.checkpoint:
+        return True  # the manifest this export wrote itself
+    # random weights differ on every run, so their artifacts never join an older manifest
+    sha = fresh.checkpoint.get("sha256")
+    return sha != "random-init" and old.checkpoint.get("sha256") == sha and \
+        old.model == fresh.model and old.input == fresh.input
+
+
+def _merge(current: Manifest, fresh: Manifest) -> Manifest:
+    """The manifest to write into: the folder's own when it is the same export, else the new one."""
+    if _same_export(current, fresh):
+        current.preprocessing, current.tools, current.created = fresh.preprocessing, fresh.tools, fresh.created
+        return current
     return fresh
 
 
@@ -102,14 +108,15 @@ class Exporter:
 
     def __init__(self, model_name: str, checkpoint: Optional[str] = None, image_size: int = 224,
                  batch_size: Optional[int] = None, opset: int = 17, out: Optional[str] = None,
-                 do_fuse: bool = True, data: Optional[str] = None, log: Log = lambda s: None):
+                 do_fuse: bool = True, data: Optional[str] = None, progress: Progress = no_progress):
         self.spec = resolve(model_name)
-        self.image_size, self.batch_size, self.opset, self.log = image_size, batch_size, opset, log
+        self.progress = progress
+        self.image_size, self.batch_size, self.opset = image_size, batch_size, opset
         self.out = ensure_dir(out or default_out_dir(self.spec, image_size))
         self.result = ExportResult(self.out, self.out / MANIFEST_NAME)
         self.reference = create_model(model_name, checkpoint)
         if checkpoint is None:
-            self.warn(f"no --checkpoint: {self.spec.display} has RANDOM weights; its artifacts are for "
+            self.warn(f"no checkpoint: {self.spec.display} has RANDOM weights; its artifacts are for "
                       "testing the toolchain, not for accuracy")
         self.model = copy.deepcopy(self.reference)
         self.fused = fuse(self.model).folded if do_fuse else 0
@@ -117,42 +124,49 @@ class Exporter:
         with torch.no_grad():
             self.ref_logits = self.reference(torch.from_numpy(self.inputs)).numpy()
         shape = [batch_size, 3, image_size, image_size]
-        self.manifest = _open_manifest(self.out, new_manifest(
+        self.manifest = Manifest.new(
             model={"name": self.spec.name, "timm_name": self.spec.timm_name, "display": self.spec.display,
                    "num_classes": int(self.ref_logits.shape[1]), "fused_batchnorms": self.fused},
             checkpoint=_checkpoint_record(checkpoint, self.reference, self.out),
             input_spec={"name": INPUT_NAME, "output": OUTPUT_NAME, "shape": shape, "dtype": "float32",
                         "dynamic_axes": {} if batch_size else {INPUT_NAME: {"0": "batch"}, OUTPUT_NAME: {"0": "batch"}}},
-            preprocessing=self.spec.preprocessing(image_size).to_dict()))
+            preprocessing=self.spec.preprocessing(image_size).to_dict())
 
     def warn(self, msg: str) -> None:
         self.result.warnings.append(msg)
-        self.log(f"[yellow]warning:[/yellow] {msg}")
+        log.warning(msg)
 
     def path(self, fmt: str, precision: str) -> Path:
         return self.out / FILENAMES[(fmt, precision)]
 
-    def check_and_record(self, path: Path, fmt: str, precision: str, facts: Dict[str, Any]) -> Dict[str, Any]:
+    def record(self, entry: ArtifactEntry) -> None:
+        """Write one entry into the folder's manifest (re-read under the folder lock)."""
+        def apply(current: Manifest) -> Manifest:
+            target = _merge(current, self.manifest)
+            target.upsert(entry)
+            return target
+
+        self.manifest.upsert(entry)
+        self.manifest = artifacts.update(self.out, apply, fresh=self.manifest)
+        self.result.artifacts.append(entry)
+
+    def check_and_record(self, path: Path, fmt: str, precision: str, facts: Dict[str, Any]) -> ArtifactEntry:
         """Run the artifact on the parity batch, compare with the unfused model, record it."""
         from lowformer.engines import load
 
-        with load(str(path), entry={"precision": precision, **facts}, manifest=self.manifest) as runner:
+        entry = ArtifactEntry(path.name, fmt, precision, sha256_file(path), facts=dict(facts))
+        with load(str(path), entry=entry, manifest=self.manifest) as runner:
             logits = runner.run(self.inputs)
         cmp = compare_logits(self.ref_logits, logits)
         passed = parity_passes(cmp, precision)
-        entry = {"path": path.name, "format": fmt, "precision": precision, "sha256": sha256_file(path),
-                 **facts, "parity": {**cmp.to_dict(), "thresholds": PARITY_THRESHOLDS.get(precision, {}),
-                                     "inputs": "random" if len(self.inputs) <= 4 else "random+images",
-                                     "passed": passed}}
-        upsert_artifact(self.manifest, entry)
-        save_manifest(self.out, self.manifest)
-        self.result.artifacts.append(entry)
-        verdict = "[green]parity ok[/green]" if passed else "[red]PARITY FAILED[/red]"
-        self.log(f"{path} ({fmt} {precision}): {verdict} rel-L2 {cmp.rel_l2:.2e}, cosine {cmp.cosine:.6f}, "
-                 f"top-1 agreement {cmp.top1_agreement:.1%}")
+        entry.parity = ParityRecord(**cmp.to_dict(), thresholds=PARITY_THRESHOLDS.get(precision, {}),
+                                    inputs="random" if len(self.inputs) <= 4 else "random+images", passed=passed)
+        self.record(entry)
+        log.info("%s (%s %s): %s rel-L2 %.2e, cosine %.6f, top-1 agreement %.1f%%", path, fmt, precision,
+                 "parity ok" if passed else "PARITY FAILED", cmp.rel_l2, cmp.cosine, 100 * cmp.top1_agreement)
         return entry
 
-    def torchscript(self) -> Dict[str, Any]:
+    def torchscript(self) -> ArtifactEntry:
         from lowformer.export.torchscript import export_torchscript
 
         path = self.path("torchscript", "fp32")
@@ -162,7 +176,7 @@ class Exporter:
             self.warn(note)
         return self.check_and_record(path, "torchscript", "fp32", facts)
 
-    def onnx(self) -> Dict[str, Any]:
+    def onnx(self) -> ArtifactEntry:
         path = self.path("onnx", "fp32")
         facts = export_onnx(self.model, path, self.image_size, self.batch_size, self.opset)
         for note in facts["notes"]:
@@ -173,11 +187,11 @@ class Exporter:
 
     def ensure_onnx(self) -> Path:
         path = self.path("onnx", "fp32")
-        if not any(a["path"] == path.name for a in self.result.artifacts):
+        if not any(a.path == path.name for a in self.result.artifacts):
             self.onnx()
         return path
 
-    def fp16(self) -> Dict[str, Any]:
+    def fp16(self) -> ArtifactEntry:
         from lowformer.export.fp16 import convert_fp16
 
         src = self.ensure_onnx()
@@ -185,13 +199,14 @@ class Exporter:
         facts = convert_fp16(src, path, groupnorm1_paths(self.model))
         return self.check_and_record(path, "onnx", "fp16", {"opset": self.opset, **facts})
 
-    def int8(self, **calib: Any) -> Dict[str, Any]:
+    def int8(self, **calib: Any) -> ArtifactEntry:
         from lowformer.calibrate.quantize import quantize_onnx
 
         src = self.ensure_onnx()
         path = self.path("onnx", "int8")
-        facts = quantize_onnx(src, path, spec=self.spec, image_size=self.image_size,
-                              manifest=self.manifest, log=self.log, **calib)
+        facts = quantize_onnx(src, path, Preprocessing.from_dict(self.manifest.preprocessing),
+                              str(self.manifest.checkpoint.get("sha256") or "unknown"),
+                              progress=self.progress, **calib)
         return self.check_and_record(path, "onnx", "int8", {"opset": self.opset, **facts})
 
     def trt(self, precision: str, **build: Any) -> None:
@@ -202,8 +217,9 @@ class Exporter:
             entry = build_engine(str(onnx_path), str(onnx_path.with_suffix(".engine")),
                                  fp16=precision == "fp16", int8=precision == "int8",
                                  manifest_folder=str(self.out), **build)
-            upsert_artifact(self.manifest, entry)  # build_engine saved it too; keep ours in step
-            self.result.artifacts.append(entry)
+            record = ArtifactEntry.from_dict(entry)
+            self.manifest.upsert(record)  # build_engine recorded it in the folder; keep ours in step
+            self.result.artifacts.append(record)
         except NeedsTargetDevice as e:
             self.result.next_steps.append(str(e))  # the CLI prints it once, last
 
@@ -212,22 +228,22 @@ def export_model(model: str, to: Sequence[str] = ("onnx",), fp16: bool = False, 
                  checkpoint: Optional[str] = None, image_size: int = 224, batch_size: Optional[int] = None,
                  opset: int = 17, out: Optional[str] = None, do_fuse: bool = True, data: Optional[str] = None,
                  calib: Optional[Dict[str, Any]] = None, trt_build: Optional[Dict[str, Any]] = None,
-                 log: Log = lambda s: None) -> ExportResult:
+                 progress: Progress = no_progress) -> ExportResult:
     """Export `model` to every target in `to` (torchscript, onnx, trt) and check each artifact's parity."""
     unknown = [t for t in to if t not in TARGETS]
     if unknown or not to:
-        raise LowformerError(f"--to must be one of {', '.join(TARGETS)}")
+        raise LowformerError(f"targets must be among {', '.join(TARGETS)}")
     if int8 and not (calib or {}).get("calib_data"):
-        raise LowformerError("--int8 needs calibration images: pass --calib-data DIR")
+        raise LowformerError("INT8 needs calibration images (calib_data)")
     if fp16 and int8 and "trt" in to:
-        raise LowformerError("--to trt builds one engine: choose one of --fp16 and --int8")
+        raise LowformerError("a TensorRT export builds one engine: choose one of FP16 and INT8")
     if calib and calib.get("calib_data") and not os.path.isdir(calib["calib_data"]):
-        raise LowformerError(f"--calib-data {calib['calib_data']}: no such folder")
+        raise LowformerError(f"calibration data {calib['calib_data']}: no such folder")
     if data and not os.path.isdir(data):
-        raise LowformerError(f"--data {data}: no such folder")
+        raise LowformerError(f"parity data {data}: no such folder")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        ex = Exporter(model, checkpoint, image_size, batch_size, opset, out, do_fuse, data, log)
+        ex = Exporter(model, checkpoint, image_size, batch_size, opset, out, do_fuse, data, progress)
         if "torchscript" in to:
             ex.torchscript()
         if "onnx" in to or "trt" in to:
@@ -238,6 +254,26 @@ def export_model(model: str, to: Sequence[str] = ("onnx",), fp16: bool = False, 
                 ex.int8(**(calib or {}))
         if "trt" in to:
             ex.trt("fp16" if fp16 else "int8" if int8 else "fp32", **(trt_build or {}))
-            ex.manifest["pending"] = ex.result.next_steps  # what remains to run on the target device
-            save_manifest(ex.out, ex.manifest)
+            pending = list(ex.result.next_steps)  # what remains to run on the target device
+
+            def set_pending(m: Manifest) -> Manifest:
+                target = _merge(m, ex.manifest)
+                target.pending = pending
+                return target
+            ex.manifest = artifacts.update(ex.out, set_pending, fresh=ex.manifest)
     return ex.result
+
+
+def fp32_onnx(model: str, checkpoint: Optional[str] = None, image_size: int = 224,
+              out: Optional[str] = None) -> Tuple[Path, Manifest]:
+    """(model.onnx, manifest): from an export folder, or exported now (fused, checked)."""
+    folder = Path(model)
+    if folder.is_dir():
+        if not (folder / MANIFEST_NAME).is_file() or not (folder / "model.onnx").is_file():
+            raise LowformerError(f"{model}: an export folder needs manifest.json and model.onnx "
+                                 "(export the model to ONNX first)")
+        return folder / "model.onnx", Manifest.load(folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        ex = Exporter(model, checkpoint, image_size, out=out)
+        return ex.ensure_onnx(), ex.manifest

@@ -2,21 +2,25 @@
 next to its end-to-end latency from a separate, un-instrumented run."""
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from lowformer.bench import Target, resolve_targets, time_runner
+from lowformer.artifacts import Manifest
+from lowformer.engines.timing import time_runner
+from lowformer.targets import Target, resolve_targets
 from lowformer.core.errors import LowformerError
+from lowformer.core.progress import Progress, no_progress
 from lowformer.profiling.collect import rows_from_fused, rows_from_lines, rows_from_modules, rows_from_nodes
 from lowformer.profiling.names import GraphNeighbours
 from lowformer.profiling.report import ProfileReport
 from lowformer.profiling.structure import ModelStructure, structure_of
 
-Log = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 _SOURCES = {"pytorch": "torch.profiler, one record_function scope per module call (exclusive times)",
             "torchscript": "torch.profiler with_stack: ops per serialized code line, start-to-next-start",
@@ -24,7 +28,7 @@ _SOURCES = {"pytorch": "torch.profiler, one record_function scope per module cal
             "tensorrt": "TensorRT IProfiler per engine layer, fused layers split over their ONNX nodes"}
 
 
-def export_reference(manifest: Dict[str, Any]) -> Optional[nn.Module]:
+def export_reference(manifest: Manifest) -> Optional[nn.Module]:
     """The model an export folder was written from, as the export saw it (BN fused or not).
 
     Random weights are enough: only the module structure and the graph's op sequence matter here.
@@ -32,12 +36,11 @@ def export_reference(manifest: Dict[str, Any]) -> Optional[nn.Module]:
     from lowformer.models.fusion import fuse
     from lowformer.models.registry import create_model
 
-    m = manifest.get("model") or {}
     try:
-        model = create_model(m["name"], None, num_classes=int(m.get("num_classes", 1000)))
+        model = create_model(manifest.model_name, None, num_classes=manifest.num_classes)
     except (LowformerError, KeyError, RuntimeError):
         return None
-    if m.get("fused_batchnorms", 1):
+    if manifest.model.get("fused_batchnorms", 1):
         fuse(model)
     return model
 
@@ -49,20 +52,20 @@ class _References:
         self._cache: Dict[str, Tuple[Optional[nn.Module], ModelStructure]] = {}
         self._fallback = (fallback, structure_of(fallback))
 
-    def get(self, manifest: Optional[Dict[str, Any]]) -> Tuple[Optional[nn.Module], ModelStructure]:
+    def get(self, manifest: Optional[Manifest]) -> Tuple[Optional[nn.Module], ModelStructure]:
         if not manifest:
             return self._fallback
-        key = repr((manifest.get("model"), manifest.get("created")))
+        key = repr((manifest.model, manifest.created))
         if key not in self._cache:
             model = export_reference(manifest)
             self._cache[key] = (model, structure_of(model))
         return self._cache[key]
 
 
-def _input_size(manifest: Optional[Dict[str, Any]], default: int) -> Tuple[Optional[int], int]:
+def _input_size(manifest: Optional[Manifest], default: int) -> Tuple[Optional[int], int]:
     if not manifest:
         return None, default
-    shape = (manifest.get("input") or {}).get("shape") or [None, 3, default, default]
+    shape = manifest.input.get("shape") or [None, 3, default, default]
     return shape[0], int(shape[-1] or default)
 
 
@@ -110,7 +113,7 @@ def torchscript_lines(path: str, model: Optional[nn.Module], entry: Optional[Dic
 
     if model is None:
         return None, "no manifest beside the TorchScript file (and no model given): its code lines cannot be named"
-    method = (entry or {}).get("method", "script")
+    method = entry.fact("method", "script") if entry else "script"
     try:
         mapping, ratio = line_modules(path, model, torch.zeros(batch or 1, 3, size, size), method)
     except Exception as e:  # naming is best effort: the times stand without it
@@ -122,19 +125,22 @@ def torchscript_lines(path: str, model: Optional[nn.Module], entry: Optional[Dic
 def profile(targets: Sequence[str], batch_size: int = 1, iterations: int = 100, warmup: int = 20,
             device: str = "cpu", threads: Optional[int] = None, image_size: int = 224,
             checkpoint: Optional[str] = None, model: Optional[nn.Module] = None,
-            log: Log = lambda s: None) -> List[ProfileReport]:
+            progress: Progress = no_progress) -> List[ProfileReport]:
     """Profile artifacts (files, export folders, manifests) and model names (eager).
 
     An artifact's layers are named after the model its manifest describes; `model` (the module
     the artifacts were exported from, BN-fused as exported) stands in for artifacts without one.
     """
     if iterations < 1:
-        raise LowformerError("--iterations must be at least 1")
+        raise LowformerError("iterations must be at least 1")
     refs = _References(model)
     reports: List[ProfileReport] = []
-    for target in resolve_targets(targets, image_size, checkpoint, device, threads):
-        log(f"profiling {target.label or target.spec}")
-        reports.append(_profile_target(target, refs, batch_size, iterations, warmup, image_size))
+    resolved = resolve_targets(targets, image_size, checkpoint, device, threads)
+    with progress.task("profiling", total=len(resolved)) as task:
+        for target in resolved:
+            log.info("profiling %s", target.label or target.spec)
+            reports.append(_profile_target(target, refs, batch_size, iterations, warmup, image_size))
+            task.advance()
     return reports
 
 

@@ -92,10 +92,10 @@ def build_engine(onnx_path: Union[str, os.PathLike], engine_path: Union[str, os.
     check_request(facts, fp16, int8, min_batch, opt_batch, max_batch, onnx_path.name)
     folder = _manifest_folder(onnx_path, manifest_folder)
     if folder is not None:
-        from lowformer.artifacts import MANIFEST_NAME, load_manifest
+        from lowformer.artifacts import MANIFEST_NAME, Manifest
 
         if (folder / MANIFEST_NAME).is_file():
-            load_manifest(folder)  # a broken manifest should fail before a minutes-long build
+            Manifest.load(folder)  # a broken manifest should fail before a minutes-long build
 
     ok, reason = tensorrt_status()
     if not ok:
@@ -162,12 +162,11 @@ def build_engine(onnx_path: Union[str, os.PathLike], engine_path: Union[str, os.
     if plan.notes:
         entry["warnings"] = list(plan.notes)
     if folder is not None:
-        from lowformer.artifacts import MANIFEST_NAME, load_manifest, save_manifest, upsert_artifact
+        from lowformer import artifacts
 
-        if (folder / MANIFEST_NAME).is_file():
-            manifest = load_manifest(folder)  # re-read: the build took a while
-            upsert_artifact(manifest, entry)
-            save_manifest(folder, manifest)
+        if (folder / artifacts.MANIFEST_NAME).is_file():
+            record = artifacts.ArtifactEntry.from_dict(entry)
+            artifacts.update(folder, lambda m: m.upsert(record))  # re-read under the lock: the build took a while
     return entry
 
 

@@ -1,4 +1,4 @@
-"""The paper's ImageNet training recipe, assembled from timm's parts: AdamW without decay on norms
+"""The trainer: the paper's ImageNet training recipe, assembled from timm's parts: AdamW without decay on norms
 and biases, linear lr scaling, cosine schedule with warm-up (per step), gradient clipping, mixup /
 cutmix with label smoothing and binary cross-entropy, RandAugment and random erasing, random
 resolution per batch, stochastic depth, EMA of the weights (used for evaluation and export), MESA,
@@ -18,16 +18,16 @@ per batch (timm); timm initialisation (no zero last gamma); no BN-statistics res
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import logging
 import json
 import math
 import os
 import random
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -36,115 +36,15 @@ from timm.utils import ModelEmaV3
 
 from lowformer.core.errors import LowformerError
 from lowformer.core.files import atomic_path, ensure_dir
+from lowformer.core.progress import Progress, no_progress
+from lowformer.training.checkpoint import (CHECKPOINT_FORMAT, epoch_seeds, export_state_dict, load_checkpoint_file,
+                                           remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state)
+from lowformer.training.distributed import _Dist, _setup_distributed
+from lowformer.training.recipe import recipe_for
 
-CHECKPOINT_FORMAT = "lowformer-train/1"
-
-
-# ----------------------------------------------------------------------------------------------
-# Recipe
-# ----------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Recipe:
-    """Every hyper-parameter of the released configs (configs/cls/imagenet/*.yaml)."""
-
-    lr_per_128: float = 2.5e-4  # peak lr for 128 images; scaled linearly with the total batch
-    weight_decay: float = 0.1
-    betas: Tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    warmup_epochs: Optional[float] = None  # None: 20 of 300 epochs, scaled down for short runs
-    min_lr: float = 0.0
-    clip_grad: Optional[float] = 2.0
-    smoothing: float = 0.1
-    bce: bool = True
-    mixup_alpha: float = 0.1  # the release picks mixup or cutmix (50/50) for every batch
-    cutmix_alpha: float = 0.1
-    mix_prob: float = 1.0
-    randaug: Optional[str] = "rand-n1-m3-mstd1.0-inc1"  # timm RandAugment string, None disables
-    reprob: float = 0.0  # random erasing probability
-    crop_scale: Tuple[float, float] = (0.08, 1.0)
-    hflip: float = 0.5
-    drop_path: float = 0.05  # linear over depth (timm's drop_path_rate)
-    ema_decay: float = 0.9998  # 0 disables the EMA
-    ema_warmup_steps: int = 2000  # the release's decay * (1 - exp(-step / 2000))
-    mesa: Optional[Tuple[float, float]] = None  # (start at progress, weight): EMA self-distillation
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+log = logging.getLogger(__name__)
 
 
-_HEAVY = dict(randaug="rand-n2-m5-mstd1.0-inc1", reprob=0.2, drop_path=0.1)
-# Per-variant values of the release; lr_per_128 = base_lr * 128 / base_batch_size.
-RELEASED_RECIPES: Dict[str, Recipe] = {
-    "b0": Recipe(lr_per_128=0.000332 * 128 / 170),
-    "b1": Recipe(),
-    "b15": Recipe(lr_per_128=0.000166 * 128 / 170, randaug="rand-n2-m6-mstd1.0-inc1", mixup_alpha=0.3,
-                  cutmix_alpha=0.3, drop_path=0.1),
-    "b2": Recipe(lr_per_128=0.000125 * 128 / 170, mixup_alpha=0.2, cutmix_alpha=0.2, **_HEAVY),
-    "b3": Recipe(lr_per_128=0.000094 * 128 / 75, mixup_alpha=0.2, cutmix_alpha=0.2, mesa=(0.25, 2.0), **_HEAVY),
-    "e1": Recipe(lr_per_128=0.0001 * 128 / 100, randaug="rand-n2-m6-mstd1.0-inc1", mixup_alpha=0.3,
-                 cutmix_alpha=0.3, drop_path=0.1),
-    "e2": Recipe(lr_per_128=0.0001 * 128 / 50, mixup_alpha=0.2, cutmix_alpha=0.2, mesa=(0.25, 2.0), **_HEAVY),
-    "e3": Recipe(lr_per_128=0.0000625 * 128 / 50, mixup_alpha=0.3, cutmix_alpha=0.3, mesa=(0.25, 2.0), **_HEAVY),
-}
-RECIPE_KEYS = tuple(f.name for f in dataclasses.fields(Recipe))
-
-
-def recipe_for(model: str, overrides: Optional[Dict[str, Any]] = None) -> Recipe:
-    """The released recipe of a LowFormer variant (B1's for other models), with overrides."""
-    from lowformer.models.registry import resolve
-
-    spec = resolve(model)
-    base = RELEASED_RECIPES.get(spec.name, Recipe()) if spec.is_lowformer else Recipe()
-    overrides = dict(overrides or {})
-    unknown = sorted(set(overrides) - set(RECIPE_KEYS))
-    if unknown:
-        raise LowformerError(f"unknown recipe key(s) {', '.join(unknown)}; known: {', '.join(RECIPE_KEYS)}")
-    return replace(base, **{k: _checked(k, v, getattr(Recipe(), k)) for k, v in overrides.items()})
-
-
-_OPTIONAL = {"warmup_epochs": 0.0, "clip_grad": 0.0, "randaug": "", "mesa": (0.0, 0.0)}
-
-
-def _checked(key: str, value: Any, default: Any) -> Any:
-    """An override with the type of the recipe item (pairs as tuples), or one clear error."""
-    example = _OPTIONAL.get(key, default)
-    if value is None and key in _OPTIONAL:
-        return None
-    if isinstance(example, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(example, (int, float)):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
-        value = int(value) if isinstance(example, int) and ok else value
-    elif isinstance(example, tuple):
-        ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-        value = tuple(float(v) for v in value) if ok else value
-    else:
-        ok = isinstance(value, str)
-    if not ok:
-        kind = {bool: "true or false", tuple: "a pair like [0.08, 1.0]", str: "a string"}.get(
-            type(example), "a non-negative number")
-        raise LowformerError(f"recipe item {key} must be {kind}" + (" or none" if key in _OPTIONAL else "")
-                             + f", not {value!r}")
-    return value
-
-
-def parse_recipe_value(key: str, text: str) -> Any:
-    """`--set key=value`: JSON values (numbers, lists, true/false), `none`/`null`, or a string."""
-    if key not in RECIPE_KEYS:
-        raise LowformerError(f"unknown recipe key {key!r}; known: {', '.join(RECIPE_KEYS)}")
-    if text.strip().lower() in ("none", "null", "off"):
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-# ----------------------------------------------------------------------------------------------
-# Run configuration
-# ----------------------------------------------------------------------------------------------
 
 @dataclass
 class TrainConfig:
@@ -175,124 +75,6 @@ _RESUME_KEYS = ("model", "classes", "model_kwargs", "num_classes", "epochs", "ba
                 "image_sizes", "max_steps", "seed", "recipe", "world_size")
 
 
-# ----------------------------------------------------------------------------------------------
-# Checkpoints and RNG state (plain types and tensors only, for torch.load(weights_only=True))
-# ----------------------------------------------------------------------------------------------
-
-def rng_state() -> Dict[str, Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    version, py_state, gauss = random.getstate()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-             "python": {"version": version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": gauss}}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def epoch_seeds(seed: int, epoch: int, rank: int) -> Dict[str, int]:
-    """The seeds of one epoch on one rank: global RNGs (mixup, drop path, main-process augmentation)
-    and the data-loader generator that seeds the worker processes."""
-    a, b = np.random.SeedSequence([seed, epoch, rank]).generate_state(2)
-    return {"global": int(a), "loader": int(b)}
-
-
-def save_checkpoint(path: os.PathLike, state: Dict[str, Any]) -> None:
-    """torch.save to a temporary file, flushed to disk, then renamed over `path`."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-
-
-def load_checkpoint_file(path: os.PathLike) -> Dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated file, foreign pickle
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise LowformerError(f"cannot read checkpoint {path}: {first}") from None
-
-
-def remove_stale_temporaries(run_dir: Path) -> List[str]:
-    """Temporary files our atomic writes leave behind when the process is killed mid-write."""
-    removed = []
-    for name in ("last.pt", "best.pt", "metrics.jsonl", "config.json", "summary.json"):
-        for p in run_dir.glob(f".{name}.*.tmp"):
-            p.unlink(missing_ok=True)
-            removed.append(p.name)
-    return removed
-
-
-def export_state_dict(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
-    """Weights as written to best.pt: official LowFormer keys for LowFormer, timm keys otherwise."""
-    from timm.models.lowformer import LowFormer
-
-    from lowformer.models.checkpoints import to_official_keys
-
-    sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return to_official_keys(sd) if isinstance(model, LowFormer) else sd
-
-
-# ----------------------------------------------------------------------------------------------
-# Distributed setup
-# ----------------------------------------------------------------------------------------------
-
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    owned: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-    def broadcast_module(self, module: torch.nn.Module) -> None:
-        """Rank 0's parameters and buffers everywhere (BN statistics drift apart between ranks)."""
-        if self.world > 1:
-            for t in module.state_dict().values():
-                dist.broadcast(t, src=0)
-
-    def sum(self, t: torch.Tensor, device: torch.device) -> torch.Tensor:
-        if self.world == 1:
-            return t
-        x = t.to(device)
-        dist.all_reduce(x)
-        return x.cpu()
-
-
-def _setup_distributed(device: str) -> _Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist()
-    if not dist.is_available():
-        raise LowformerError("torch.distributed is not available in this PyTorch build")
-    owned = False
-    if device == "cuda" and torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # before NCCL picks a device
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device == "cuda" else "gloo")
-        owned = True
-    return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owned)
-
-
 class _WarmupEma(ModelEmaV3):
     """timm's EMA with the release's decay warm-up: decay * (1 - exp(-step / warmup_steps))."""
 
@@ -304,57 +86,6 @@ class _WarmupEma(ModelEmaV3):
         if step is None or self.warmup_steps <= 0:
             return self.decay
         return self.decay * (1.0 - math.exp(-step / self.warmup_steps))
-
-
-# ----------------------------------------------------------------------------------------------
-# Progress (rich, stderr, main process only)
-# ----------------------------------------------------------------------------------------------
-
-class _Progress:
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self._p = None
-        self._last_line = time.time()
-        if enabled:
-            from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
-
-            self.console = Console(stderr=True)
-            self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                               TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                               TimeRemainingColumn(), console=self.console)
-
-    def __enter__(self):
-        if self._p:
-            self._p.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self._p:
-            self._p.__exit__(*exc)
-
-    def task(self, description: str, total: int, completed: int = 0):
-        return self._p.add_task(description, total=total, completed=completed, info="") if self._p else None
-
-    def update(self, task, advance: int = 1, description: Optional[str] = None, info: str = "") -> None:
-        if self._p and task is not None:
-            kw = {"description": description} if description else {}
-            self._p.update(task, advance=advance, info=info, **kw)
-            if info and not self.console.is_terminal and time.time() - self._last_line >= 60:
-                # a log file gets no live bar: one line a minute instead
-                self._last_line = time.time()
-                t = next(t for t in self._p.tasks if t.id == task)
-                eta = f"{t.time_remaining / 60:.1f} min" if t.time_remaining is not None else "?"
-                self.log(f"{t.description}  step {int(t.completed)}/{int(t.total)}  {info}  ETA {eta}")
-
-    def remove(self, task) -> None:
-        if self._p and task is not None:
-            self._p.remove_task(task)
-
-    def log(self, text: str) -> None:
-        if self._p:
-            self._p.console.print(text, highlight=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -386,7 +117,7 @@ def _validate(cfg: TrainConfig) -> None:
             raise LowformerError(message)
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Dict[str, Any]:
+def train(cfg: TrainConfig, resume: bool = False, progress: Progress = no_progress) -> Dict[str, Any]:
     """Train (or continue, with `resume`) the run in `cfg.out`; return a summary (see `Trainer.run`).
     Under torchrun every process calls this; only rank 0 writes files and shows progress."""
     _validate(cfg)
@@ -410,7 +141,7 @@ class _Trainer:
         self.spec = resolve(cfg.model)
         self.device = _resolve_device(cfg.device, d)
         self.out = Path(cfg.out or os.path.join("runs", self.spec.name.replace(":", "-")))
-        self.progress = _Progress(progress and d.main)
+        self.progress = progress if d.main else no_progress  # only rank 0 shows progress
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 
@@ -599,11 +330,10 @@ class _Trainer:
             write_json(self.out / "config.json", config)
         self.d.barrier()
 
-        with self.progress:
-            if resumed_from is not None:
-                self.progress.log(f"resuming {self.out} at epoch {self.epoch + 1}/{self.num_epochs} "
-                                  f"(step {self.step}/{self.total_steps})")
-            bar = self.progress.task("train", self.total_steps, self.step)
+        if resumed_from is not None and self.d.main:
+            log.info("resuming %s at epoch %d/%d (step %d/%d)", self.out, self.epoch + 1, self.num_epochs,
+                     self.step, self.total_steps)
+        with self.progress.task("train", self.total_steps, self.step) as bar:
             while self.epoch < self.num_epochs:
                 record = self._train_epoch(bar)
                 self._end_epoch(record, config)
@@ -691,8 +421,8 @@ class _Trainer:
                 curve.append([self.step, round(loss_value, 6)])
             lr = self.optimizer.param_groups[0]["lr"]
             ips = images_seen / max(time.time() - t0, 1e-9)
-            self.progress.update(bar, description=f"epoch {self.epoch + 1}/{self.num_epochs}",
-                                 info=f"loss {loss_sum / n_micro:.4f}  lr {lr:.2e}  {ips:,.0f} img/s")
+            bar.advance(description=f"epoch {self.epoch + 1}/{self.num_epochs}",
+                        status=f"loss {loss_sum / n_micro:.4f}  lr {lr:.2e}  {ips:,.0f} img/s")
         seconds = time.time() - t0
         totals = d.sum(torch.tensor([loss_sum, float(n_micro)], dtype=torch.float64), self.device)
         self.elapsed += seconds
@@ -707,12 +437,9 @@ class _Trainer:
     def _evaluate(self, model) -> Dict[str, float]:
         from lowformer.data.training import evaluate
 
-        task = self.progress.task("eval", len(self.val_loader))
-        result = evaluate(model, self.val_loader, self.device, self.autocast_dtype,
-                          reduce=lambda t: self.d.sum(t, self.device),
-                          on_batch=lambda: self.progress.update(task))
-        self.progress.remove(task)
-        return result
+        with self.progress.task("eval", len(self.val_loader)) as task:
+            return evaluate(model, self.val_loader, self.device, self.autocast_dtype,
+                            reduce=lambda t: self.d.sum(t, self.device), on_batch=task.advance)
 
     def _end_epoch(self, record: Dict[str, Any], config: Dict[str, Any]) -> None:
         self.epoch += 1
@@ -737,7 +464,8 @@ class _Trainer:
                f"{record['images_per_second']:,.0f} img/s"
         if val is not None:
             text += f"  val top-1 {val['top1']:.2f}%  (best {self.best_top1:.2f}% @ {self.best_epoch})"
-        self.progress.log(text)
+        if self.d.main:
+            log.info(text)
 
     def _final_eval(self) -> Optional[Dict[str, float]]:
         """Top-1 of the EMA weights after the last epoch (recorded by that epoch's evaluation)."""
@@ -749,38 +477,3 @@ class _Trainer:
         return self._evaluate(self.ema.module if self.ema is not None else self.model)
 
 
-# ----------------------------------------------------------------------------------------------
-# Option parsing (shared by the CLI)
-# ----------------------------------------------------------------------------------------------
-
-def parse_sizes(text: str, what: str = "--image-sizes") -> Tuple[int, ...]:
-    try:
-        sizes = tuple(int(s) for s in text.replace(" ", "").split(",") if s)
-    except ValueError:
-        raise LowformerError(f"{what} must be comma-separated integers, e.g. 128,160,192,224") from None
-    if not sizes or any(s < 16 for s in sizes):
-        raise LowformerError(f"{what} must list sizes of at least 16 pixels")
-    return sizes
-
-
-def parse_json_object(text: Optional[str], what: str) -> Dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except ValueError as e:
-        raise LowformerError(f"{what} is not valid JSON: {e}") from None
-    if not isinstance(value, dict):
-        raise LowformerError(f"{what} must be a JSON object, e.g. '{{\"drop_rate\": 0.1}}'")
-    return value
-
-
-def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
-    """`KEY=VALUE` strings (repeatable `--set`) to recipe overrides."""
-    out: Dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise LowformerError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = parse_recipe_value(key.strip(), value)
-    return out

@@ -1,0 +1,6 @@
+"""Throughput and latency of models and artifacts (`bench`), and this machine's compute peaks."""
+from lowformer.bench.peaks import CONV_GEMM_SHAPES, int8_peak_gops, matmul_peak_gflops, ort_matmul_gops
+from lowformer.bench.run import BenchReport, BenchResult, bench, bench_target, default_threads, macs_of, run_jobs
+
+__all__ = ["BenchReport", "BenchResult", "bench", "bench_target", "default_threads", "macs_of", "run_jobs",
+           "CONV_GEMM_SHAPES", "int8_peak_gops", "matmul_peak_gflops", "ort_matmul_gops"]

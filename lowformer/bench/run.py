@@ -1,0 +1,233 @@
+"""Throughput and latency of models and artifacts, optionally in several processes at once.
+
+Throughput: images/s at a batch size. Latency: ms per batch-1 call. With `jobs` > 1, that many
+spawned processes (each with its own runner) wait on a barrier and time together; the result is the
+mean of their medians (the paper's multi-process latency).
+
+JSON (`BenchReport.to_dict`, `lowformer bench --json`), schema 1:
+  {"schema": 1, "mode": "throughput"|"latency", "batch_size", "iterations", "warmup", "jobs",
+   "threads", "device", "image_size",
+   "machine": {"cpu", "cores", "cpu_flags", "load_average", "platform", "python", "versions", "date"},
+   "results": [{"target", "kind": "model"|"artifact", "model", "backend", "format", "precision",
+                "provider", "path", "image_size", "batch_size", "jobs", "threads",
+                "median_ms", "mean_ms", "p90_ms", "min_ms", "max_ms"   (per batch; with jobs > 1
+                                                                         the mean over jobs of each),
+                "images_per_s"   (batch_size x jobs / mean_ms: all processes together),
+                "macs_per_image", "gflops"   (achieved: MACs x 2 x images/s; null when unknown),
+                "per_job": [{"median_ms", "mean_ms", "p90_ms", "min_ms", "max_ms", "n"}],
+                "warnings": [...]}]}
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import queue as _queue
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from lowformer.core.errors import LowformerError
+from lowformer.core.machine import machine_info
+from lowformer.core.timing import TimingStats, time_calls
+from lowformer.core.progress import Progress, no_progress
+from lowformer.engines.timing import call_once, time_runner
+from lowformer.targets import Target, resolve_targets
+
+log = logging.getLogger(__name__)
+
+JOB_TIMEOUT_S = 1800.0  # a spawned job that has not reported by then is a failure, not a hang
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class BenchResult:
+    target: str
+    kind: str
+    model: Optional[str]
+    backend: str
+    format: str
+    precision: str
+    provider: str
+    path: Optional[str]
+    image_size: int
+    batch_size: int
+    jobs: int
+    threads: Optional[int]
+    median_ms: float
+    mean_ms: float
+    p90_ms: float
+    min_ms: float
+    max_ms: float
+    images_per_s: float
+    macs_per_image: Optional[int] = None
+    gflops: Optional[float] = None
+    per_job: List[Dict[str, Any]] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BenchReport:
+    mode: str
+    batch_size: int
+    iterations: int
+    warmup: int
+    jobs: int
+    threads: Optional[int]
+    device: str
+    image_size: int
+    machine: Dict[str, Any]
+    results: List[BenchResult] = field(default_factory=list)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = {"schema": 1, **{k: v for k, v in asdict(self).items() if k != "results"}}
+        d["results"] = [r.to_dict() for r in self.results]
+        return d
+
+
+_FORMATS = {"pytorch": "eager", "torchscript": "torchscript", "onnxruntime": "onnx", "tensorrt": "tensorrt"}
+
+
+def _combine(target: Target, describe: Dict[str, Any], stats: List[TimingStats], batch_size: int,
+             macs: Optional[int]) -> BenchResult:
+    """One result from each job's stats: mean of the per-job medians (and of the other statistics)."""
+    mean = lambda key: statistics.fmean(getattr(s, key) for s in stats)  # noqa: E731
+    mean_ms = mean("mean_ms")
+    ips = batch_size * len(stats) * 1000.0 / mean_ms if mean_ms > 0 else 0.0
+    gflops = macs * 2 * ips / 1e9 if macs else None
+    return BenchResult(
+        target=target.label or target.spec, kind=target.kind, model=target.model,
+        backend=describe.get("backend", ""), format=_FORMATS.get(describe.get("backend", ""), ""),
+        precision=describe.get("precision", "fp32"), provider=describe.get("provider", ""),
+        path=target.spec if target.kind == "artifact" else None, image_size=target.image_size, batch_size=batch_size, jobs=len(stats),
+        threads=describe.get("threads"), median_ms=mean("median_ms"), mean_ms=mean_ms, p90_ms=mean("p90_ms"),
+        min_ms=mean("min_ms"), max_ms=mean("max_ms"), images_per_s=ips, macs_per_image=macs, gflops=gflops,
+        per_job=[s.to_dict() for s in stats], warnings=list(describe.get("warnings") or []))
+
+
+def macs_of(target: Target) -> Optional[int]:
+    """MACs per image of the model behind a target (None when it cannot be known, e.g. no manifest)."""
+    if not target.model:
+        return None
+    try:
+        from lowformer.models.complexity import count_macs
+        from lowformer.models.registry import create_model
+
+        return int(count_macs(create_model(target.model), target.image_size))
+    except Exception:  # a count is a nicety: never fail a benchmark over it
+        return None
+
+
+def _job_main(target: Target, batch_size: int, iterations: int, warmup: int, barrier, results, index: int) -> None:
+    """One spawned benchmark process: build, warm up, wait for the others, time, report."""
+    try:
+        runner = target.build_runner()
+        stats = time_calls(call_once(runner, runner.input_spec.example(batch_size)), iterations, warmup,
+                           before_timing=lambda: barrier.wait(timeout=JOB_TIMEOUT_S))
+        results.put((index, "ok", stats.to_dict(), runner.describe()))
+    except BaseException as e:  # report, never hang the parent
+        try:
+            barrier.abort()
+        except Exception:
+            pass
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        results.put((index, "error", msg, {}))
+
+
+def run_jobs(target: Target, batch_size: int, iterations: int, warmup: int, jobs: int):
+    """Time `target` in `jobs` spawned processes at once; (stats per job, runner description)."""
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(jobs)
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_job_main, args=(target, batch_size, iterations, warmup, barrier, results, i),
+                         daemon=True) for i in range(jobs)]
+    for p in procs:
+        p.start()
+    got: Dict[int, Any] = {}
+    errors: List[str] = []
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    try:
+        while len(got) + len(errors) < jobs:
+            try:
+                index, status, payload, describe = results.get(timeout=1.0)
+            except _queue.Empty:
+                if time.monotonic() > deadline:
+                    raise LowformerError(f"benchmark jobs did not finish within {JOB_TIMEOUT_S:.0f} s") from None
+                dead = [p for p in procs if not p.is_alive() and p.exitcode not in (0, None)]
+                if dead and results.empty():
+                    raise LowformerError(f"a benchmark process died (exit code {dead[0].exitcode})") from None
+                continue
+            if status == "ok":
+                got[index] = (TimingStats(**payload), describe)
+            else:
+                errors.append(payload)
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.terminate()
+    if errors:
+        raise LowformerError(f"benchmark of {target.label or target.spec} failed: {errors[0]}")
+    ordered = [got[i] for i in sorted(got)]
+    return [s for s, _ in ordered], ordered[0][1]
+
+
+def bench_target(target: Target, batch_size: int, iterations: int, warmup: int, jobs: int = 1,
+                 with_macs: bool = True) -> BenchResult:
+    if jobs > 1:
+        stats, describe = run_jobs(target, batch_size, iterations, warmup, jobs)
+    else:
+        with target.build_runner() as runner:
+            stats = [time_runner(runner, runner.input_spec.example(batch_size), iterations, warmup)]
+            describe = runner.describe()
+    return _combine(target, describe, stats, batch_size, macs_of(target) if with_macs else None)
+
+
+def default_threads(jobs: int) -> Optional[int]:
+    """Several processes share the cores: give each its share, so they do not oversubscribe."""
+    if jobs <= 1:
+        return None
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def bench(args: Sequence[str], batch_size: int = 200, iterations: int = 400, warmup: int = 20,
+          latency: bool = False, jobs: int = 1, threads: Optional[int] = None, device: str = "cpu",
+          image_size: int = 224, optit: bool = False, checkpoint: Optional[str] = None,
+          progress: Progress = no_progress) -> BenchReport:
+    """Benchmark each model/artifact in `args` (latency mode forces batch size 1)."""
+    if jobs < 1:
+        raise LowformerError("jobs must be at least 1")
+    if device not in ("cpu", "cuda"):
+        raise LowformerError(f"unknown device {device!r} (cpu, cuda)")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise LowformerError("device cuda asked for, but torch sees no CUDA GPU on this machine")
+    bs = 1 if latency else batch_size
+    threads = threads or default_threads(jobs)
+    report = BenchReport("latency" if latency else "throughput", bs, iterations, warmup, jobs, threads,
+                         device, image_size, machine_info())
+    workdir = Path(tempfile.mkdtemp(prefix="lowformer-bench-")) if optit else None
+    try:
+        targets = resolve_targets(args, image_size, checkpoint, device, threads, optit, workdir)
+        with progress.task("benchmarking", total=len(targets)) as task:
+            for t in targets:
+                log.info("benchmarking %s (batch %d, %d iterations, %d job(s))", t.label or t.spec, bs, iterations, jobs)
+                report.results.append(bench_target(t, bs, iterations, warmup, jobs))
+                task.advance()
+    finally:
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return report
+
+

@@ -1,0 +1,81 @@
+"""The machine a figure was measured on: CPU model, ISA, load and tool versions (one list for all)."""
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata as md
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any, Dict, List
+
+# Every package whose version can change a result; recorded in manifests and benchmark JSON.
+TOOLS = ("lowformer", "torch", "torchvision", "timm", "onnx", "onnxruntime", "onnxsim", "openvino", "nncf",
+         "tensorrt")
+# CPU flags that decide which kernels run (VNNI/AMX: fast INT8; AMX-BF16/AVX512-BF16: fast BF16).
+ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8")
+
+
+def tool_versions() -> Dict[str, str]:
+    out = {}
+    for pkg in TOOLS:
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> List[str]:
+    """The ISA flags of ISA_FLAGS that this CPU has (from /proc/cpuinfo)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            have = set(line.split(":", 1)[1].split())
+            return sorted(f for f in ISA_FLAGS if f in have)
+    return []
+
+
+def cpu_isa(flags: List[str] = None) -> str:
+    """A short name for the vector ISA, as every speed figure must record it."""
+    f = set(cpu_flags() if flags is None else flags)
+    if {"amx_int8", "amx_bf16"} <= f:
+        return "AVX-512 VNNI + AMX"
+    if "avx512_vnni" in f:
+        return "AVX-512 VNNI"
+    if "avx512f" in f:
+        return "AVX-512 without VNNI"
+    if "avx_vnni" in f:
+        return "AVX2 + AVX-VNNI"
+    if "avx2" in f:
+        return "AVX2 without VNNI"
+    return "no AVX2"
+
+
+def load_average() -> List[float]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]  # other work on the machine skews timings: say so
+    except OSError:
+        return []
+
+
+def machine_info() -> Dict[str, Any]:
+    flags = cpu_flags()
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "cpu_flags": flags, "isa": cpu_isa(flags),
+            "load_average": load_average() or None, "platform": platform.platform(),
+            "python": platform.python_version(), "versions": tool_versions(),
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}

@@ -1,0 +1,106 @@
+"""What `bench` and `profile` measure: model names and artifacts turned into rebuildable targets."""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from lowformer.artifacts import ArtifactEntry, format_of
+from lowformer.core.errors import LowformerError
+from lowformer.engines import InputSpec, PyTorchRunner, Runner, load, resolve_artifacts
+
+
+@dataclass
+class Target:
+    """What to benchmark, in a form a spawned process can rebuild its own runner from."""
+
+    spec: str  # model name, or artifact path
+    kind: str  # "model" | "artifact"
+    image_size: int = 224
+    checkpoint: Optional[str] = None
+    device: str = "cpu"
+    threads: Optional[int] = None
+    label: str = ""
+    model: Optional[str] = None  # registry name, when known (for MACs)
+
+    def build_runner(self) -> Runner:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
+            return self._build_runner()
+
+    def _build_runner(self) -> Runner:
+        if self.kind == "model":
+            from lowformer.models.registry import create_model
+
+            model = create_model(self.spec, self.checkpoint)
+            return PyTorchRunner(model, InputSpec(shape=(None, 3, self.image_size, self.image_size)),
+                                 device=self.device, threads=self.threads)
+        runner = load(self.spec, self.device, self.threads)
+        runner.precision = precision_of(Path(self.spec), None) if runner.precision == "fp32" else runner.precision
+        return runner
+
+
+def precision_of(path: Path, entry: Optional[ArtifactEntry]) -> str:
+    """The manifest's precision; without a manifest, the export's file naming (model_fp16.onnx)."""
+    if entry and entry.precision:
+        return entry.precision
+    stem = path.stem.lower()
+    return next((p for p in ("fp16", "int8") if stem.endswith(p) or f"_{p}" in stem), "fp32")
+
+
+def _artifact_targets(raw: str, device: str, threads: Optional[int]) -> List[Target]:
+    out = []
+    for path, entry, manifest in resolve_artifacts([raw]):
+        size = int(manifest.input_shape[-1] or 224) if manifest else 224
+        fmt = entry.format if entry else format_of(path)
+        label = f"{path.name} ({fmt} {precision_of(path, entry)})"
+        if manifest:
+            label = f"{manifest.display_name} {label}"
+        out.append(Target(str(path), "artifact", size, None, device, threads, label,
+                          manifest.model_name if manifest else None))
+    return out
+
+
+def export_optit(model: str, image_size: int, checkpoint: Optional[str], folder: Path) -> Path:
+    """The paper's --optit: BN-fused, scripted, frozen TorchScript (optimize_for_inference runs at load)."""
+    import torch
+
+    from lowformer.export.torchscript import export_torchscript
+    from lowformer.models.fusion import fuse
+    from lowformer.models.registry import create_model
+
+    m = create_model(model, checkpoint)
+    fuse(m)
+    path = folder / f"{model.replace(':', '_')}-{image_size}.ts"
+    export_torchscript(m, path, torch.zeros(1, 3, image_size, image_size))
+    return path
+
+
+def resolve_targets(args: Sequence[str], image_size: int = 224, checkpoint: Optional[str] = None,
+                    device: str = "cpu", threads: Optional[int] = None, optit: bool = False,
+                    workdir: Optional[Path] = None) -> List[Target]:
+    """Artifacts (files, folders, manifests) and model names (`b1`, `timm:resnet50`) to targets."""
+    from lowformer.models.registry import resolve
+
+    out: List[Target] = []
+    for raw in args:
+        if os.path.exists(raw):
+            out.extend(_artifact_targets(raw, device, threads))
+            continue
+        if raw.endswith((".onnx", ".ts", ".pt", ".engine", ".json")) or os.sep in raw:
+            raise LowformerError(f"no such artifact or manifest: {raw}")
+        spec = resolve(raw)
+        if optit:
+            if workdir is None:
+                raise LowformerError("optit needs a work folder")
+            path = export_optit(spec.name, image_size, checkpoint, workdir)
+            out.append(Target(str(path), "artifact", image_size, None, device, threads,
+                              f"{spec.display} TorchScript (optit)", spec.name))
+        else:
+            out.append(Target(spec.name, "model", image_size, checkpoint, device, threads,
+                              f"{spec.display} eager", spec.name))
+    if not out:
+        raise LowformerError("nothing to benchmark")
+    return out
