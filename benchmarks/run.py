@@ -77,7 +77,7 @@ def inference_model(name: str):
     from timm.utils.model import reparameterize_model
 
     from lowformer.models.fusion import fuse
-    from lowformer.models.registry import create_model
+    from lowformer.models.factory import create_model
 
     torch.manual_seed(0)  # the same random weights in every run, so --resume can rebuild one artifact
     eager = reparameterize_model(create_model(name)).eval()

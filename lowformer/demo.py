@@ -38,7 +38,7 @@ class DemoModel:
 
 def _weights(out: Path, checkpoint: Optional[str]) -> Dict[str, Any]:
     from lowformer.models.pretrained import write_efficientnet_lite0_checkpoint
-    from lowformer.models.registry import create_model
+    from lowformer.models.factory import create_model
 
     wdir = ensure_dir(out / "weights")
     if checkpoint:

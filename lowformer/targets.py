@@ -32,7 +32,7 @@ class Target:
 
     def _build_runner(self) -> Runner:
         if self.kind == "model":
-            from lowformer.models.registry import create_model
+            from lowformer.models.factory import create_model
 
             model = create_model(self.spec, self.checkpoint)
             return PyTorchRunner(model, InputSpec(shape=(None, 3, self.image_size, self.image_size)),
@@ -69,7 +69,7 @@ def export_optit(model: str, image_size: int, checkpoint: Optional[str], folder:
 
     from lowformer.export.torchscript import export_torchscript
     from lowformer.models.fusion import fuse
-    from lowformer.models.registry import create_model
+    from lowformer.models.factory import create_model
 
     m = create_model(model, checkpoint)
     fuse(m)

@@ -190,7 +190,7 @@ def _folder_of(path: Path, entry: ArtifactEntry) -> Path:
 
 def reference_model(manifest: Manifest, folder: PathLike):
     """The unfused PyTorch model an export folder came from (the parity reference)."""
-    from lowformer.models.registry import create_model
+    from lowformer.models.factory import create_model
 
     return create_model(manifest.model_name, manifest.checkpoint_path(folder), num_classes=manifest.num_classes)
 
@@ -252,7 +252,8 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
     from lowformer.data.imagenet import list_samples, stratified_subset
     from lowformer.engines import PyTorchRunner, load_artifacts
     from lowformer.engines.base import InputSpec
-    from lowformer.models.registry import create_model, resolve
+    from lowformer.models.factory import create_model
+    from lowformer.models.registry import resolve
 
     if batch_size < 1:
         raise LowformerError("batch size must be at least 1")

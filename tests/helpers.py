@@ -8,7 +8,7 @@ from typing import Dict, Tuple
 import torch
 from safetensors import safe_open
 
-from lowformer.models.registry import create_from_reference_config
+from lowformer.models.factory import create_from_reference_config
 
 
 def load_mini(path: Path) -> Tuple[torch.nn.Module, Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:

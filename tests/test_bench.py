@@ -25,7 +25,7 @@ REPORT_KEYS = {"schema", "mode", "batch_size", "iterations", "warmup", "jobs", "
 def tiny_onnx(tmp_path_factory):
     """A tiny model exported with a dynamic batch axis (no manifest beside it)."""
     from lowformer.export.onnx_export import export_onnx
-    from lowformer.models.registry import create_model
+    from lowformer.models.factory import create_model
 
     path = tmp_path_factory.mktemp("bench") / "tiny.onnx"
     with warnings.catch_warnings():

@@ -22,7 +22,7 @@ from lowformer.calibrate.ranges import TensorHistogram, entropy_threshold
 from lowformer.calibrate.sensitivity import EvalData, auto_exclude_blocks, block_sensitivity, run_onnx
 from lowformer.compare import compare_logits
 from lowformer.core.errors import LowformerError
-from lowformer.export.naming import module_path_of_node
+from lowformer.core.naming import module_path_of_node
 from lowformer.export.onnx_export import export_onnx
 from lowformer.models.fusion import fuse
 from lowformer.data.preprocess import lowformer_protocol

@@ -13,7 +13,7 @@ from lowformer.engines import load
 from helpers import manifest_dict as load_manifest
 from lowformer.artifacts import Manifest
 from lowformer.validate import reference_model
-from lowformer.export.naming import module_path_of_node
+from lowformer.core.naming import module_path_of_node
 from lowformer.export.onnx_export import export_onnx
 from lowformer.export.pipeline import export_model
 from lowformer.export.torchscript import export_torchscript

@@ -104,7 +104,7 @@ def test_known_structure_trims_runtime_suffixes(mini):
 
 
 def test_structure_places_lowformer_modules():
-    from lowformer.models.registry import create_model
+    from lowformer.models.factory import create_model
 
     s = structure_of(create_model("b1"))
     expect = {

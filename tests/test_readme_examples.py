@@ -103,7 +103,7 @@ def sandbox(tmp_path_factory, imagenet_val, fashion_mnist, effnet_lite0_checkpoi
 
     from lowformer.models.checkpoints import to_official_keys
     from lowformer.data.fashion_mnist import prepare_fashion_mnist
-    from lowformer.models.registry import create_model
+    from lowformer.models.factory import create_model
 
     box = tmp_path_factory.mktemp("readme")
     classes = sorted(p for p in imagenet_val.iterdir() if p.is_dir())

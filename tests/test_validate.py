@@ -197,7 +197,7 @@ def test_bare_artifact_needs_a_reference(tiny, images, tmp_path):
 
 
 def test_near_chance_with_trained_weights_warns(tmp_path):
-    from lowformer.models.registry import create_model
+    from lowformer.models.factory import create_model
 
     ckpt = tmp_path / "weights.pt"
     torch.save(create_model(TINY).state_dict(), ckpt)  # "trained" as far as the manifest knows

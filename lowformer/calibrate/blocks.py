@@ -6,7 +6,7 @@ from collections import OrderedDict
 from typing import Dict, Iterable, List, Optional, Sequence
 
 from lowformer.core.errors import LowformerError
-from lowformer.export.naming import module_path_of_node
+from lowformer.core.naming import module_path_of_node
 
 
 BLOCK_CONTAINERS = ("stem", "stages")  # LowFormer's: numbered children are blocks even when alone

@@ -72,11 +72,12 @@ def lowformer_protocol(crop: int = 224) -> Preprocessing:
 
 
 def from_timm_config(cfg: Dict[str, Any], crop: int | None = None) -> Preprocessing:
-    """timm's pretrained config (input_size, crop_pct, interpolation, mean, std); timm floors the resize."""
-    crop = crop or int(cfg.get("input_size", (3, 224, 224))[-1])
-    crop_pct = float(cfg.get("crop_pct", 0.875))
-    interp = cfg.get("interpolation", "bicubic")
-    if interp not in ("bicubic", "bilinear", "nearest"):
-        interp = "bicubic"
-    return Preprocessing(crop=crop, resize=int(math.floor(crop / crop_pct)), interpolation=interp,
-                         mean=tuple(cfg.get("mean", IMAGENET_MEAN)), std=tuple(cfg.get("std", IMAGENET_STD)))
+    """The eval preprocessing timm derives from a pretrained config (`resolve_data_config`: input
+    size, crop_pct, interpolation, mean, std); like timm's eval transform, the resize is floored."""
+    from timm.data import resolve_data_config
+
+    d = resolve_data_config({}, pretrained_cfg=cfg)
+    crop = crop or int(d["input_size"][-1])
+    interp = d["interpolation"] if d["interpolation"] in ("bicubic", "bilinear", "nearest") else "bicubic"
+    return Preprocessing(crop=crop, resize=int(math.floor(crop / float(d["crop_pct"]))), interpolation=interp,
+                         mean=tuple(d["mean"]), std=tuple(d["std"]))

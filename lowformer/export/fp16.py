@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Tuple
 
 from lowformer.core.files import atomic_path
-from lowformer.export.naming import node_in_module
+from lowformer.core.naming import node_in_module
 
 # Ours, added to onnxconverter_common's own block list (ops without FP16 kernels, Resize's scales, ...).
 FP32_OPS = ["LayerNormalization", "GroupNormalization", "InstanceNormalization", "Softmax",

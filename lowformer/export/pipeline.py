@@ -17,7 +17,8 @@ from lowformer.compare import PARITY_THRESHOLDS, compare_logits, parity_passes
 from lowformer.core.errors import LowformerError, NeedsTargetDevice
 from lowformer.models.fusion import fuse
 from lowformer.core.files import atomic_path, ensure_dir
-from lowformer.models.registry import ModelSpec, create_model, resolve
+from lowformer.models.factory import create_model
+from lowformer.models.registry import ModelSpec, resolve
 from lowformer import artifacts
 from lowformer.artifacts import MANIFEST_NAME, ArtifactEntry, Manifest, ParityRecord
 from lowformer.export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx

@@ -5,7 +5,8 @@ from dataclasses import asdict
 from typing import Any, Dict, List, Optional
 
 from lowformer.models.complexity import count_macs, stage_shapes
-from lowformer.models.registry import VARIANTS, count_parameters, create_model, resolve
+from lowformer.models.factory import create_model
+from lowformer.models.registry import VARIANTS, count_parameters, resolve
 
 # The paper's peer backbones and the timm model each corresponds to (None: not in timm).
 PEERS = [

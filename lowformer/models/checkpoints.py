@@ -23,8 +23,11 @@ def sha256_file(path: Union[str, os.PathLike]) -> str:
 
 
 def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
-    """Tensors of a checkpoint file: torch pickle (weights only) or safetensors; unwraps
-    `state_dict`/`model` containers and strips a DDP `module.` prefix."""
+    """Tensors of a checkpoint file: torch pickle (weights only) or safetensors; unwrapped.
+
+    Not timm's `load_state_dict`: it allowlists argparse.Namespace in the pickle, and we refuse
+    every non-tensor object (tests/test_checkpoints.py::test_checkpoint_with_code_objects_is_refused).
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise LowformerError(f"checkpoint not found: {path}")
@@ -42,6 +45,13 @@ def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
 
 
 def unwrap_state_dict(obj: object, where: str = "checkpoint") -> StateDict:
+    """The tensors of a (possibly nested) checkpoint container, DDP/compile prefixes removed.
+
+    Kept beside timm's `load_state_dict`, which opens one container level only: our training
+    checkpoints and some releases nest `{"model": {"state_dict": ...}}` (tests/test_checkpoints.py).
+    """
+    from timm.models import clean_state_dict
+
     while isinstance(obj, Mapping):
         inner = next((obj[k] for k in _CONTAINER_KEYS if isinstance(obj.get(k), Mapping)), None)
         if inner is None:
@@ -49,9 +59,7 @@ def unwrap_state_dict(obj: object, where: str = "checkpoint") -> StateDict:
         obj = inner
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise LowformerError(f"{where} does not hold a state dict of tensors")
-    if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return dict(obj)
+    return clean_state_dict(dict(obj))
 
 
 def to_timm_keys(state_dict: StateDict, model: nn.Module) -> StateDict:

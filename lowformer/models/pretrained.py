@@ -26,25 +26,20 @@ def efficientnet_lite0_source() -> str:
 
 
 def efficientnet_lite0_state_dict() -> Dict[str, torch.Tensor]:
-    """The packaged weights renamed to timm's keys (matched in order, shapes checked)."""
+    """The packaged weights renamed to timm's keys: timm's `remap_state_dict` pairs them in order
+    (the same 296 tensors, num_batches_tracked included) and insists on equal shapes."""
     import timm
+    from timm.models import remap_state_dict
 
     src = torch.load(efficientnet_lite0_source(), map_location="cpu", weights_only=True)
     with torch.device("meta"):
-        target = timm.create_model("tf_efficientnet_lite0").state_dict()
-    src_items = [(k, v) for k, v in src.items() if not k.endswith("num_batches_tracked")]
-    tgt_keys = [k for k in target if not k.endswith("num_batches_tracked")]
-    if len(src_items) != len(tgt_keys):
+        model = timm.create_model("tf_efficientnet_lite0")
+    if len(src) != len(model.state_dict()):
         raise LowformerError("EfficientNet-Lite0 package layout is not the expected one")
-    out = {}
-    for (sk, v), tk in zip(src_items, tgt_keys):
-        if tuple(v.shape) != tuple(target[tk].shape):
-            raise LowformerError(f"EfficientNet-Lite0 weights: {sk} {tuple(v.shape)} does not fit {tk}")
-        out[tk] = v
-    for k in target:
-        if k.endswith("num_batches_tracked"):
-            out[k] = torch.tensor(0)
-    return out
+    try:
+        return remap_state_dict(src, model, allow_reshape=False)
+    except AssertionError as e:
+        raise LowformerError(f"EfficientNet-Lite0 weights do not fit timm's model: {e}") from None
 
 
 def write_efficientnet_lite0_checkpoint(path: str) -> str:

@@ -34,7 +34,7 @@ def export_reference(manifest: Manifest) -> Optional[nn.Module]:
     Random weights are enough: only the module structure and the graph's op sequence matter here.
     """
     from lowformer.models.fusion import fuse
-    from lowformer.models.registry import create_model
+    from lowformer.models.factory import create_model
 
     try:
         model = create_model(manifest.model_name, None, num_classes=manifest.num_classes)

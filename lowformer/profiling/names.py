@@ -14,7 +14,7 @@ import re
 from collections import deque
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from lowformer.export.naming import module_path_of_node
+from lowformer.core.naming import module_path_of_node
 from lowformer.profiling.structure import ModelStructure
 
 # Casts that FP16 conversion (onnxconverter-common) and ONNX Runtime insert name themselves after
