@@ -1,4 +1,7 @@
-"""The `lowformer` command: a thin Click layer over the library (every command is a function call)."""
+"""The `lowformer` command: a thin Click layer over the library (every command is a function call).
+
+One cohesive job, hence its length: the option surface of every command.
+"""
 from __future__ import annotations
 
 import functools

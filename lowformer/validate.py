@@ -4,6 +4,8 @@ One pass over the data: each image is decoded and preprocessed once (DataLoader 
 reference and every artifact run on that batch. Per artifact: top-1/top-5, top-1 delta against the
 reference, top-1 agreement, logit cosine and max-abs difference, and the images whose prediction
 flipped. Precision-specific gates decide pass/fail; the caller (the CLI) turns that into an exit code.
+
+One cohesive job, hence its length: the validation pass and its recording.
 """
 from __future__ import annotations
 

@@ -326,3 +326,20 @@ def test_calibration_images_are_those_of_the_same_folder_only(tmp_path):
     assert calibration_images([("m.onnx", entry, {})], data, samples) == [samples[1], samples[3]]
     assert calibration_images([("m.onnx", other, {}), ("x.onnx", None, None)], data, samples) == []
     assert calibration_images([("m.onnx", entry, {})], str(data) + "/", samples) == [samples[1], samples[3]]
+
+
+def test_two_concurrent_validate_runs_both_record_their_results(tiny, images):
+    """Two `lowformer validate` processes writing into one export folder: neither erases the other."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "lowformer", "validate", "--data", str(images), "--workers", "0"]
+    procs = [subprocess.Popen(cmd + [str(tiny / name)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for name in ("model.onnx", "model.ts")]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    recorded = {a["path"]: a.get("validation") for a in load_manifest(tiny)["artifacts"]}
+    assert recorded["model.onnx"] and recorded["model.ts"], recorded

@@ -110,12 +110,6 @@ class OnnxRuntimeRunner(Runner):
         out = self.session.run([self.output_name], {self.input_spec.name: x})[0]
         return out.astype(np.float32, copy=False)
 
-    def profiling_session(self, prefix: str):
-        """A second session of the same model with ONNX Runtime's per-node profiler on."""
-        import onnxruntime as ort
-
-        return ort.InferenceSession(self._path, session_options(self.threads, prefix), providers=self._providers)
-
     def profile_run(self, batch: np.ndarray, iterations: int = 10, warmup: int = 2) -> OrtProfile:
         """Profile `iterations` runs (after `warmup`) in a separate profiling session; that session
         also saves its optimized graph, whose node names are the ones the profile reports."""
@@ -151,8 +145,3 @@ class OnnxRuntimeRunner(Runner):
     def profile_layers(self, batch: np.ndarray, iterations: int = 10) -> List[LayerTiming]:
         """Per-node times from ONNX Runtime's profiler (total over `iterations` runs)."""
         return self.profile_run(batch, iterations).timings
-
-    def node_names(self) -> List[str]:
-        import onnx
-
-        return [n.name for n in onnx.load(self._path, load_external_data=False).graph.node]

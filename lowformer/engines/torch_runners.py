@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -163,6 +163,14 @@ class PyTorchRunner(_TorchModuleRunner):
         return self.profile_run(batch, iterations).timings
 
 
+def graph_nodes(block) -> Iterator:
+    """Every node of a TorchScript graph or block, nested blocks (if/loop bodies) included."""
+    for n in block.nodes():
+        yield n
+        for b in n.blocks():
+            yield from graph_nodes(b)
+
+
 class TorchScriptRunner(_TorchModuleRunner):
     backend = "torchscript"
 
@@ -180,18 +188,11 @@ class TorchScriptRunner(_TorchModuleRunner):
     def line_ops(self) -> Dict[str, str]:
         """{"code/...py:LINE": op kind} of the graph that runs (after optimize_for_inference)."""
         out: Dict[str, str] = {}
-
-        def walk(block):
-            for n in block.nodes():
-                yield n
-                for b in n.blocks():
-                    yield from walk(b)
-
         try:
             graph = self.module.graph
         except Exception:  # not every ScriptModule exposes a graph
             return out
-        for n in walk(graph):
+        for n in graph_nodes(graph):
             kind = n.kind()
             if not (kind.startswith("aten::") or "mkldnn" in kind.lower()):
                 continue  # constants, lists, control flow: no compute of their own

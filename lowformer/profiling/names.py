@@ -70,10 +70,6 @@ class GraphNeighbours:
             for t in self.inputs[name]:
                 self.consumers.setdefault(t, []).append(name)
 
-    @classmethod
-    def from_onnx(cls, graph) -> "GraphNeighbours":
-        return cls((n.name, list(n.input), list(n.output)) for n in graph.node)
-
     def __contains__(self, name: str) -> bool:
         return name in self.inputs
 

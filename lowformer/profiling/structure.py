@@ -63,9 +63,6 @@ class ModelStructure:
     def known(self) -> bool:
         return bool(self.classes)
 
-    def has(self, path: str) -> bool:
-        return path in self.classes
-
     def longest_known_prefix(self, parts: Sequence[str]) -> Optional[str]:
         """The longest module path that `parts` starts with (None when the structure is unknown)."""
         if not self.known:

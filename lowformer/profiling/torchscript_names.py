@@ -11,24 +11,19 @@ from __future__ import annotations
 import difflib
 import re
 import warnings
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from torch import nn
+
+from lowformer.engines.torch_runners import graph_nodes
 
 _SOURCE = re.compile(r'Serialized\s+File "(code/__torch__/[^"]+)", line (\d+)')
 _LEVEL = re.compile(r"([^.()]+)\(([^()]*)\)")
 
 
-def _walk(block) -> Iterator:
-    for n in block.nodes():
-        yield n
-        for b in n.blocks():
-            yield from _walk(b)
-
-
 def _aten_nodes(graph) -> List:
-    return [n for n in _walk(graph) if n.kind().startswith("aten::")]
+    return [n for n in graph_nodes(graph) if n.kind().startswith("aten::")]
 
 
 def hierarchy_path(hierarchy: str) -> str:
@@ -70,6 +65,3 @@ def line_modules(ts_path: str, model: nn.Module, example: torch.Tensor,
             out.setdefault(f"{src.group(1)}:{src.group(2)}", path)
     return out, matcher.ratio()
 
-
-def module_of_line(line_map: Dict[str, str], name: str) -> Optional[str]:
-    return line_map.get(name)

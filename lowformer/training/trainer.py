@@ -14,6 +14,8 @@ Differences from the released code (github.com/altair199797/LowFormer), all deli
 weight decay is skipped on all 1-D parameters (timm's rule; the release matched the names "norm" and
 "bias", so GroupNorm and the attention BatchNorm were decayed); mixup/cutmix use one box and one lam
 per batch (timm); timm initialisation (no zero last gamma); no BN-statistics reset before evaluation.
+
+One cohesive job, hence its length: the training loop and its state.
 """
 from __future__ import annotations
 
@@ -211,7 +213,7 @@ class _Trainer:
         from timm.scheduler import CosineLRScheduler
         from timm.data import Mixup
 
-        from lowformer.models.registry import create_model
+        from lowformer.models.factory import create_model
 
         cfg, r = self.cfg, self.recipe
         kwargs = dict(cfg.model_kwargs)
