@@ -8,6 +8,7 @@ as before: old manifests load unchanged.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -15,7 +16,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from filelock import FileLock, Timeout
 
@@ -106,7 +107,8 @@ class ValidationRecord:
 
 
 # Keys of an artifact entry with a typed field; every other key is a format-specific fact.
-_ENTRY_KEYS = ("path", "format", "precision", "sha256", "parity", "validation")
+_ENTRY_KEYS = ("path", "format", "precision", "sha256", "size", "parity", "validation")
+VERIFIED_NAME = ".verified.json"  # (size, mtime_ns) -> sha256 already checked: large files are not rehashed
 
 
 @dataclass
@@ -124,6 +126,7 @@ class ArtifactEntry:
     parity: Optional[ParityRecord] = None
     validation: Optional[ValidationRecord] = None
     facts: Dict[str, Any] = field(default_factory=dict)
+    size: Optional[int] = None  # bytes (absent in manifests written before 0.2)
 
     @classmethod
     def from_dict(cls, data: Any) -> "ArtifactEntry":
@@ -131,8 +134,13 @@ class ArtifactEntry:
         for key in ("path", "format"):
             if not isinstance(d.get(key), str) or not d[key]:
                 raise LowformerError(f"manifest: an artifact entry has no {key!r} (got {d.get(key)!r})")
+        size = d.get("size")
+        if size is not None and not isinstance(size, int):
+            raise LowformerError(f"manifest: {d['path']}: size {size!r} is not a number of bytes")
+        if d.get("sha256") is not None and not isinstance(d["sha256"], str):
+            raise LowformerError(f"manifest: {d['path']}: sha256 {d['sha256']!r} is not a hex digest")
         return cls(path=d["path"], format=d["format"], precision=str(d.get("precision", "fp32")),
-                   sha256=d.get("sha256"),
+                   sha256=d.get("sha256"), size=size,
                    parity=ParityRecord.from_dict(d["parity"]) if d.get("parity") else None,
                    validation=ValidationRecord.from_dict(d["validation"]) if d.get("validation") else None,
                    facts={k: v for k, v in d.items() if k not in _ENTRY_KEYS})
@@ -140,6 +148,8 @@ class ArtifactEntry:
     def to_dict(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"path": self.path, "format": self.format, "precision": self.precision,
                                "sha256": self.sha256, **self.facts}
+        if self.size is not None:
+            out["size"] = self.size
         if self.parity is not None:
             out["parity"] = self.parity.to_dict()
         if self.validation is not None:
@@ -198,7 +208,8 @@ class Manifest:
 
     @property
     def random_weights(self) -> bool:
-        return self.checkpoint.get("sha256") == "random-init"
+        """Weights drawn at export time (random-init.pt in the folder), not a trained checkpoint."""
+        return self.checkpoint.get("source") == "random-init" or self.checkpoint.get("sha256") == "random-init"
 
     def checkpoint_path(self, folder: PathLike) -> Optional[str]:
         """Absolute path of the weights the artifacts were exported from (None: none recorded)."""
@@ -270,6 +281,38 @@ class Manifest:
         write_json(p, self.to_dict())
         return p
 
+    def verify(self, folder: PathLike, skip_missing: bool = False, only: Optional[List[str]] = None) -> List[str]:
+        """Check every entry against the folder: path inside it, file present, size and sha256 as
+        recorded. A problem is one LowformerError naming the file; missing files are returned as
+        warnings instead when `skip_missing` (and their entries dropped from this object)."""
+        folder = Path(folder).resolve()
+        cache = _VerifiedCache(folder)
+        warnings, kept = [], []
+        for e in self.artifacts:
+            if only is not None and e.path not in only:
+                kept.append(e)
+                continue
+            p = (folder / e.path).resolve()
+            if Path(e.path).is_absolute() or not p.is_relative_to(folder):
+                raise LowformerError(f"manifest entry {e.path!r} points outside {folder}: refused")
+            if not p.is_file():
+                if not skip_missing:
+                    raise LowformerError(f"{folder / e.path} is listed in the manifest but missing "
+                                         "(skip_missing skips such entries)")
+                warnings.append(f"skipped {e.path}: listed in the manifest but missing")
+                continue
+            size = p.stat().st_size
+            if e.size is not None and size != e.size:
+                raise LowformerError(f"{p} is {size} bytes but the manifest recorded {e.size}: the file changed "
+                                     "after export (re-export it)")
+            if e.sha256 and len(e.sha256) == 64 and cache.sha256(p) != e.sha256:
+                raise LowformerError(f"{p} does not match its manifest entry (sha256 differs): the file was "
+                                     "replaced or damaged after export (re-export it)")
+            kept.append(e)
+        self.artifacts = kept
+        cache.save()
+        return warnings
+
 
 def manifest_path(path: PathLike) -> Path:
     p = Path(path)
@@ -281,6 +324,58 @@ def folder_lock(folder: PathLike, timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> Fi
     return FileLock(str(Path(folder) / LOCK_NAME), timeout=timeout)
 
 
+@contextlib.contextmanager
+def locked(lock: FileLock, folder: PathLike) -> Iterator[None]:
+    """Hold `lock`; say once that we wait when another process holds it; one line on timeout."""
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("waiting for %s: another lowformer process is writing there", folder)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise LowformerError(f"{folder} is locked by another lowformer process (waited "
+                                 f"{lock.timeout:.0f} s; see lock_timeout)") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+class _VerifiedCache:
+    """sha256 of files already hashed, keyed by (size, mtime_ns): a stat instead of a rehash."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / VERIFIED_NAME
+        self.dirty = False
+        try:
+            self.data = json.loads(self.path.read_text())
+            if not isinstance(self.data, dict):
+                self.data = {}
+        except (OSError, ValueError):
+            self.data = {}
+
+    def sha256(self, p: Path) -> str:
+        from lowformer.core.files import sha256_file
+
+        st = p.stat()
+        key, stamp = p.name, [st.st_size, st.st_mtime_ns]
+        hit = self.data.get(key)
+        if isinstance(hit, dict) and hit.get("stat") == stamp and isinstance(hit.get("sha256"), str):
+            return hit["sha256"]
+        digest = sha256_file(p)
+        self.data[key] = {"stat": stamp, "sha256": digest}
+        self.dirty = True
+        return digest
+
+    def save(self) -> None:
+        if self.dirty:
+            try:
+                write_json(self.path, self.data)
+            except (OSError, LowformerError):  # a read-only folder is verified every time: fine
+                pass
+
+
 def update(folder: PathLike, fn: Callable[[Manifest], Optional[Manifest]],
            fresh: Optional[Manifest] = None, timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> Manifest:
     """Re-read the folder's manifest under its lock, apply `fn`, write it back atomically.
@@ -288,21 +383,17 @@ def update(folder: PathLike, fn: Callable[[Manifest], Optional[Manifest]],
     `fresh` is used when the folder has no manifest yet; `fn` may return a replacement manifest.
     """
     folder = Path(folder)
-    lock = folder_lock(folder, timeout)
-    try:
-        with lock:
-            p = folder / MANIFEST_NAME
-            if p.is_file():
-                manifest = Manifest.load(p)
-            elif fresh is not None:
-                manifest = fresh
-            else:
-                raise LowformerError(f"no manifest at {p}")
-            manifest = fn(manifest) or manifest
-            manifest.save(folder)
-            return manifest
-    except Timeout:
-        raise LowformerError(f"{folder} is locked by another lowformer process (waited {timeout:.0f} s)") from None
+    with locked(folder_lock(folder, timeout), folder):
+        p = folder / MANIFEST_NAME
+        if p.is_file():
+            manifest = Manifest.load(p)
+        elif fresh is not None:
+            manifest = fresh
+        else:
+            raise LowformerError(f"no manifest at {p}")
+        manifest = fn(manifest) or manifest
+        manifest.save(folder)
+        return manifest
 
 
 def find_manifest_for(artifact: PathLike) -> Optional[Path]:

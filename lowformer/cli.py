@@ -11,6 +11,7 @@ from typing import Any, Callable, Optional
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from lowformer.cli_progress import RichProgress, console, install_logging
 from lowformer.core.errors import LowformerError
@@ -24,21 +25,57 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+_DEBUG = {"on": False}  # `lowformer --debug CMD`: show tracebacks instead of the one-line error
+
+
+def error_line(message: str) -> None:
+    console.print(Text.assemble(("error:", "red"), " ", speak_flags(message)), highlight=False, soft_wrap=True)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def handle_errors(fn: Callable) -> Callable:
-    """Turn user errors into one red line and the error's exit code, never a traceback."""
+    """Every failure is one red line and a non-zero exit code, never a traceback (unless --debug).
+
+    LowformerError: its message and exit code. OSError (disk full, read-only, permissions): what the
+    system said and the file. Anything else is a bug of ours: its type and first line.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit):
+            raise
         except LowformerError as e:
-            console.print(f"[red]error:[/red] {speak_flags(str(e))}", highlight=False, soft_wrap=True, markup=True)
+            if _DEBUG["on"]:
+                raise
+            error_line(str(e))
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
-            console.print("[red]interrupted[/red]")
+            console.print(Text("interrupted", "red"))
             sys.exit(130)
+        except OSError as e:
+            if _DEBUG["on"]:
+                raise
+            where = f": {e.filename}" if getattr(e, "filename", None) else ""
+            error_line(f"{e.strerror or _first_line(e)}{where}")
+            sys.exit(1)
+        except Exception as e:  # noqa: BLE001 - the promise is one line, whatever failed
+            if _DEBUG["on"]:
+                raise
+            error_line(f"{type(e).__name__}: {_first_line(e)} (rerun with --debug for the traceback)")
+            sys.exit(1)
 
     return wrapper
+
+
+def _terminate(signum, frame) -> None:
+    # SIGTERM unwinds like an exception, so staging folders and temporaries are removed on the way out
+    raise SystemExit(128 + signum)
 
 
 def speak_flags(message: str) -> str:
@@ -58,7 +95,8 @@ def print_table(title: str, columns, rows) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lowformer")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error instead of one line.")
+def main(debug: bool) -> None:
     """Export, quantize, validate, profile and benchmark LowFormer (and other timm) backbones.
 
     \b
@@ -68,7 +106,11 @@ def main() -> None:
       lowformer profile artifacts/b1-224
       lowformer bench b1 --latency --optit
     """
+    import signal
+
+    _DEBUG["on"] = debug
     install_logging()
+    signal.signal(signal.SIGTERM, _terminate)
 
 
 @main.command("models")
@@ -143,11 +185,13 @@ def info_cmd(model: str, checkpoint: Optional[str], image_size: int, as_json: bo
 @click.option("--opt-batch", default=1, show_default=True, type=click.IntRange(1))
 @click.option("--max-batch", default=1, show_default=True, type=click.IntRange(1))
 @click.option("--workspace-mb", default=2048, show_default=True, type=click.IntRange(16))
+@click.option("--lock-timeout", default=600.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds to wait while another lowformer process writes into --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout (human output goes to stderr).")
 @handle_errors
 def export_cmd(model, to, fp16, int8, checkpoint, image_size, batch_size, dynamic_batch, opset, out, no_fuse,
                data, calib_data, calib_size, calib_method, int8_target, exclude, auto_exclude, gate_top1_drop,
-               min_batch, opt_batch, max_batch, workspace_mb, as_json):
+               min_batch, opt_batch, max_batch, workspace_mb, lock_timeout, as_json):
     """Fuse MODEL and export it (TorchScript, ONNX, FP16/INT8 ONNX, TensorRT), checking parity.
 
     \b
@@ -165,7 +209,7 @@ def export_cmd(model, to, fp16, int8, checkpoint, image_size, batch_size, dynami
                               batch_size=batch_size, opset=opset, out=out, do_fuse=not no_fuse, data=data,
                               calib=calib, trt_build=dict(min_batch=min_batch, opt_batch=opt_batch,
                                                           max_batch=max_batch, workspace_mb=workspace_mb),
-                              progress=RichProgress())
+                              progress=RichProgress(), lock_timeout=lock_timeout)
     if as_json:
         emit_json(result.to_dict())
     else:
@@ -241,11 +285,13 @@ def build_engine_cmd(onnx_file: str, out: Optional[str], fp16: bool, int8: bool,
 @click.option("--threads", type=click.IntRange(1, 256), help="Inference threads (torch and ONNX Runtime).")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda", "tensorrt"]),
               help="Where artifacts run (cuda/tensorrt: ONNX Runtime GPU providers, TensorRT engines).")
+@click.option("--skip-missing", is_flag=True, help="Skip manifest entries whose file is missing (else an error).")
+@click.option("--no-record", is_flag=True, help="Do not write the results into the artifacts' manifests.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON to stdout.")
 @handle_errors
 def validate_cmd(artifacts, data, labels, limit, batch_size, workers, reference, checkpoint, gate_top1_drop,
                  gate_agreement, crop_ratio, interpolation, mean, std, skip_bad_images, report, threads, device,
-                 as_json) -> None:
+                 skip_missing, no_record, as_json) -> None:
     """ImageNet top-1/top-5 of every artifact against the PyTorch reference, on the same images.
 
     \b
@@ -254,16 +300,16 @@ def validate_cmd(artifacts, data, labels, limit, batch_size, workers, reference,
     The outcome is also recorded under "validation" in each artifact's manifest entry.
     """
     from lowformer.cli_options import parse_triplet
-    from lowformer.validate import validate
+    from lowformer.validate import record_validation, validate
 
     mean, std = parse_triplet(mean, "--mean"), parse_triplet(std, "--std")
     result = validate(list(artifacts), data, labels=labels, limit=limit, batch_size=batch_size, workers=workers,
                       reference=reference, checkpoint=checkpoint, gate_top1_drop=gate_top1_drop,
                       gate_agreement=gate_agreement, crop_ratio=crop_ratio, interpolation=interpolation,
                       mean=mean, std=std, skip_bad_images=skip_bad_images, report=report, threads=threads,
-                      device=device, progress=RichProgress())
+                      device=device, skip_missing=skip_missing, record=False, progress=RichProgress())
     for w in result.warnings:
-        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
+        console.print(Text.assemble(("warning:", "yellow"), " ", w), highlight=False, soft_wrap=True)
     if as_json:
         emit_json(result.to_dict())
     else:
@@ -271,7 +317,9 @@ def validate_cmd(artifacts, data, labels, limit, batch_size, workers, reference,
         print_table(f"{d['images']} images, labels: {d['label_source']}", result.COLUMNS, result.rows())
         for a in result.artifacts:
             for f in a.failures:
-                console.print(f"[red]{a.name}:[/red] {f}", highlight=False, soft_wrap=True)
+                console.print(Text.assemble((f"{a.name}:", "red"), " ", f), highlight=False, soft_wrap=True)
+    if not no_record:  # after the table: a folder we cannot write to still shows what was measured
+        record_validation(result)
     if not result.passed:
         sys.exit(1)
 

@@ -95,6 +95,7 @@ class ValidationResult:
     warnings: List[str]
     seconds: float
     date: str
+    items: List[Item] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def passed(self) -> bool:
@@ -246,7 +247,7 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
              crop_ratio: Optional[float] = None, interpolation: Optional[str] = None,
              mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
              skip_bad_images: bool = False, report: Optional[PathLike] = None, record: bool = True,
-             device: str = "cpu", threads: Optional[int] = None, seed: int = 0,
+             device: str = "cpu", threads: Optional[int] = None, seed: int = 0, skip_missing: bool = False,
              progress: Progress = no_progress) -> ValidationResult:
     """Top-1/top-5 of the PyTorch reference and every artifact on one pass over `data`."""
     import torch
@@ -268,10 +269,11 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
     started = time.perf_counter()
     listed = list_samples(data, labels)  # data errors first: they are cheap to find
 
-    loaded = load_artifacts(list(artifacts), device, threads)
+    warnings: List[str] = []
+    loaded = load_artifacts(list(artifacts), device, threads, skip_missing, warnings)
     items = [(p, e, m) for p, e, m, _ in loaded]
     runners = [r for *_, r in loaded]
-    warnings: List[str] = [w for r in runners for w in r.warnings]
+    warnings += [w for r in runners for w in r.warnings]
     held_out = calibration_images(items, data, listed.samples)
     samples = stratified_subset(listed.samples, limit, seed=seed, exclude=held_out)
     if held_out and not samples:
@@ -352,24 +354,30 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
     result = ValidationResult(data_info, pre.to_dict(), ref_score, scores, warnings,
                               time.perf_counter() - started,
                               _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    result.items = items  # what `record_validation` writes into (not part of the JSON)
     if report is not None:
         write_json(report, result.to_dict())
     if record:
-        _record(items, scores, result)
+        record_validation(result)
     return result
+
+
+def record_validation(result: ValidationResult) -> None:
+    """Write each artifact's outcome into its manifest entry (one locked update per folder)."""
+    _record(result.items, result.artifacts, result)
 
 
 def calibration_images(items: Sequence[Item], data: PathLike,
                        samples: Sequence[Any]) -> List[Any]:
     """The `samples` that calibrated any of the artifacts (their manifests list the files and the
     folder): an INT8 model evaluated on its own calibration images would look better than it is."""
-    root = Path(data).resolve()
-    used: Set[str] = set()
+    used: Set[Path] = set()
     for _, entry, _ in items:
         calib = entry.calibration if entry else {}
-        if calib.get("files") and Path(calib.get("folder", "")).resolve() == root:
-            used.update(calib["files"])
-    return [s for s in samples if os.path.relpath(s.path, data) in used] if used else []
+        if calib.get("files") and calib.get("folder"):
+            # resolved absolute paths: the same image whatever folder level `data` names
+            used.update((Path(calib["folder"]) / f).resolve() for f in calib["files"])
+    return [s for s in samples if Path(s.path).resolve() in used] if used else []
 
 
 def _one_pass(samples, pre: Preprocessing, batch_size: int, workers: int, skip_bad_images: bool,

@@ -33,7 +33,11 @@ def test_export_writes_checked_artifacts_and_manifest(b0_export):
     out, result = b0_export
     assert result.exit_code == 0 and not result.failed
     m = load_manifest(out)
-    assert m["model"]["name"] == "b0" and m["checkpoint"]["sha256"] == "random-init"
+    from lowformer.core.files import sha256_file
+
+    # random weights are kept beside the artifacts and recorded by their real sha256
+    assert m["model"]["name"] == "b0" and m["checkpoint"]["source"] == "random-init"
+    assert m["checkpoint"]["sha256"] == sha256_file(out / m["checkpoint"]["path"])
     assert m["input"]["shape"] == [None, 3, SIZE, SIZE]
     assert m["preprocessing"]["resize"] == 68 and m["preprocessing"]["interpolation"] == "bicubic"
     arts = {a["path"]: a for a in m["artifacts"]}
@@ -42,7 +46,8 @@ def test_export_writes_checked_artifacts_and_manifest(b0_export):
     assert arts["model_fp16.onnx"]["parity"]["cosine"] >= 0.999
     for a in arts.values():
         assert a["parity"]["passed"] and len(a["sha256"]) == 64 and (out / a["path"]).is_file()
-    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp") or f.startswith(".staging-")]
+    assert all(a["size"] == (out / a["path"]).stat().st_size for a in arts.values())
 
 
 def test_onnx_graph_is_fused_named_and_fp16_keeps_norms_fp32(b0_export):

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, List, Optional, Union
 
 from lowformer.core.errors import LowformerError
 
@@ -29,7 +33,8 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds."""
     final = Path(path)
     ensure_dir(final.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    # the pid in the name lets a later run tell a dead writer's leftover from a live writer's file
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -42,6 +47,47 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def sha256_file(path: PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def write_json(path: PathLike, data: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+_LEFTOVER = re.compile(r"^\.(?:staging-(\d+)-.*|.+\.(\d+)\.[^.]+\.tmp)$")
+LEGACY_TMP_AGE_S = 3600.0  # temporaries of older versions carry no pid: removed once this old
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_leftovers(folder: PathLike, keep: Optional[Path] = None) -> List[str]:
+    """Remove staging folders and `.tmp` files that dead processes left in `folder` (call it while
+    holding the folder's lock); returns their names."""
+    removed = []
+    folder = Path(folder)
+    for p in folder.iterdir() if folder.is_dir() else ():
+        if keep is not None and p == keep:
+            continue
+        m = _LEFTOVER.match(p.name)
+        pid = int(m.group(1) or m.group(2)) if m else None
+        stale = pid is not None and pid != os.getpid() and not _alive(pid)
+        if not m and p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file():
+            stale = time.time() - p.stat().st_mtime > LEGACY_TMP_AGE_S
+        if stale:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p.name)
+    return removed

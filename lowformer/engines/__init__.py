@@ -23,8 +23,14 @@ def _input_spec_from_manifest(manifest: Optional[Manifest]) -> InputSpec:
     return InputSpec(i.get("name", "input"), tuple(manifest.input_shape), i.get("dtype", "float32"))
 
 
-def resolve_artifacts(paths: List[str]) -> List[Resolved]:
-    """Expand artifact files, manifests and export folders into (artifact, entry, manifest)."""
+def resolve_artifacts(paths: List[str], skip_missing: bool = False,
+                      warnings: Optional[List[str]] = None) -> List[Resolved]:
+    """Expand artifact files, manifests and export folders into (artifact, entry, manifest).
+
+    Every manifest read is verified (paths inside the folder, files present with their recorded
+    size and sha256): a mismatch is one LowformerError; missing files are skipped, with a line in
+    `warnings`, only when `skip_missing`.
+    """
     out = []
     for raw in paths:
         p = Path(raw)
@@ -33,13 +39,17 @@ def resolve_artifacts(paths: List[str]) -> List[Resolved]:
         if p.is_dir() or p.name == MANIFEST_NAME or p.suffix == ".json":
             manifest = Manifest.load(p)
             folder = p if p.is_dir() else p.parent
-            # entries whose file is absent (e.g. an engine built on another device) are skipped
-            out += [(folder / e.path, e, manifest) for e in manifest.artifacts if (folder / e.path).exists()]
+            notes = manifest.verify(folder, skip_missing)
+            if warnings is not None:
+                warnings.extend(notes)
+            out += [(folder / e.path, e, manifest) for e in manifest.artifacts]
             continue
         format_of(p)
         mpath = find_manifest_for(p)
         manifest = Manifest.load(mpath) if mpath else None
         entry = manifest.entry_for(p, mpath.parent) if manifest else None
+        if entry is not None:
+            manifest.verify(mpath.parent, only=[entry.path])
         out.append((p, entry, manifest))
     if not out:
         raise LowformerError("no runnable artifacts in " + ", ".join(paths))
@@ -55,6 +65,8 @@ def load(path: str, device: str = "cpu", threads: Optional[int] = None,
         if mpath:
             manifest = Manifest.load(mpath)
             entry = manifest.entry_for(p, mpath.parent)
+            if entry is not None:
+                manifest.verify(mpath.parent, only=[entry.path])
     fmt = format_of(p)
     precision = entry.precision if entry else "fp32"
     if not p.is_file():
@@ -72,6 +84,8 @@ def load(path: str, device: str = "cpu", threads: Optional[int] = None,
     return TensorRTRunner.from_file(str(p), device=device, entry=entry.to_dict() if entry else None)
 
 
-def load_artifacts(paths: List[str], device: str = "cpu", threads: Optional[int] = None):
+def load_artifacts(paths: List[str], device: str = "cpu", threads: Optional[int] = None,
+                   skip_missing: bool = False, warnings: Optional[List[str]] = None):
     """(path, entry, manifest, runner) for every artifact named or listed by the given manifests."""
-    return [(p, e, m, load(str(p), device, threads, e, m)) for p, e, m in resolve_artifacts(paths)]
+    return [(p, e, m, load(str(p), device, threads, e, m))
+            for p, e, m in resolve_artifacts(paths, skip_missing, warnings)]

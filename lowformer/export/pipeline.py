@@ -1,13 +1,15 @@
 """build -> load checkpoint -> eval -> fuse -> export -> parity check -> manifest."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -16,11 +18,13 @@ from lowformer.models.checkpoints import sha256_file
 from lowformer.compare import PARITY_THRESHOLDS, compare_logits, parity_passes
 from lowformer.core.errors import LowformerError, NeedsTargetDevice
 from lowformer.models.fusion import fuse
-from lowformer.core.files import atomic_path, ensure_dir
+from lowformer.core.files import ensure_dir
 from lowformer.models.factory import create_model
 from lowformer.models.registry import ModelSpec, resolve
 from lowformer import artifacts
-from lowformer.artifacts import MANIFEST_NAME, ArtifactEntry, Manifest, ParityRecord
+from lowformer.artifacts import DEFAULT_LOCK_TIMEOUT_S, MANIFEST_NAME, ArtifactEntry, Manifest, ParityRecord
+from lowformer.calibrate.cache import CACHE_DIRNAME
+from lowformer.export.staging import Staging
 from lowformer.export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
 from lowformer.export.prepare import groupnorm1_paths
 from lowformer.core.progress import Progress, no_progress
@@ -76,32 +80,48 @@ def parity_inputs(spec: ModelSpec, image_size: int, data: Optional[str], n_rando
     return np.concatenate(batches)
 
 
-def _checkpoint_record(checkpoint: Optional[str], model: torch.nn.Module, out: Path) -> Dict[str, Any]:
-    if checkpoint:
-        return {"path": os.path.abspath(checkpoint), "sha256": sha256_file(checkpoint), "source": checkpoint}
-    # Random weights: keep them, so validation can rebuild the very same reference model.
-    weights = out / "random-init.pt"
-    with atomic_path(weights) as tmp:
-        torch.save(model.state_dict(), tmp)
-    return {"path": weights.name, "sha256": "random-init", "source": "random-init"}
+RANDOM_WEIGHTS = "random-init.pt"
 
 
-def _same_export(old: Manifest, fresh: Manifest) -> bool:
+def _weights_id(manifest: Manifest, folder: Path) -> Optional[str]:
+    """The sha256 of the weights a manifest was exported from (manifests before 0.2 wrote
+    "random-init" for random weights: then the file in the folder says)."""
+    sha = manifest.checkpoint.get("sha256")
+    if sha == "random-init":
+        f = folder / RANDOM_WEIGHTS
+        return sha256_file(f) if f.is_file() else None
+    return sha
+
+
+def _same_export(old: Manifest, fresh: Manifest, folder: Path) -> bool:
     """Whether `old` describes the same model, weights and input as `fresh` (so its entries stay)."""
-    if old.created == fresh.created and old.checkpoint == fresh.checkpoint:
-        return True  # the manifest this export wrote itself
-    # random weights differ on every run, so their artifacts never join an older manifest
-    sha = fresh.checkpoint.get("sha256")
-    return sha != "random-init" and old.checkpoint.get("sha256") == sha and \
-        old.model == fresh.model and old.input == fresh.input
+    return old.model == fresh.model and old.input == fresh.input and \
+        _weights_id(old, folder) == _weights_id(fresh, folder)
 
 
-def _merge(current: Manifest, fresh: Manifest) -> Manifest:
-    """The manifest to write into: the folder's own when it is the same export, else the new one."""
-    if _same_export(current, fresh):
-        current.preprocessing, current.tools, current.created = fresh.preprocessing, fresh.tools, fresh.created
-        return current
-    return fresh
+def _reusable_random_weights(out: Path, spec: ModelSpec, input_shape: List[Optional[int]]) -> Optional[str]:
+    """The folder's own random weights when it holds a random-weights export of the same model and
+    input: a re-export then keeps every artifact of the folder consistent with one set of weights."""
+    if not (out / MANIFEST_NAME).is_file() or not (out / RANDOM_WEIGHTS).is_file():
+        return None
+    try:
+        old = Manifest.load(out)
+    except LowformerError:
+        return None
+    same = old.random_weights and old.model_name == spec.name and old.input_shape == input_shape
+    return str(out / RANDOM_WEIGHTS) if same else None
+
+
+@contextlib.contextmanager
+def _temporaries_in(folder: Path) -> Iterator[None]:
+    """Temporary files of this export (calibration models, quantizer scratch) go in its staging
+    folder, so a failed or killed export takes them with it."""
+    folder.mkdir(exist_ok=True)
+    old, tempfile.tempdir = tempfile.tempdir, str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = old
 
 
 class Exporter:
@@ -115,47 +135,100 @@ class Exporter:
         self.image_size, self.batch_size, self.opset = image_size, batch_size, opset
         self.out = ensure_dir(out or default_out_dir(self.spec, image_size))
         self.result = ExportResult(self.out, self.out / MANIFEST_NAME)
-        self.reference = create_model(model_name, checkpoint)
+        shape = [batch_size, 3, image_size, image_size]
+        reused = _reusable_random_weights(self.out, self.spec, shape) if checkpoint is None else None
+        self.reference = create_model(model_name, reused or checkpoint)
+        self.staging = Staging(self.out)
+        try:
+            self._prepare(model_name, checkpoint, reused, image_size, batch_size, do_fuse, data, shape)
+        except BaseException:
+            self.staging.discard()
+            raise
+
+    def _prepare(self, model_name: str, checkpoint: Optional[str], reused: Optional[str], image_size: int,
+                 batch_size: Optional[int], do_fuse: bool, data: Optional[str], shape: List[Optional[int]]) -> None:
         if checkpoint is None:
             self.warn(f"no checkpoint: {self.spec.display} has RANDOM weights; its artifacts are for "
                       "testing the toolchain, not for accuracy")
+        if reused:
+            log.info("reusing the random weights of %s (%s), so every artifact there stays consistent",
+                     self.out, RANDOM_WEIGHTS)
         self.model = copy.deepcopy(self.reference)
         self.fused = fuse(self.model).folded if do_fuse else 0
         self.inputs = parity_inputs(self.spec, image_size, data)
         with torch.no_grad():
             self.ref_logits = self.reference(torch.from_numpy(self.inputs)).numpy()
-        shape = [batch_size, 3, image_size, image_size]
         self.manifest = Manifest.new(
             model={"name": self.spec.name, "timm_name": self.spec.timm_name, "display": self.spec.display,
                    "num_classes": int(self.ref_logits.shape[1]), "fused_batchnorms": self.fused},
-            checkpoint=_checkpoint_record(checkpoint, self.reference, self.out),
+            checkpoint=self._checkpoint_record(checkpoint, reused),
             input_spec={"name": INPUT_NAME, "output": OUTPUT_NAME, "shape": shape, "dtype": "float32",
                         "dynamic_axes": {} if batch_size else {INPUT_NAME: {"0": "batch"}, OUTPUT_NAME: {"0": "batch"}}},
             preprocessing=self.spec.preprocessing(image_size).to_dict())
+
+    def _checkpoint_record(self, checkpoint: Optional[str], reused: Optional[str]) -> Dict[str, Any]:
+        if reused:
+            return {"path": RANDOM_WEIGHTS, "sha256": sha256_file(reused), "source": "random-init"}
+        if checkpoint:
+            return {"path": os.path.abspath(checkpoint), "sha256": sha256_file(checkpoint), "source": checkpoint}
+        # Random weights: keep them, so validation can rebuild the very same reference model.
+        weights = self.staging.path(RANDOM_WEIGHTS)
+        torch.save(self.reference.state_dict(), weights)
+        return {"path": RANDOM_WEIGHTS, "sha256": sha256_file(weights), "source": "random-init"}
 
     def warn(self, msg: str) -> None:
         self.result.warnings.append(msg)
         log.warning(msg)
 
     def path(self, fmt: str, precision: str) -> Path:
-        return self.out / FILENAMES[(fmt, precision)]
+        """Where this run writes an artifact: the staging folder (moved into place by `commit`)."""
+        return self.staging.path(FILENAMES[(fmt, precision)])
 
     def record(self, entry: ArtifactEntry) -> None:
-        """Write one entry into the folder's manifest (re-read under the folder lock)."""
-        def apply(current: Manifest) -> Manifest:
-            target = _merge(current, self.manifest)
-            target.upsert(entry)
+        self.manifest.upsert(entry)
+        self.result.artifacts.append(entry)
+
+    def commit(self, pending: Optional[List[str]] = None, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> None:
+        """Move every staged file into the folder and write the manifest, under the folder lock.
+
+        The folder's manifest is kept (and extended) when it describes the same model, weights and
+        input. Otherwise its artifacts are stale: those of random weights are removed (said in one
+        line); those of a trained checkpoint are never replaced by other weights (refused).
+        """
+        mine = {a.path for a in self.manifest.artifacts}
+
+        def apply(current: Optional[Manifest]) -> Manifest:
+            if current is None or _same_export(current, self.manifest, self.out):
+                target = current or self.manifest
+                if current is not None:
+                    target.preprocessing, target.tools = self.manifest.preprocessing, self.manifest.tools
+                    target.created, target.checkpoint = self.manifest.created, self.manifest.checkpoint
+                for e in self.manifest.artifacts:
+                    target.upsert(e)
+            else:
+                stale = [a.path for a in current.artifacts if a.path not in mine]
+                if stale and not current.random_weights:
+                    raise LowformerError(
+                        f"{self.out} holds artifacts exported from other weights ({', '.join(stale)}): export "
+                        "with the same checkpoint, or into another output folder")
+                for name in stale:
+                    (self.out / name).unlink(missing_ok=True)
+                if stale:
+                    self.warn(f"removed {len(stale)} artifact(s) of earlier random weights from {self.out}: "
+                              f"{', '.join(stale)}")
+                target = self.manifest
+            if pending is not None:
+                target.pending = pending
             return target
 
-        self.manifest.upsert(entry)
-        self.manifest = artifacts.update(self.out, apply, fresh=self.manifest)
-        self.result.artifacts.append(entry)
+        self.manifest = self.staging.commit(apply, lock_timeout)
+        self.result.artifacts = [self.manifest.entry(a.path) or a for a in self.result.artifacts]
 
     def check_and_record(self, path: Path, fmt: str, precision: str, facts: Dict[str, Any]) -> ArtifactEntry:
         """Run the artifact on the parity batch, compare with the unfused model, record it."""
         from lowformer.engines import load
 
-        entry = ArtifactEntry(path.name, fmt, precision, sha256_file(path), facts=dict(facts))
+        entry = ArtifactEntry(path.name, fmt, precision, sha256_file(path), facts=dict(facts), size=path.stat().st_size)
         with load(str(path), entry=entry, manifest=self.manifest) as runner:
             logits = runner.run(self.inputs)
         cmp = compare_logits(self.ref_logits, logits)
@@ -205,6 +278,7 @@ class Exporter:
 
         src = self.ensure_onnx()
         path = self.path("onnx", "int8")
+        calib.setdefault("cache_dir", self.out / CACHE_DIRNAME)  # the cache outlives the staging folder
         facts = quantize_onnx(src, path, Preprocessing.from_dict(self.manifest.preprocessing),
                               str(self.manifest.checkpoint.get("sha256") or "unknown"),
                               progress=self.progress, **calib)
@@ -229,7 +303,7 @@ def export_model(model: str, to: Sequence[str] = ("onnx",), fp16: bool = False, 
                  checkpoint: Optional[str] = None, image_size: int = 224, batch_size: Optional[int] = None,
                  opset: int = 17, out: Optional[str] = None, do_fuse: bool = True, data: Optional[str] = None,
                  calib: Optional[Dict[str, Any]] = None, trt_build: Optional[Dict[str, Any]] = None,
-                 progress: Progress = no_progress) -> ExportResult:
+                 progress: Progress = no_progress, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> ExportResult:
     """Export `model` to every target in `to` (torchscript, onnx, trt) and check each artifact's parity."""
     unknown = [t for t in to if t not in TARGETS]
     if unknown or not to:
@@ -245,23 +319,26 @@ def export_model(model: str, to: Sequence[str] = ("onnx",), fp16: bool = False, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         ex = Exporter(model, checkpoint, image_size, batch_size, opset, out, do_fuse, data, progress)
-        if "torchscript" in to:
-            ex.torchscript()
-        if "onnx" in to or "trt" in to:
-            ex.ensure_onnx()
-            if fp16:
-                ex.fp16()
-            if int8:
-                ex.int8(**(calib or {}))
-        if "trt" in to:
+        try:
+            with _temporaries_in(ex.staging.path("work")):
+                if "torchscript" in to:
+                    ex.torchscript()
+                if "onnx" in to or "trt" in to:
+                    ex.ensure_onnx()
+                    if fp16:
+                        ex.fp16()
+                    if int8:
+                        ex.int8(**(calib or {}))
+            ex.commit(lock_timeout=lock_timeout)
+        finally:
+            ex.staging.discard()
+        if "trt" in to:  # built from the committed ONNX; build_engine records the engine itself
             ex.trt("fp16" if fp16 else "int8" if int8 else "fp32", **(trt_build or {}))
             pending = list(ex.result.next_steps)  # what remains to run on the target device
 
-            def set_pending(m: Manifest) -> Manifest:
-                target = _merge(m, ex.manifest)
-                target.pending = pending
-                return target
-            ex.manifest = artifacts.update(ex.out, set_pending, fresh=ex.manifest)
+            def set_pending(m: Manifest) -> None:
+                m.pending = pending
+            ex.manifest = artifacts.update(ex.out, set_pending, timeout=lock_timeout)
     return ex.result
 
 
@@ -277,4 +354,10 @@ def fp32_onnx(model: str, checkpoint: Optional[str] = None, image_size: int = 22
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         ex = Exporter(model, checkpoint, image_size, out=out)
-        return ex.ensure_onnx(), ex.manifest
+        try:
+            with _temporaries_in(ex.staging.path("work")):
+                ex.ensure_onnx()
+            ex.commit()
+        finally:
+            ex.staging.discard()
+        return ex.out / "model.onnx", ex.manifest

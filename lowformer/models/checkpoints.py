@@ -1,7 +1,6 @@
 """Reading checkpoints safely (weights_only) and loading them strictly into timm's LowFormer."""
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Dict, Mapping, Optional, Union
 
@@ -9,17 +8,10 @@ import torch
 from torch import nn
 
 from lowformer.core.errors import LowformerError
+from lowformer.core.files import sha256_file  # noqa: F401  (re-exported: callers hash checkpoints)
 
 StateDict = Dict[str, torch.Tensor]
 _CONTAINER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
-
-
-def sha256_file(path: Union[str, os.PathLike]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
