@@ -335,7 +335,7 @@ def locked(lock: FileLock, folder: PathLike) -> Iterator[None]:
             lock.acquire()
         except Timeout:
             raise LowformerError(f"{folder} is locked by another lowformer process (waited "
-                                 f"{lock.timeout:.0f} s; see lock_timeout)") from None
+                                 f"{lock.timeout:g} s; see lock_timeout)") from None
     try:
         yield
     finally:

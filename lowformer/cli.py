@@ -18,7 +18,8 @@ from lowformer.core.errors import LowformerError
 
 # Library errors name parameters; the user typed flags. Whole-word names only (they have underscores).
 PARAMETER_FLAGS = {"calib_data": "--calib-data", "eval_data": "--eval-data", "skip_bad_images": "--skip-bad-images",
-                   "calib_size": "--calib-size", "image_size": "--image-size", "batch_size": "--batch-size"}
+                   "calib_size": "--calib-size", "image_size": "--image-size", "batch_size": "--batch-size",
+                   "lock_timeout": "--lock-timeout", "skip_missing": "--skip-missing"}
 
 
 def emit_json(data: Any) -> None:

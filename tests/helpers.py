@@ -36,6 +36,17 @@ def run_cli(*args: str):
     return CliRunner().invoke(main, list(args), catch_exceptions=True)
 
 
+def assert_ends_in_error(result, *fragments: str) -> None:
+    """A command that showed progress first: no traceback, and its last line is the one error line."""
+    assert result.exit_code != 0, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output + result.stderr
+    last = " ".join(result.stderr.strip().splitlines()[-1:])
+    assert last.startswith("error:"), result.stderr[-2000:]
+    for frag in fragments:
+        assert frag in last, (frag, last)
+
+
 def assert_one_line_error(result, *fragments: str) -> None:
     assert result.exit_code != 0, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)

@@ -112,6 +112,28 @@ def _reusable_random_weights(out: Path, spec: ModelSpec, input_shape: List[Optio
     return str(out / RANDOM_WEIGHTS) if same else None
 
 
+def _stale_message(out: Path, names: List[str]) -> str:
+    return (f"{out} holds artifacts exported from other weights or for another input ({', '.join(names)}): "
+            "export with the same checkpoint, or into another output folder")
+
+
+def _refuse_replacing_trained(out: Path, spec: ModelSpec, input_shape: List[Optional[int]],
+                              checkpoint: Optional[str]) -> None:
+    """Before any work: artifacts of a trained checkpoint are never replaced by other weights."""
+    if not (out / MANIFEST_NAME).is_file():
+        return
+    try:
+        old = Manifest.load(out)
+    except LowformerError:
+        return  # an unreadable manifest is replaced; the commit re-checks under the lock
+    if old.random_weights or not old.artifacts:
+        return
+    same = checkpoint is not None and old.model_name == spec.name and old.input_shape == input_shape and \
+        old.checkpoint.get("sha256") == sha256_file(checkpoint)
+    if not same:
+        raise LowformerError(_stale_message(out, [a.path for a in old.artifacts]))
+
+
 @contextlib.contextmanager
 def _temporaries_in(folder: Path) -> Iterator[None]:
     """Temporary files of this export (calibration models, quantizer scratch) go in its staging
@@ -137,6 +159,7 @@ class Exporter:
         self.result = ExportResult(self.out, self.out / MANIFEST_NAME)
         shape = [batch_size, 3, image_size, image_size]
         reused = _reusable_random_weights(self.out, self.spec, shape) if checkpoint is None else None
+        _refuse_replacing_trained(self.out, self.spec, shape, checkpoint)
         self.reference = create_model(model_name, reused or checkpoint)
         self.staging = Staging(self.out)
         try:
@@ -208,9 +231,7 @@ class Exporter:
             else:
                 stale = [a.path for a in current.artifacts if a.path not in mine]
                 if stale and not current.random_weights:
-                    raise LowformerError(
-                        f"{self.out} holds artifacts exported from other weights ({', '.join(stale)}): export "
-                        "with the same checkpoint, or into another output folder")
+                    raise LowformerError(_stale_message(self.out, stale))
                 for name in stale:
                     (self.out / name).unlink(missing_ok=True)
                 if stale:
@@ -236,7 +257,7 @@ class Exporter:
         entry.parity = ParityRecord(**cmp.to_dict(), thresholds=PARITY_THRESHOLDS.get(precision, {}),
                                     inputs="random" if len(self.inputs) <= 4 else "random+images", passed=passed)
         self.record(entry)
-        log.info("%s (%s %s): %s rel-L2 %.2e, cosine %.6f, top-1 agreement %.1f%%", path, fmt, precision,
+        log.info("%s (%s %s): %s rel-L2 %.2e, cosine %.6f, top-1 agreement %.1f%%", self.out / path.name, fmt, precision,
                  "parity ok" if passed else "PARITY FAILED", cmp.rel_l2, cmp.cosine, 100 * cmp.top1_agreement)
         return entry
 
