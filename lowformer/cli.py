@@ -117,21 +117,25 @@ def main(debug: bool) -> None:
 @main.command("models")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON to stdout.")
 @click.option("--peers", is_flag=True, help="List the paper's peer backbones and their timm names.")
+@click.option("--count", is_flag=True, help="Count params and MACs on the built models (slower) instead of "
+                                            "showing the published figures.")
 @handle_errors
-def models_cmd(as_json: bool, peers: bool) -> None:
+def models_cmd(as_json: bool, peers: bool, count: bool) -> None:
     """The LowFormer variants with params, MACs at 224, and published numbers."""
     from lowformer.models.catalog import model_table, peer_table
 
-    rows = peer_table() if peers else model_table()
+    rows = peer_table() if peers else model_table(computed=count)
     if as_json:
         return emit_json(rows)
     if peers:
         print_table("Peer backbones of the paper", ["peer", "timm name", "in timm"],
                     [(r["peer"], r["timm_name"] or "-", "yes" if r["available"] else "no") for r in rows])
         return
-    print_table("LowFormer variants", ["name", "model", "params (M)", "MACs@224 (M)", "top-1", "A40 img/s",
-                                       "A40 ms", "weights"],
-                [(r["name"], r["display"], f"{r['params'] / 1e6:.2f}", f"{r['macs'] / 1e6:.0f}",
+    source = "counted here" if count else "published"
+    print_table(f"LowFormer variants (params and MACs {source})",
+                ["name", "model", "params (M)", "MACs@224 (M)", "top-1", "A40 img/s", "TITAN RTX ms", "weights"],
+                [(r["name"], r["display"], f"{r['params'] / 1e6:.2f}" if r["params"] else "-",
+                  f"{r['macs'] / 1e6:.0f}" if r["macs"] else "-",
                   r["published"].get("top1", "-"), r["published"].get("gpu_throughput") or "-",
                   r["published"].get("gpu_latency_ms") or "-", "yes" if r["has_weights"] else "none published")
                  for r in rows])
@@ -465,9 +469,12 @@ def profile_cmd(targets, batch_size, iterations, warmup, device, group_by, top, 
 
 @main.command("bench")
 @click.argument("targets", nargs=-1, required=True)
-@click.option("--batch-size", default=200, show_default=True, type=click.IntRange(1, 65536))
-@click.option("--iterations", default=400, show_default=True, type=click.IntRange(1))
-@click.option("--warmup", default=20, show_default=True, type=click.IntRange(0))
+@click.option("--batch-size", type=click.IntRange(1, 65536),
+              help="Images per call [default: 200 (the paper's) on cuda, 16 on cpu].")
+@click.option("--iterations", type=click.IntRange(1), help="Timed calls per target [default: 400 on cuda].")
+@click.option("--duration", type=click.FloatRange(0.1), help="Seconds of timed calls per target, instead of "
+                                                             "--iterations [default on cpu: 5].")
+@click.option("--warmup", type=click.IntRange(0), help="Untimed calls first [default: 20 on cuda, 3 on cpu].")
 @click.option("--latency", is_flag=True, help="Latency mode: ms per batch-1 call (ignores --batch-size).")
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(1, 256),
               help="Processes timing at once (spawned, one runner each); reports the mean of their medians.")
@@ -476,10 +483,10 @@ def profile_cmd(targets, batch_size, iterations, warmup, device, group_by, top, 
 @click.option("--image-size", default=224, show_default=True, type=click.IntRange(32, 2048), help="For MODEL arguments.")
 @click.option("--optit", is_flag=True, help="Benchmark MODELs as BN-fused TorchScript + optimize_for_inference (the paper's --optit).")
 @click.option("--checkpoint", type=click.Path(), help="Weights for MODEL arguments (default: random init).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document to stdout (schema in lowformer/bench.py).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document to stdout (schema in lowformer/bench/run.py).")
 @handle_errors
-def bench_cmd(targets, batch_size, iterations, warmup, latency, jobs, threads, device, image_size, optit, checkpoint,
-              as_json):
+def bench_cmd(targets, batch_size, iterations, duration, warmup, latency, jobs, threads, device, image_size, optit,
+              checkpoint, as_json):
     """Throughput (images/s) or latency (ms) of MODEL_OR_ARTIFACT... (b1, timm:resnet50, model.onnx, folders).
 
     \b
@@ -488,20 +495,23 @@ def bench_cmd(targets, batch_size, iterations, warmup, latency, jobs, threads, d
     """
     from lowformer.bench import bench
 
+    if iterations and duration:
+        raise click.UsageError("--iterations and --duration exclude each other")
     report = bench(list(targets), batch_size=batch_size, iterations=iterations, warmup=warmup, latency=latency,
                    jobs=jobs, threads=threads, device=device, image_size=image_size, optit=optit,
-                   checkpoint=checkpoint, progress=RichProgress())
+                   checkpoint=checkpoint, progress=RichProgress(), duration=duration)
     if as_json:
         return emit_json(report.to_dict())
     m = report.machine
-    print_table(f"{report.mode} on {m['cpu']} ({m['cores']} cores), batch {report.batch_size}, {report.jobs} job(s)",
-                ["target", "backend", "precision", "median ms", "mean ms", "p90 ms", "min ms", "images/s", "GFLOP/s"],
-                [(r.target, r.backend, r.precision, f"{r.median_ms:.3f}", f"{r.mean_ms:.3f}", f"{r.p90_ms:.3f}",
+    print_table(f"{report.mode} on {m['cpu']} ({m.get('isa', '?')}, {m['cores']} cores), batch {report.batch_size}, "
+                f"{report.jobs} job(s)",
+                ["target", "backend", "precision", "median ms", "p10 ms", "p90 ms", "min ms", "images/s", "GFLOP/s"],
+                [(r.target, r.backend, r.precision, f"{r.median_ms:.3f}", f"{r.p10_ms:.3f}", f"{r.p90_ms:.3f}",
                   f"{r.min_ms:.3f}", f"{r.images_per_s:.1f}", f"{r.gflops:.1f}" if r.gflops else "-")
                  for r in report.results])
     for r in report.results:
         for w in r.warnings:
-            console.print(f"[yellow]warning:[/yellow] {r.target}: {w}", highlight=False, soft_wrap=True)
+            console.print(Text.assemble(("warning:", "yellow"), f" {r.target}: {w}"), highlight=False, soft_wrap=True)
 
 
 @main.command("demo")

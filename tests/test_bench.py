@@ -15,10 +15,10 @@ from lowformer.core.timing import TimingStats
 TINY = "timm:test_efficientnet"  # a 0.36 M-parameter timm model
 SIZE = 64
 RESULT_KEYS = {"target", "kind", "model", "backend", "format", "precision", "provider", "path", "image_size",
-               "batch_size", "jobs", "threads", "median_ms", "mean_ms", "p90_ms", "min_ms", "max_ms",
+               "batch_size", "jobs", "threads", "median_ms", "mean_ms", "p10_ms", "p90_ms", "min_ms", "max_ms",
                "images_per_s", "macs_per_image", "gflops", "per_job", "warnings"}
-REPORT_KEYS = {"schema", "mode", "batch_size", "iterations", "warmup", "jobs", "threads", "device", "image_size",
-               "machine", "results"}
+REPORT_KEYS = {"schema", "mode", "batch_size", "iterations", "duration_s", "warmup", "jobs", "threads", "device",
+               "image_size", "machine", "results"}
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +106,28 @@ def test_machine_and_peaks():
     assert matmul_peak_gflops(256, repeats=2) > 0
     peaks = int8_peak_gops(256, repeats=2)
     assert peaks.get("ort_matmulinteger", 0) > 0
+
+
+def test_reliability_warnings_from_recorded_samples():
+    """Deterministic: recorded per-call times, no timing in the test itself."""
+    from lowformer.core.timing import reliability_warnings
+
+    tight = TimingStats.from_ms([10.0, 10.1, 10.2, 9.9, 10.0, 10.3, 10.1, 10.0, 9.8, 10.2, 10.1, 10.0])
+    noisy = TimingStats.from_ms([10.0] * 8 + [30.0, 32.0, 35.0, 40.0])
+    assert reliability_warnings(tight, [0.5, 0.5, 0.5], 2) == []
+    assert any("unsteady" in w for w in reliability_warnings(noisy, [0.5, 0.5, 0.5], 2))
+    busy = reliability_warnings(tight, [3.4, 2.0, 1.0], 2)
+    assert len(busy) == 1 and "load average 3.4 on 2 cores" in busy[0]
+    assert any("only 3 timed calls" in w for w in reliability_warnings(TimingStats.from_ms([1, 1, 1]), None, 2))
+    assert tight.p10_ms < tight.median_ms < tight.p90_ms and abs(noisy.spread - noisy.p90_ms / 10.0) < 1e-9
+
+
+def test_cpu_defaults_time_by_duration_with_progress(tiny_onnx):
+    from helpers import RecordingProgress
+
+    progress = RecordingProgress()
+    report = bench([str(tiny_onnx)], latency=True, duration=0.3, progress=progress)
+    r = report.results[0]
+    assert report.iterations == 0 and report.duration_s == 0.3 and r.per_job[0]["n"] >= 10
+    n = r.per_job[0]["n"]
+    assert (n, n) in progress.seen and (n + 1, n) not in progress.seen  # one step per timed call

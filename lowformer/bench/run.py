@@ -5,17 +5,17 @@ spawned processes (each with its own runner) wait on a barrier and time together
 mean of their medians (the paper's multi-process latency).
 
 JSON (`BenchReport.to_dict`, `lowformer bench --json`), schema 1:
-  {"schema": 1, "mode": "throughput"|"latency", "batch_size", "iterations", "warmup", "jobs",
-   "threads", "device", "image_size",
+  {"schema": 1, "mode": "throughput"|"latency", "batch_size", "iterations" (0: timed by duration),
+   "duration_s", "warmup", "jobs", "threads", "device", "image_size",
    "machine": {"cpu", "cores", "cpu_flags", "load_average", "platform", "python", "versions", "date"},
    "results": [{"target", "kind": "model"|"artifact", "model", "backend", "format", "precision",
                 "provider", "path", "image_size", "batch_size", "jobs", "threads",
-                "median_ms", "mean_ms", "p90_ms", "min_ms", "max_ms"   (per batch; with jobs > 1
+                "median_ms", "mean_ms", "p10_ms", "p90_ms", "min_ms", "max_ms"   (per batch; with jobs > 1
                                                                          the mean over jobs of each),
                 "images_per_s"   (batch_size x jobs / mean_ms: all processes together),
                 "macs_per_image", "gflops"   (achieved: MACs x 2 x images/s; null when unknown),
                 "per_job": [{"median_ms", "mean_ms", "p90_ms", "min_ms", "max_ms", "n"}],
-                "warnings": [...]}]}
+                "warnings": [...]   (reliability: unsteady timings, a busy machine, few calls)}]}
 """
 from __future__ import annotations
 
@@ -32,14 +32,18 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from lowformer.core.errors import LowformerError
-from lowformer.core.machine import machine_info
-from lowformer.core.timing import TimingStats, time_calls
+from lowformer.core.machine import load_average, machine_info
+from lowformer.core.timing import (MIN_ITERATIONS, TimingStats, iterations_for, reliability_warnings,
+                                   time_calls)
 from lowformer.core.progress import Progress, no_progress
-from lowformer.engines.timing import call_once, time_runner
+from lowformer.engines.timing import call_once
 from lowformer.targets import Target, resolve_targets
 
 log = logging.getLogger(__name__)
 
+DEFAULT_CPU_BATCH = 16  # the paper's 200 is a GPU figure: on a CPU it takes minutes per model
+DEFAULT_CPU_DURATION_S = 5.0
+MAX_ITERATIONS = 10000
 JOB_TIMEOUT_S = 1800.0  # a spawned job that has not reported by then is a failure, not a hang
 
 
@@ -66,6 +70,7 @@ class BenchResult:
     min_ms: float
     max_ms: float
     images_per_s: float
+    p10_ms: float = 0.0
     macs_per_image: Optional[int] = None
     gflops: Optional[float] = None
     per_job: List[Dict[str, Any]] = field(default_factory=list)
@@ -87,6 +92,7 @@ class BenchReport:
     image_size: int
     machine: Dict[str, Any]
     results: List[BenchResult] = field(default_factory=list)
+    duration_s: Optional[float] = None  # seconds per target when the iterations were not fixed
 
     def to_dict(self) -> Dict[str, Any]:
         d = {"schema": 1, **{k: v for k, v in asdict(self).items() if k != "results"}}
@@ -110,8 +116,15 @@ def _combine(target: Target, describe: Dict[str, Any], stats: List[TimingStats],
         precision=describe.get("precision", "fp32"), provider=describe.get("provider", ""),
         path=target.spec if target.kind == "artifact" else None, image_size=target.image_size, batch_size=batch_size, jobs=len(stats),
         threads=describe.get("threads"), median_ms=mean("median_ms"), mean_ms=mean_ms, p90_ms=mean("p90_ms"),
-        min_ms=mean("min_ms"), max_ms=mean("max_ms"), images_per_s=ips, macs_per_image=macs, gflops=gflops,
-        per_job=[s.to_dict() for s in stats], warnings=list(describe.get("warnings") or []))
+        min_ms=mean("min_ms"), max_ms=mean("max_ms"), images_per_s=ips, p10_ms=mean("p10_ms"),
+        macs_per_image=macs, gflops=gflops, per_job=[s.to_dict() for s in stats],
+        warnings=list(describe.get("warnings") or []) + _reliability(stats))
+
+
+def _reliability(stats: List[TimingStats]) -> List[str]:
+    """The reliability warnings of the job whose timings are least steady (one line each)."""
+    worst = max(stats, key=lambda s: s.spread)
+    return reliability_warnings(worst, load_average(), os.cpu_count())
 
 
 def macs_of(target: Target) -> Optional[int]:
@@ -120,19 +133,21 @@ def macs_of(target: Target) -> Optional[int]:
         return None
     try:
         from lowformer.models.complexity import count_macs
-        from lowformer.models.registry import create_model
+        from lowformer.models.factory import create_model
 
         return int(count_macs(create_model(target.model), target.image_size))
     except Exception:  # a count is a nicety: never fail a benchmark over it
         return None
 
 
-def _job_main(target: Target, batch_size: int, iterations: int, warmup: int, barrier, results, index: int) -> None:
+def _job_main(target: Target, batch_size: int, iterations: Optional[int], warmup: int, barrier, results,
+              index: int, duration: float = DEFAULT_CPU_DURATION_S) -> None:
     """One spawned benchmark process: build, warm up, wait for the others, time, report."""
     try:
         runner = target.build_runner()
-        stats = time_calls(call_once(runner, runner.input_spec.example(batch_size)), iterations, warmup,
-                           before_timing=lambda: barrier.wait(timeout=JOB_TIMEOUT_S))
+        fn = call_once(runner, runner.input_spec.example(batch_size))
+        n = iterations or iterations_for(fn, duration, MAX_ITERATIONS, MIN_ITERATIONS)
+        stats = time_calls(fn, n, warmup, before_timing=lambda: barrier.wait(timeout=JOB_TIMEOUT_S))
         results.put((index, "ok", stats.to_dict(), runner.describe()))
     except BaseException as e:  # report, never hang the parent
         try:
@@ -143,13 +158,14 @@ def _job_main(target: Target, batch_size: int, iterations: int, warmup: int, bar
         results.put((index, "error", msg, {}))
 
 
-def run_jobs(target: Target, batch_size: int, iterations: int, warmup: int, jobs: int):
+def run_jobs(target: Target, batch_size: int, iterations: Optional[int], warmup: int, jobs: int,
+             duration: float = DEFAULT_CPU_DURATION_S):
     """Time `target` in `jobs` spawned processes at once; (stats per job, runner description)."""
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(jobs)
     results = ctx.Queue()
-    procs = [ctx.Process(target=_job_main, args=(target, batch_size, iterations, warmup, barrier, results, i),
-                         daemon=True) for i in range(jobs)]
+    procs = [ctx.Process(target=_job_main, args=(target, batch_size, iterations, warmup, barrier, results, i,
+                                                 duration), daemon=True) for i in range(jobs)]
     for p in procs:
         p.start()
     got: Dict[int, Any] = {}
@@ -181,13 +197,18 @@ def run_jobs(target: Target, batch_size: int, iterations: int, warmup: int, jobs
     return [s for s, _ in ordered], ordered[0][1]
 
 
-def bench_target(target: Target, batch_size: int, iterations: int, warmup: int, jobs: int = 1,
-                 with_macs: bool = True) -> BenchResult:
+def bench_target(target: Target, batch_size: int, iterations: Optional[int], warmup: int, jobs: int = 1,
+                 with_macs: bool = True, duration: float = DEFAULT_CPU_DURATION_S,
+                 progress: Progress = no_progress) -> BenchResult:
+    """Time one target: `iterations` calls, or as many as fit in `duration` seconds when None."""
     if jobs > 1:
-        stats, describe = run_jobs(target, batch_size, iterations, warmup, jobs)
+        stats, describe = run_jobs(target, batch_size, iterations, warmup, jobs, duration)
     else:
         with target.build_runner() as runner:
-            stats = [time_runner(runner, runner.input_spec.example(batch_size), iterations, warmup)]
+            fn = call_once(runner, runner.input_spec.example(batch_size))
+            n = iterations or iterations_for(fn, duration, MAX_ITERATIONS, MIN_ITERATIONS)
+            with progress.task(target.label or target.spec, total=n) as task:
+                stats = [time_calls(fn, n, warmup, on_call=task.advance)]
             describe = runner.describe()
     return _combine(target, describe, stats, batch_size, macs_of(target) if with_macs else None)
 
@@ -199,11 +220,15 @@ def default_threads(jobs: int) -> Optional[int]:
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
-def bench(args: Sequence[str], batch_size: int = 200, iterations: int = 400, warmup: int = 20,
-          latency: bool = False, jobs: int = 1, threads: Optional[int] = None, device: str = "cpu",
-          image_size: int = 224, optit: bool = False, checkpoint: Optional[str] = None,
-          progress: Progress = no_progress) -> BenchReport:
-    """Benchmark each model/artifact in `args` (latency mode forces batch size 1)."""
+def bench(args: Sequence[str], batch_size: Optional[int] = None, iterations: Optional[int] = None,
+          warmup: Optional[int] = None, latency: bool = False, jobs: int = 1, threads: Optional[int] = None,
+          device: str = "cpu", image_size: int = 224, optit: bool = False, checkpoint: Optional[str] = None,
+          progress: Progress = no_progress, duration: Optional[float] = None) -> BenchReport:
+    """Benchmark each model/artifact in `args` (latency mode forces batch size 1).
+
+    Defaults: the paper's batch 200 x 400 iterations on CUDA; on a CPU batch 16 for
+    `DEFAULT_CPU_DURATION_S` seconds per target. `duration` (like trtexec) replaces `iterations`.
+    """
     if jobs < 1:
         raise LowformerError("jobs must be at least 1")
     if device not in ("cpu", "cuda"):
@@ -213,17 +238,25 @@ def bench(args: Sequence[str], batch_size: int = 200, iterations: int = 400, war
 
         if not torch.cuda.is_available():
             raise LowformerError("device cuda asked for, but torch sees no CUDA GPU on this machine")
-    bs = 1 if latency else batch_size
+    if iterations is not None and duration is not None:
+        raise LowformerError("give iterations or a duration, not both")
+    if iterations is None and duration is None and device == "cuda":
+        iterations = 400
+    duration = duration or DEFAULT_CPU_DURATION_S
+    warmup = warmup if warmup is not None else (20 if device == "cuda" else 3)
+    bs = 1 if latency else (batch_size or (200 if device == "cuda" else DEFAULT_CPU_BATCH))
     threads = threads or default_threads(jobs)
-    report = BenchReport("latency" if latency else "throughput", bs, iterations, warmup, jobs, threads,
-                         device, image_size, machine_info())
+    report = BenchReport("latency" if latency else "throughput", bs, iterations or 0, warmup, jobs, threads,
+                         device, image_size, machine_info(), duration_s=None if iterations else duration)
     workdir = Path(tempfile.mkdtemp(prefix="lowformer-bench-")) if optit else None
     try:
         targets = resolve_targets(args, image_size, checkpoint, device, threads, optit, workdir)
         with progress.task("benchmarking", total=len(targets)) as task:
             for t in targets:
-                log.info("benchmarking %s (batch %d, %d iterations, %d job(s))", t.label or t.spec, bs, iterations, jobs)
-                report.results.append(bench_target(t, bs, iterations, warmup, jobs))
+                how = f"{iterations} iterations" if iterations else f"{duration:g} s"
+                log.info("benchmarking %s (batch %d, %s, %d job(s))", t.label or t.spec, bs, how, jobs)
+                report.results.append(bench_target(t, bs, iterations, warmup, jobs, duration=duration,
+                                                   progress=progress))
                 task.advance()
     finally:
         if workdir is not None:

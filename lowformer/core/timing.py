@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -20,6 +20,7 @@ class TimingStats:
     p90_ms: float
     min_ms: float
     max_ms: float
+    p10_ms: float = 0.0
 
     @classmethod
     def from_ms(cls, times: Sequence[float]) -> "TimingStats":
@@ -27,15 +28,40 @@ class TimingStats:
             raise LowformerError("no timed iterations")
         a = np.asarray(times, dtype=np.float64)
         return cls(len(a), float(np.median(a)), float(a.mean()), float(np.percentile(a, 90)),
-                   float(a.min()), float(a.max()))
+                   float(a.min()), float(a.max()), float(np.percentile(a, 10)))
+
+    @property
+    def spread(self) -> float:
+        """p90 / median: 1.0 for perfectly steady timings."""
+        return self.p90_ms / self.median_ms if self.median_ms > 0 else float("inf")
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
 
+MAX_SPREAD = 1.5  # p90 / median above this: the figure is not one steady number
+MIN_ITERATIONS = 10
+
+
+def reliability_warnings(stats: TimingStats, load_average: Optional[Sequence[float]] = None,
+                         cores: Optional[int] = None) -> List[str]:
+    """What makes a latency figure untrustworthy, one line each (empty: it can be quoted)."""
+    out = []
+    if stats.spread > MAX_SPREAD:
+        out.append(f"unsteady timings: p90 {stats.p90_ms:.3g} ms is {stats.spread:.1f}x the median "
+                   f"{stats.median_ms:.3g} ms (other work on the machine, or too few warm-up calls)")
+    if load_average and cores and load_average[0] > cores:
+        out.append(f"the machine was busy: load average {load_average[0]:.1f} on {cores} cores; "
+                   "measure again on an idle machine")
+    if stats.n < MIN_ITERATIONS:
+        out.append(f"only {stats.n} timed calls: the median is rough")
+    return out
+
+
 def time_calls(fn: Callable[[], Any], iterations: int, warmup: int = 10,
                sync: Optional[Callable[[], None]] = None,
-               before_timing: Optional[Callable[[], None]] = None) -> TimingStats:
+               before_timing: Optional[Callable[[], None]] = None,
+               on_call: Optional[Callable[[], None]] = None) -> TimingStats:
     """Call `fn` `warmup` times untimed, then `iterations` times timed.
 
     `sync` runs inside each timed call (e.g. torch.cuda.synchronize, so GPU work is counted);
@@ -54,6 +80,8 @@ def time_calls(fn: Callable[[], Any], iterations: int, warmup: int = 10,
         if sync:
             sync()
         times.append((time.perf_counter() - t0) * 1000.0)
+        if on_call:
+            on_call()
     return TimingStats.from_ms(times)
 
 
@@ -67,13 +95,19 @@ def best_seconds(fn: Callable[[], Any], repeats: int) -> float:
     return best
 
 
-def time_for(fn: Callable[[], Any], seconds: float, max_iterations: int, min_iterations: int = 3,
-             sync: Optional[Callable[[], None]] = None) -> TimingStats:
-    """One warm-up call, then as many timed calls as fit in `seconds` (within the bounds)."""
+def iterations_for(fn: Callable[[], Any], seconds: float, max_iterations: int, min_iterations: int = 3,
+                   sync: Optional[Callable[[], None]] = None) -> int:
+    """How many calls of `fn` fit in `seconds`, from one (warm-up) call."""
     t0 = time.perf_counter()
     fn()
     if sync:
         sync()
     first = time.perf_counter() - t0
-    n = max(min_iterations, min(max_iterations, int(seconds / max(first, 1e-4))))
+    return max(min_iterations, min(max_iterations, int(seconds / max(first, 1e-4))))
+
+
+def time_for(fn: Callable[[], Any], seconds: float, max_iterations: int, min_iterations: int = 3,
+             sync: Optional[Callable[[], None]] = None) -> TimingStats:
+    """One warm-up call, then as many timed calls as fit in `seconds` (within the bounds)."""
+    n = iterations_for(fn, seconds, max_iterations, min_iterations, sync)
     return time_calls(fn, n, warmup=0, sync=sync)

@@ -19,6 +19,7 @@ class Published:
     macs_m: int
     gpu_throughput: Optional[int] = None
     gpu_latency_ms: Optional[float] = None
+    params_m: Optional[float] = None  # the reference implementation's count (ARCHITECTURE.md)
 
 
 @dataclass(frozen=True)
@@ -48,14 +49,14 @@ class ModelSpec:
 
 VARIANTS: Dict[str, ModelSpec] = {
     v.name: v for v in [
-        ModelSpec("b0", "lowformer_b0", "lowformer", "LowFormer-B0", Published(78.4, 944, 5988, 0.30)),
-        ModelSpec("b1", "lowformer_b1", "lowformer", "LowFormer-B1", Published(79.9, 1410, 4237, 0.43)),
-        ModelSpec("b15", "lowformer_b15", "lowformer", "LowFormer-B1.5", Published(81.2, 2573, 2739, 0.66)),
+        ModelSpec("b0", "lowformer_b0", "lowformer", "LowFormer-B0", Published(78.4, 944, 5988, 0.30, 14.10)),
+        ModelSpec("b1", "lowformer_b1", "lowformer", "LowFormer-B1", Published(79.9, 1410, 4237, 0.43, 17.94)),
+        ModelSpec("b15", "lowformer_b15", "lowformer", "LowFormer-B1.5", Published(81.2, 2573, 2739, 0.66, 33.98)),
         ModelSpec("b2", "lowformer_b2", "lowformer", "LowFormer-B2", None, has_weights=False),
-        ModelSpec("b3", "lowformer_b3", "lowformer", "LowFormer-B3", Published(83.6, 6098, 1162, 1.55)),
-        ModelSpec("e1", "lowformer_e1", "lowformer", "LowFormer-E1", Published(78.8, 1350, 6337)),
-        ModelSpec("e2", "lowformer_e2", "lowformer", "LowFormer-E2", Published(81.6, 3800, 2070)),
-        ModelSpec("e3", "lowformer_e3", "lowformer", "LowFormer-E3", Published(83.0, 5350, 1566)),
+        ModelSpec("b3", "lowformer_b3", "lowformer", "LowFormer-B3", Published(83.6, 6098, 1162, 1.55, 57.09)),
+        ModelSpec("e1", "lowformer_e1", "lowformer", "LowFormer-E1", Published(78.8, 1350, 6337, None, 18.90)),
+        ModelSpec("e2", "lowformer_e2", "lowformer", "LowFormer-E2", Published(81.6, 3800, 2070, None, 22.75)),
+        ModelSpec("e3", "lowformer_e3", "lowformer", "LowFormer-E3", Published(83.0, 5350, 1566, None, 41.32)),
     ]
 }
 RELEASED = ("b0", "b1", "b15", "b3", "e1", "e2", "e3")
