@@ -165,8 +165,9 @@ def info_cmd(model: str, checkpoint: Optional[str], image_size: int, as_json: bo
 
 @main.command("export")
 @click.argument("model")
-@click.option("--to", "to", multiple=True, type=click.Choice(["torchscript", "onnx", "trt"]), default=("onnx",),
-              show_default=True, help="Target format; give several times for several.")
+@click.option("--to", "to", multiple=True, type=click.Choice(["torchscript", "onnx", "trt", "tensorrt"]),
+              default=("onnx",), show_default=True,
+              help="Target format; give several times for several (trt and tensorrt are the same).")
 @click.option("--fp16", is_flag=True, help="Also write the mixed-precision FP16 ONNX (and build the engine from it).")
 @click.option("--int8", is_flag=True, help="Also write the calibrated Q/DQ INT8 ONNX (needs --calib-data).")
 @click.option("--checkpoint", type=click.Path(), help="Official LowFormer or timm-format state dict (else random init).")
@@ -205,6 +206,7 @@ def export_cmd(model, to, fp16, int8, checkpoint, image_size, batch_size, dynami
     """
     from lowformer.export.pipeline import export_model
 
+    to = tuple(dict.fromkeys("trt" if t == "tensorrt" else t for t in to))
     if batch_size and dynamic_batch:
         raise click.UsageError("--batch-size and --dynamic-batch exclude each other")
     calib = dict(calib_data=calib_data, calib_size=calib_size, method=calib_method, target=int8_target,
@@ -548,13 +550,16 @@ def calibrate_group() -> None:
               help="Held-out image folder [default: a split of --calib-data disjoint from the calibration images].")
 @click.option("--checkpoint", type=click.Path(), help="Weights for MODEL (a model name); an export folder has its own.")
 @click.option("--image-size", default=224, show_default=True, type=click.IntRange(32, 2048))
-@click.option("--calib-size", default=256, show_default=True, type=click.IntRange(1, 100000))
+@click.option("--calib-size", default=512, show_default=True, type=click.IntRange(1, 100000),
+              help="Calibration images (as in `export --int8`).")
 @click.option("--eval-size", default=200, show_default=True, type=click.IntRange(1, 100000))
 @click.option("--target", default="cpu", show_default=True, type=click.Choice(["cpu", "tensorrt"]),
               help="INT8 flavour: cpu (u8 activations) or tensorrt (symmetric s8).")
-@click.option("--method", default="percentile", show_default=True,
+@click.option("--calib-method", "method", default="percentile", show_default=True,
               type=click.Choice(["percentile", "minmax", "entropy"]),
               help="Activation ranges from the cached histograms (entropy clipped too much on EfficientNet-Lite0).")
+@click.option("--method", "method_alias", hidden=True, type=click.Choice(["percentile", "minmax", "entropy"]),
+              help="Old spelling of --calib-method (kept for one release).")
 @click.option("--mode", default="quantize-one", show_default=True, type=click.Choice(["quantize-one", "float-one"]),
               help="quantize-one: only the block is INT8; float-one: all blocks but this one are INT8.")
 @click.option("--exclude", multiple=True, help="Keep modules matching this glob in float in every variant.")
@@ -565,7 +570,7 @@ def calibrate_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout.")
 @handle_errors
 def calibrate_sensitivity_cmd(model, calib_data, eval_data, checkpoint, image_size, calib_size, eval_size, target,
-                              method, mode, exclude, auto_exclude, gate_top1_drop, out, as_json):
+                              method, method_alias, mode, exclude, auto_exclude, gate_top1_drop, out, as_json):
     """Per-block INT8 sensitivity of MODEL (a model name or an export folder) vs FP32 on held-out images.
 
     Calibrates once (cached), then re-quantizes one block at a time and reports top-1 agreement,
@@ -575,6 +580,7 @@ def calibrate_sensitivity_cmd(model, calib_data, eval_data, checkpoint, image_si
     from lowformer.data.preprocess import Preprocessing
     from lowformer.export.pipeline import fp32_onnx
 
+    method = method_alias or method
     src, manifest = fp32_onnx(model, checkpoint, image_size, out)
     cfg = SensitivityConfig(calib_data, eval_data, calib_size, eval_size, target, method, mode, tuple(exclude),
                             auto_exclude, gate_top1_drop)
@@ -590,7 +596,9 @@ def calibrate_sensitivity_cmd(model, calib_data, eval_data, checkpoint, image_si
                   f"{r['top1']:.1%}" if labels else "-", f"{r['drop']:.2f}") for r in report["blocks"]])
     if labels:
         console.print(f"FP32 top-1 on the held-out split: {report['fp32_top1']:.1%} ({report['eval']['count']} images)")
-    console.print(f"most harmful: {', '.join(report['most_harmful'])}", highlight=False)
+    measure = "lowest logit cosine first" if report["mode"] == "quantize-one" else "highest logit cosine first"
+    console.print(f"most harmful ({measure}, then agreement): {', '.join(report['most_harmful'])}", highlight=False)
+    console.print(f"FP32 ONNX: {report['onnx']}; calibration cache: {report['cache']['path']}", highlight=False)
     auto = report["auto_exclude"]
     if auto:
         verdict = "[green]holds[/green]" if auto["passed"] else "[red]does not hold[/red]"
