@@ -165,7 +165,8 @@ def info_cmd(model: str, checkpoint: Optional[str], image_size: int, as_json: bo
 
 @main.command("export")
 @click.argument("model")
-@click.option("--to", "to", multiple=True, type=click.Choice(["torchscript", "onnx", "trt", "tensorrt"]),
+@click.option("--to", "to", multiple=True, type=click.Choice(["torchscript", "onnx", "trt", "tensorrt", "pt2",
+                                                               "openvino"]),
               default=("onnx",), show_default=True,
               help="Target format; give several times for several (trt and tensorrt are the same).")
 @click.option("--fp16", is_flag=True, help="Also write the mixed-precision FP16 ONNX (and build the engine from it).")
@@ -182,8 +183,12 @@ def info_cmd(model: str, checkpoint: Optional[str], image_size: int, as_json: bo
 @click.option("--calib-size", default=512, show_default=True, type=click.IntRange(1, 100000))
 @click.option("--calib-method", default="percentile", show_default=True,
               type=click.Choice(["entropy", "minmax", "percentile"]))
-@click.option("--target", "int8_target", default="cpu", show_default=True, type=click.Choice(["cpu", "tensorrt"]),
-              help="INT8 flavour: cpu (u8 activations, x86 VNNI) or tensorrt (symmetric s8).")
+@click.option("--target", "int8_target", default="cpu", show_default=True,
+              type=click.Choice(["cpu", "tensorrt", "openvino"]),
+              help="INT8 flavour: cpu (u8 activations, x86 VNNI), tensorrt (symmetric s8) or openvino (IR for "
+                   "OpenVINO's CPU plugin: NNCF, or symmetric s8 Q/DQ).")
+@click.option("--quantizer", type=click.Choice(["nncf", "qdq"]),
+              help="INT8 with --target openvino: nncf (default; needs --to openvino) or qdq (our Q/DQ ONNX).")
 @click.option("--exclude", multiple=True, help="INT8: keep modules matching this glob in float (e.g. 'stages.3.*.attn').")
 @click.option("--auto-exclude", is_flag=True, help="INT8: keep the most harmful blocks in float until the gate holds.")
 @click.option("--gate-top1-drop", type=float, default=1.0, show_default=True, help="INT8 --auto-exclude gate (points).")
@@ -196,8 +201,8 @@ def info_cmd(model: str, checkpoint: Optional[str], image_size: int, as_json: bo
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout (human output goes to stderr).")
 @handle_errors
 def export_cmd(model, to, fp16, int8, checkpoint, image_size, batch_size, dynamic_batch, opset, out, no_fuse,
-               data, calib_data, calib_size, calib_method, int8_target, exclude, auto_exclude, gate_top1_drop,
-               min_batch, opt_batch, max_batch, workspace_mb, lock_timeout, as_json):
+               data, calib_data, calib_size, calib_method, int8_target, quantizer, exclude, auto_exclude,
+               gate_top1_drop, min_batch, opt_batch, max_batch, workspace_mb, lock_timeout, as_json):
     """Fuse MODEL and export it (TorchScript, ONNX, FP16/INT8 ONNX, TensorRT), checking parity.
 
     \b
@@ -210,7 +215,8 @@ def export_cmd(model, to, fp16, int8, checkpoint, image_size, batch_size, dynami
     if batch_size and dynamic_batch:
         raise click.UsageError("--batch-size and --dynamic-batch exclude each other")
     calib = dict(calib_data=calib_data, calib_size=calib_size, method=calib_method, target=int8_target,
-                 exclude=list(exclude), auto_exclude=auto_exclude, gate_top1_drop=gate_top1_drop) if int8 else None
+                 exclude=list(exclude), auto_exclude=auto_exclude, gate_top1_drop=gate_top1_drop,
+                 quantizer=quantizer) if int8 else None
     with console.status(f"exporting {model}..."):
         result = export_model(model, to=to, fp16=fp16, int8=int8, checkpoint=checkpoint, image_size=image_size,
                               batch_size=batch_size, opset=opset, out=out, do_fuse=not no_fuse, data=data,
@@ -294,11 +300,15 @@ def build_engine_cmd(onnx_file: str, out: Optional[str], fp16: bool, int8: bool,
               help="Where artifacts run (cuda/tensorrt: ONNX Runtime GPU providers, TensorRT engines).")
 @click.option("--skip-missing", is_flag=True, help="Skip manifest entries whose file is missing (else an error).")
 @click.option("--no-record", is_flag=True, help="Do not write the results into the artifacts' manifests.")
+@click.option("--runtime", "runtimes", multiple=True, metavar="RUNTIME",
+              help="auto (each format's own), onnxruntime or openvino (ONNX through OpenVINO); repeat for several.")
+@click.option("--precision", "precisions", multiple=True, metavar="PRECISION",
+              help="OpenVINO inference precision: f32 (default), bf16 (AMX/AVX-512-BF16 CPUs) or f16; repeat for several.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON to stdout.")
 @handle_errors
 def validate_cmd(artifacts, data, labels, limit, batch_size, workers, reference, checkpoint, gate_top1_drop,
                  gate_agreement, crop_ratio, interpolation, mean, std, skip_bad_images, report, threads, device,
-                 skip_missing, no_record, as_json) -> None:
+                 skip_missing, no_record, runtimes, precisions, as_json) -> None:
     """ImageNet top-1/top-5 of every artifact against the PyTorch reference, on the same images.
 
     \b
@@ -314,7 +324,8 @@ def validate_cmd(artifacts, data, labels, limit, batch_size, workers, reference,
                       reference=reference, checkpoint=checkpoint, gate_top1_drop=gate_top1_drop,
                       gate_agreement=gate_agreement, crop_ratio=crop_ratio, interpolation=interpolation,
                       mean=mean, std=std, skip_bad_images=skip_bad_images, report=report, threads=threads,
-                      device=device, skip_missing=skip_missing, record=False, progress=RichProgress())
+                      device=device, skip_missing=skip_missing, record=False, runtimes=runtimes,
+                      precisions=precisions, progress=RichProgress())
     for w in result.warnings:
         console.print(Text.assemble(("warning:", "yellow"), " ", w), highlight=False, soft_wrap=True)
     if as_json:
@@ -431,9 +442,13 @@ def train_cmd(model, data, val_data, epochs, batch_size, lr, image_sizes, eval_s
               help="Also report a `trtexec --exportProfile` JSON made on a GPU machine.")
 @click.option("--trt-layers", type=click.Path(exists=True, dir_okay=False),
               help="Its `trtexec --exportLayerInfo` JSON (names the ONNX nodes of fused layers).")
+@click.option("--runtime", "runtimes", multiple=True, metavar="RUNTIME",
+              help="auto (each format's own), onnxruntime or openvino (ONNX through OpenVINO); repeat for several.")
+@click.option("--precision", "precisions", multiple=True, metavar="PRECISION",
+              help="OpenVINO inference precision: f32 (default), bf16 (AMX/AVX-512-BF16 CPUs) or f16; repeat for several.")
 @handle_errors
 def profile_cmd(targets, batch_size, iterations, warmup, device, group_by, top, json_path, plot_path, threads,
-                image_size, checkpoint, trt_profile, trt_layers):
+                image_size, checkpoint, trt_profile, trt_layers, runtimes, precisions):
     """Per-layer latency of ARTIFACT_OR_MANIFEST... (or MODEL names, eager), mapped to LowFormer blocks.
 
     \b
@@ -451,8 +466,8 @@ def profile_cmd(targets, batch_size, iterations, warmup, device, group_by, top, 
     if trt_layers and not trt_profile:
         raise click.UsageError("--trt-layers goes with --trt-profile")
     reports = profile(list(targets), batch_size=batch_size, iterations=iterations, warmup=warmup, device=device,
-                      threads=threads, image_size=image_size, checkpoint=checkpoint,
-                      progress=RichProgress()) if targets else []
+                      threads=threads, image_size=image_size, checkpoint=checkpoint, runtimes=runtimes,
+                      precisions=precisions, progress=RichProgress()) if targets else []
     if trt_profile:
         reports.append(report_from_trtexec(trt_profile, trt_layers, label=f"TensorRT ({trt_profile})"))
     if json_path:
@@ -486,9 +501,13 @@ def profile_cmd(targets, batch_size, iterations, warmup, device, group_by, top, 
 @click.option("--optit", is_flag=True, help="Benchmark MODELs as BN-fused TorchScript + optimize_for_inference (the paper's --optit).")
 @click.option("--checkpoint", type=click.Path(), help="Weights for MODEL arguments (default: random init).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document to stdout (schema in lowformer/bench/run.py).")
+@click.option("--runtime", "runtimes", multiple=True, metavar="RUNTIME",
+              help="auto (each format's own), onnxruntime or openvino (ONNX through OpenVINO); repeat for several.")
+@click.option("--precision", "precisions", multiple=True, metavar="PRECISION",
+              help="OpenVINO inference precision: f32 (default), bf16 (AMX/AVX-512-BF16 CPUs) or f16; repeat for several.")
 @handle_errors
 def bench_cmd(targets, batch_size, iterations, duration, warmup, latency, jobs, threads, device, image_size, optit,
-              checkpoint, as_json):
+              checkpoint, as_json, runtimes, precisions):
     """Throughput (images/s) or latency (ms) of MODEL_OR_ARTIFACT... (b1, timm:resnet50, model.onnx, folders).
 
     \b
@@ -501,7 +520,8 @@ def bench_cmd(targets, batch_size, iterations, duration, warmup, latency, jobs, 
         raise click.UsageError("--iterations and --duration exclude each other")
     report = bench(list(targets), batch_size=batch_size, iterations=iterations, warmup=warmup, latency=latency,
                    jobs=jobs, threads=threads, device=device, image_size=image_size, optit=optit,
-                   checkpoint=checkpoint, progress=RichProgress(), duration=duration)
+                   checkpoint=checkpoint, progress=RichProgress(), duration=duration, runtimes=runtimes,
+                   precisions=precisions)
     if as_json:
         return emit_json(report.to_dict())
     m = report.machine
@@ -529,13 +549,15 @@ def demo_cmd(checkpoint: Optional[str], data: Optional[str], out: str, limit: in
 
     summary = run_demo(out, checkpoint, data, limit=limit, progress=RichProgress())
     if as_json:
-        return emit_json(summary)
-    print_table("lowformer demo", ["model", "artifact", "top-1 %", "Δ top-1", "agreement", "gate", "ms (batch 1)"],
-                summary["rows"])
+        emit_json(summary)
+        sys.exit(0 if summary["passed"] else 1)
+    print_table("lowformer demo", summary["columns"], summary["rows"])
     for m in summary["models"]:
         if m["next_step"]:
             console.print(f"[bold]TensorRT ({m['name']}):[/bold] {m['next_step']}", highlight=False, soft_wrap=True)
     console.print(f"report: {summary['report']}")
+    if not summary["passed"]:
+        sys.exit(1)
 
 
 @main.group("calibrate")
@@ -553,8 +575,8 @@ def calibrate_group() -> None:
 @click.option("--calib-size", default=512, show_default=True, type=click.IntRange(1, 100000),
               help="Calibration images (as in `export --int8`).")
 @click.option("--eval-size", default=200, show_default=True, type=click.IntRange(1, 100000))
-@click.option("--target", default="cpu", show_default=True, type=click.Choice(["cpu", "tensorrt"]),
-              help="INT8 flavour: cpu (u8 activations) or tensorrt (symmetric s8).")
+@click.option("--target", default="cpu", show_default=True, type=click.Choice(["cpu", "tensorrt", "openvino"]),
+              help="INT8 flavour: cpu (u8 activations), tensorrt or openvino (symmetric s8 Q/DQ).")
 @click.option("--calib-method", "method", default="percentile", show_default=True,
               type=click.Choice(["percentile", "minmax", "entropy"]),
               help="Activation ranges from the cached histograms (entropy clipped too much on EfficientNet-Lite0).")

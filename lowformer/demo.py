@@ -18,6 +18,7 @@ import torch
 from lowformer.core.errors import NeedsTargetDevice
 from lowformer.core.files import atomic_path, ensure_dir, write_json
 from lowformer.core.progress import Progress, no_progress
+from lowformer.verdict import Verdict, decide
 
 log = logging.getLogger(__name__)
 ARTIFACTS = ("model.ts", "model.onnx", "model_fp16.onnx", "model_int8.onnx")
@@ -103,12 +104,17 @@ def run_demo(out: str = "demo-out", checkpoint: Optional[str] = None, data: Opti
         except NeedsTargetDevice as e:
             dm.next_step = str(e)
         models.append(dm)
+    labelled = bool(data)
     summary = {"created": _dt.datetime.now().isoformat(timespec="seconds"), "images": image_note,
-               "models": [dm.__dict__ | {"folder": str(dm.folder)} for dm in models]}
+               "models": [dm.__dict__ | {"folder": str(dm.folder),
+                                         "verdicts": {k: v.to_dict() for k, v in artifact_verdicts(dm, labelled).items()}}
+                          for dm in models]}
+    summary["passed"] = not any(v["status"] == "fail" for m in summary["models"] for v in m["verdicts"].values())
     write_json(root / "summary.json", summary)
-    report = write_report(root, models, image_note, labelled=bool(data))
+    report = write_report(root, models, image_note, labelled=labelled)
     summary["report"] = str(report)
-    summary["rows"] = summary_rows(models, labelled=bool(data))
+    summary["columns"] = columns(labelled)
+    summary["rows"] = summary_rows(models, labelled=labelled)
     return summary
 
 
@@ -125,31 +131,40 @@ def _latency(dm: DemoModel, artifact: Optional[str]) -> Optional[float]:
     return None
 
 
+def artifact_verdicts(dm: DemoModel, labelled: bool) -> Dict[str, Verdict]:
+    """Each artifact's one verdict (lowformer.verdict), from its export check and its validation."""
+    out = {}
+    for art in ARTIFACTS:
+        entry = next((a for a in dm.export.get("artifacts", []) if a.get("path") == art), None)
+        if entry is None:
+            continue
+        parity = entry.get("parity") or {}
+        out[art] = decide(entry.get("precision", "fp32"), parity.get("passed"), _score(dm, art) or None, labelled)
+    return out
+
+
+def columns(labelled: bool) -> List[str]:
+    """No empty columns: top-1 only when the images are labelled real ones."""
+    top1 = ["top-1 %", "Δ top-1 (pt)"] if labelled else []
+    return ["model", "artifact", "export check (cosine)", *top1, "agreement", "verdict", "decided by",
+            "latency ms (batch 1, median)"]
+
+
 def summary_rows(models: List[DemoModel], labelled: bool) -> List[List[str]]:
-    """One row per artifact: parity on the demo images and batch-1 latency on this CPU.
-    Top-1 is shown only for labelled real images."""
+    """One row per artifact: both checks' figures, the verdict and who decided, batch-1 latency."""
     rows = []
     for dm in models:
         ref = dm.validation.get("reference", {})
-        rows.append([dm.name, "pytorch (reference)", _fmt(ref.get("top1") if labelled else None), "-", "-",
-                     "-", _fmt(_latency(dm, None))])
-        for art in ARTIFACTS:
+        top1 = [_fmt(ref.get("top1")), "-"] if labelled else []
+        rows.append([dm.name, "pytorch (reference)", "-", *top1, "-", "-", "-", _fmt(_latency(dm, None))])
+        for art, v in artifact_verdicts(dm, labelled).items():
             s = _score(dm, art)
-            if not s:
-                continue
-            if labelled:
-                verdict = "error" if s.get("error") else ("pass" if s.get("passed") else "FAIL")
-            else:  # no labels: the top-1 gates say nothing; report the export's logit-parity check
-                verdict = "parity " + ("pass" if _export_parity(dm, art) else "FAIL")
-            rows.append([dm.name, art, _fmt(s.get("top1") if labelled else None),
-                         _fmt(s.get("top1_delta") if labelled else None, "{:+.2f}"),
-                         _fmt(s.get("agreement"), "{:.2%}"), verdict, _fmt(_latency(dm, art))])
+            entry = next(a for a in dm.export["artifacts"] if a.get("path") == art)
+            cosine = (entry.get("parity") or {}).get("cosine")
+            top1 = [_fmt(s.get("top1")), _fmt(s.get("top1_delta"), "{:+.2f}")] if labelled else []
+            rows.append([dm.name, art, _fmt(cosine, "{:.6f}"), *top1, _fmt(s.get("agreement"), "{:.2%}"),
+                         v.status, v.decided_by or "-", _fmt(_latency(dm, art))])
     return rows
-
-
-def _export_parity(dm: DemoModel, artifact: str) -> bool:
-    entry = next((a for a in dm.export.get("artifacts", []) if a.get("path") == artifact), {})
-    return bool(entry.get("parity", {}).get("passed"))
 
 
 def _fmt(v: Any, pattern: str = "{:.2f}") -> str:
@@ -157,11 +172,18 @@ def _fmt(v: Any, pattern: str = "{:.2f}") -> str:
 
 
 def write_report(root: Path, models: List[DemoModel], image_note: str, labelled: bool) -> Path:
+    cols = columns(labelled)
     lines = ["# lowformer demo report", "", f"Generated {_dt.datetime.now():%Y-%m-%d %H:%M} on this machine's CPU. "
              f"Images: {image_note}.", "",
-             "| model | artifact | top-1 % | Δ top-1 (pt) | agreement | gate | latency ms (batch 1, median) |",
-             "|---|---|---|---|---|---|---|"]
+             "Two checks, each with its own figures: the *export check* compares logits with the PyTorch model "
+             "on a fixed batch (cosine); the *validation* runs the images through the reference and every "
+             "artifact (agreement, and top-1 on labelled images). The verdict says which one decided.", "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(r) + " |" for r in summary_rows(models, labelled)]
+    reasons = [(dm.name, art, v) for dm in models for art, v in artifact_verdicts(dm, labelled).items()
+               if v.status != "pass" or v.decided_by == "export check"]
+    if reasons:
+        lines += ["", "Why:"] + [f"- {name} `{art}`: {v.status}: {v.reason}" for name, art, v in reasons]
     for dm in models:
         lines += ["", f"## {dm.name}", "", f"Weights: {dm.weights}.", ""]
         if dm.profile_png:

@@ -1,7 +1,9 @@
 """PyTorch eager and TorchScript runners."""
 from __future__ import annotations
 
+import contextlib
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -10,6 +12,7 @@ import torch
 from torch import nn
 
 from lowformer.core.errors import LowformerError
+from lowformer.core.native_output import drop_native_lines
 from lowformer.engines.base import InputSpec, LayerTiming, Runner
 
 SCOPE_PREFIX = "lowformer.module:"  # record_function scopes around eager modules
@@ -17,6 +20,17 @@ RUN_SCOPE = "lowformer.run"
 # TorchScript ops report the serialized code line they come from: `code/__torch__/...py(32): forward`.
 _TS_FRAME = re.compile(r"^(code/__torch__/.+?\.py)\((\d+)\)")
 _TS_SOURCE = re.compile(r'Serialized\s+File "(code/__torch__/[^"]+)", line (\d+)')
+# torch 2.14 warns on every TorchScript call: "`torch.jit.load` is deprecated. Please switch to `torch.export`."
+_JIT_DEPRECATION = r"`torch\.jit\.\w+` is deprecated"
+
+
+@contextlib.contextmanager
+def jit_deprecation_filtered():
+    """Hide torch's own FutureWarning that torch.jit is deprecated (only that one: TorchScript stays
+    the paper's --optit path here, and `--to pt2` is the torch.export one)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=FutureWarning, module=r"torch\.jit\.")
+        yield
 
 
 @dataclass
@@ -89,7 +103,7 @@ class _TorchModuleRunner(Runner):
         with torch.inference_mode():
             for _ in range(max(warmup, 0)):
                 self.module(x)
-            with profile(activities=_activities(self._device), **kwargs) as prof:
+            with drop_native_lines(), profile(activities=_activities(self._device), **kwargs) as prof:
                 for _ in range(max(iterations, 1)):
                     with record_function(RUN_SCOPE):
                         self.module(x)
@@ -178,7 +192,8 @@ class TorchScriptRunner(_TorchModuleRunner):
     def from_file(cls, path: str, input_spec: InputSpec, device: str = "cpu",
                   threads: Optional[int] = None) -> "TorchScriptRunner":
         try:
-            module = torch.jit.load(path, map_location="cpu")
+            with jit_deprecation_filtered():
+                module = torch.jit.load(path, map_location="cpu")
         except Exception as e:
             raise LowformerError(f"cannot load TorchScript file {path}: {str(e).splitlines()[0]}") from None
         if device == "cpu":
@@ -278,8 +293,5 @@ def optimize_loaded(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
     Its output (MKLDNN-prepacked constants) cannot be saved and loaded again by torch, so export
     saves the frozen module and this pass runs when the artifact is loaded.
     """
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
+    with jit_deprecation_filtered():
         return torch.jit.optimize_for_inference(module)

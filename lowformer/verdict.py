@@ -1,0 +1,51 @@
+"""One verdict per artifact, decided in one place and shown the same way everywhere.
+
+Two named checks can decide: the export check (logit parity on a fixed batch, recorded by
+`export`) and the validation (accuracy gates on images, recorded by `validate`). Accuracy gates
+decide only on labelled real images; on generated images the export check decides for FP32/FP16,
+and INT8 stays "not decided" (its accuracy is not measurable there), with the reason said.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Optional
+
+PASS, FAIL, UNDECIDED = "pass", "fail", "not decided"
+EXPORT_CHECK, VALIDATION = "export check", "validation"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: str  # pass | fail | not decided
+    decided_by: Optional[str]  # export check | validation | None
+    reason: str
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return self.status if self.decided_by is None else f"{self.status} ({self.decided_by})"
+
+
+def decide(precision: str, export_check_passed: Optional[bool], validation: Optional[Dict[str, Any]],
+           real_labels: bool) -> Verdict:
+    """The verdict from an artifact's two checks.
+
+    `validation`: its score (`passed`, `failures`, `error`); `real_labels`: whether the images were
+    labelled real images (so the accuracy gates mean something).
+    """
+    if export_check_passed is False:
+        return Verdict(FAIL, EXPORT_CHECK, "logit parity on the export's fixed batch failed")
+    if validation and validation.get("error"):
+        return Verdict(FAIL, VALIDATION, str(validation["error"]))
+    if validation and real_labels:
+        if validation.get("passed"):
+            return Verdict(PASS, VALIDATION, "accuracy gates hold on labelled images")
+        return Verdict(FAIL, VALIDATION, "; ".join(validation.get("failures") or ["a gate failed"]))
+    if precision == "int8":
+        return Verdict(UNDECIDED, None, "INT8 accuracy is not measurable on generated images: validate on "
+                                        "real labelled images")
+    if export_check_passed:
+        why = "accuracy gates not applied: generated images" if validation else "not validated"
+        return Verdict(PASS, EXPORT_CHECK, f"logit parity holds; {why}")
+    return Verdict(UNDECIDED, None, "no export check recorded and no validation on labelled images")
