@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -55,3 +55,42 @@ def parity_passes(cmp: LogitComparison, precision: str,
     if "min_cosine" in t:
         ok &= cmp.cosine >= t["min_cosine"]
     return bool(ok)
+
+
+# --------------------------------------------------------------------------- is a drop real?
+
+def paired_bootstrap_delta(ref_correct: np.ndarray, art_correct: np.ndarray, n_boot: int = 2000,
+                           level: float = 0.95, seed: int = 0) -> Tuple[float, float]:
+    """Percentile interval of the top-1 delta (artifact minus reference, in points), resampling
+    images with their pair of outcomes (the same images ran through both models)."""
+    ref = np.asarray(ref_correct, dtype=np.float64)
+    art = np.asarray(art_correct, dtype=np.float64)
+    if ref.shape != art.shape or ref.size == 0:
+        raise ValueError("paired outcomes of the same, non-empty set of images are needed")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, ref.size, size=(n_boot, ref.size))
+    deltas = (art[idx].mean(1) - ref[idx].mean(1)) * 100.0
+    lo, hi = np.percentile(deltas, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
+
+
+def mcnemar_exact(ref_only: int, art_only: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant pairs: images only the reference got
+    right, and images only the artifact got right (a binomial test of the split at 1/2)."""
+    from scipy.stats import binomtest
+
+    n = int(ref_only) + int(art_only)
+    return 1.0 if n == 0 else float(binomtest(int(ref_only), n, 0.5).pvalue)
+
+
+def drop_decision(interval: Tuple[float, float], max_drop: Optional[float]) -> str:
+    """Whether the data set is large enough to decide a top-1 drop gate, in one sentence."""
+    lo, hi = interval
+    span = f"[{lo:+.2f}, {hi:+.2f}] pt"
+    if max_drop is None:
+        return f"95% interval of the top-1 delta {span} (no drop gate)"
+    if lo >= -max_drop:
+        return f"the interval {span} is within the {max_drop:g} pt gate: the gate holds"
+    if hi < -max_drop:
+        return f"the interval {span} is beyond the {max_drop:g} pt gate: the drop is real"
+    return f"the interval {span} contains the {max_drop:g} pt gate: use more images to decide"

@@ -343,3 +343,22 @@ def test_two_concurrent_validate_runs_both_record_their_results(tiny, images):
         assert p.returncode == 0, err
     recorded = {a["path"]: a.get("validation") for a in load_manifest(tiny)["artifacts"]}
     assert recorded["model.onnx"] and recorded["model.ts"], recorded
+
+
+def test_interval_and_mcnemar_match_an_independent_computation():
+    """A hand-built 2x2 table: 100 images, both right 80, only the reference 7, only the artifact 2, both wrong 11."""
+    from math import comb
+
+    from lowformer.compare import drop_decision, mcnemar_exact, paired_bootstrap_delta
+
+    ref = np.array([1] * 80 + [1] * 7 + [0] * 2 + [0] * 11, dtype=bool)
+    art = np.array([1] * 80 + [0] * 7 + [1] * 2 + [0] * 11, dtype=bool)
+    # exact McNemar by hand: two-sided binomial tail of 2 successes in 9 at p = 1/2
+    by_hand = min(1.0, 2 * sum(comb(9, k) for k in range(0, 3)) / 2 ** 9)
+    assert abs(mcnemar_exact(7, 2) - by_hand) < 1e-12 and mcnemar_exact(0, 0) == 1.0
+    lo, hi = paired_bootstrap_delta(ref, art, n_boot=4000)
+    # the delta is -5 pt; its paired standard error is sqrt(b + c - (b - c)^2 / n) / n = 2.9 pt
+    se = (9 - 25 / 100) ** 0.5 / 100 * 100
+    assert lo < -5 < hi and abs((hi - lo) / 2 - 1.96 * se) < 0.6, (lo, hi, se)
+    assert "contains the 1 pt gate" in drop_decision((-1.1, 0.0), 1.0)
+    assert "the gate holds" in drop_decision((-0.4, 0.3), 1.0) and "is real" in drop_decision((-3, -1.5), 1.0)

@@ -8,12 +8,12 @@ from lowformer.models.complexity import count_macs, stage_shapes
 from lowformer.models.factory import create_model
 from lowformer.models.registry import VARIANTS, count_parameters, resolve
 
-# The paper's peer backbones and the timm model each corresponds to (None: not in timm).
+# The paper's peer backbones and the timm model each corresponds to (six are ours: lowformer/models/peers/).
 PEERS = [
-    ("FastViT-T8", "fastvit_t8"), ("EfficientMod-XS", None), ("MobileViG-M", None),
-    ("iFormer-S", None), ("MobileOne-S1", "mobileone_s1"), ("MobileOne-S3", "mobileone_s3"),
-    ("FFNet-1", None), ("GhostNetV2 1.0", "ghostnetv2_100"), ("EfficientViT-M5 (MSRA)", "efficientvit_m5"),
-    ("EdgeViT-XS", None), ("PVTv2-B0", "pvt_v2_b0"), ("FAT-B0", None), ("MobileNetV3-L", "mobilenetv3_large_100"),
+    ("FastViT-T8", "fastvit_t8"), ("EfficientMod-XS", "efficientmod_xs"), ("MobileViG-M", "mobilevig_m"),
+    ("iFormer-S", "iformer_small"), ("MobileOne-S1", "mobileone_s1"), ("MobileOne-S3", "mobileone_s3"),
+    ("FFNet-1", "ffnet_1"), ("GhostNetV2 1.0", "ghostnetv2_100"), ("EfficientViT-M5 (MSRA)", "efficientvit_m5"),
+    ("EdgeViT-XS", "edgevit_xs"), ("PVTv2-B0", "pvt_v2_b0"), ("FAT-B0", "fat_b0"), ("MobileNetV3-L", "mobilenetv3_large_100"),
     ("CoAtNet-0", "coatnet_0_rw_224"), ("EfficientFormerV2-S1", "efficientformerv2_s1"),
     ("ResNet-50", "resnet50"), ("SHViT-S4", "shvit_s4"), ("RepViT-M2.3", "repvit_m2_3"),
 ]
