@@ -128,7 +128,7 @@ def models_cmd(as_json: bool, peers: bool, count: bool) -> None:
     if as_json:
         return emit_json(rows)
     if peers:
-        print_table("Peer backbones of the paper", ["peer", "timm name", "in timm"],
+        print_table("Peer backbones of the paper", ["peer", "timm name", "available"],
                     [(r["peer"], r["timm_name"] or "-", "yes" if r["available"] else "no") for r in rows])
         return
     source = "counted here" if count else "published"
