@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test test-readme test-all demo bench clean
+.PHONY: install test test-readme test-all demo bench gpu-check clean
 
 install: $(STAMP)
 
@@ -29,5 +29,9 @@ demo: install
 bench: install
 	$(BIN)/python benchmarks/run.py
 
+# The GPU machine's checks (one NVIDIA GPU, under 8 minutes; exit 3 at once without a GPU).
+gpu-check: install
+	$(BIN)/python benchmarks/gpu_check.py --out gpu-check-out
+
 clean:
-	rm -rf $(VENV) artifacts demo-out .pytest_cache
+	rm -rf $(VENV) artifacts demo-out gpu-check-out .pytest_cache

@@ -29,7 +29,10 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".manifest.lock"
 SCHEMA = 1
-FORMATS = {".onnx": "onnx", ".ts": "torchscript", ".pt": "torchscript", ".engine": "tensorrt", ".plan": "tensorrt"}
+# `.pt2` holds a torch.export program ("pt2") or an AOTInductor package ("aoti"): the entry's format
+# says which, else the archive (lowformer.engines.pt2.package_kind).
+FORMATS = {".onnx": "onnx", ".ts": "torchscript", ".pt": "torchscript", ".pt2": "pt2", ".engine": "tensorrt",
+           ".plan": "tensorrt", ".xml": "openvino"}  # .xml: an OpenVINO IR, its weights in the .bin beside it
 DEFAULT_LOCK_TIMEOUT_S = 600.0
 
 
@@ -93,6 +96,9 @@ class ValidationRecord:
     flipped_images: List[Any] = field(default_factory=list)
     gate: Optional[Dict[str, Any]] = None
     failures: List[str] = field(default_factory=list)
+    top1_delta_ci: Optional[List[float]] = None
+    mcnemar_p: Optional[float] = None
+    decision: Optional[str] = None
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "ValidationRecord":

@@ -19,7 +19,7 @@ from lowformer.core.errors import LowformerError
 # Library errors name parameters; the user typed flags. Whole-word names only (they have underscores).
 PARAMETER_FLAGS = {"calib_data": "--calib-data", "eval_data": "--eval-data", "skip_bad_images": "--skip-bad-images",
                    "calib_size": "--calib-size", "image_size": "--image-size", "batch_size": "--batch-size",
-                   "lock_timeout": "--lock-timeout", "skip_missing": "--skip-missing"}
+                   "lock_timeout": "--lock-timeout", "skip_missing": "--skip-missing", "int8_target": "--target"}
 
 
 def emit_json(data: Any) -> None:
@@ -87,8 +87,8 @@ def speak_flags(message: str) -> str:
 
 def print_table(title: str, columns, rows) -> None:
     table = Table(title=title)
-    for c in columns:
-        table.add_column(c, justify="left" if c == columns[0] else "right")
+    for c in columns:  # fold, never cut: a narrow or non-terminal stdout still shows every value whole
+        table.add_column(c, justify="left" if c == columns[0] else "right", overflow="fold")
     for r in rows:
         table.add_row(*[str(v) for v in r])
     console.print(table)

@@ -24,6 +24,9 @@ class Target:
     threads: Optional[int] = None
     label: str = ""
     model: Optional[str] = None  # registry name, when known (for MACs)
+    runtime: Optional[str] = None  # None: the format's own; "openvino" for an ONNX through OpenVINO
+    precision: Optional[str] = None  # OpenVINO inference precision (f32 | bf16 | f16); None: f32
+    format: str = ""  # the artifact's format (for checking --runtime / --precision)
 
     def build_runner(self) -> Runner:
         with warnings.catch_warnings():
@@ -37,7 +40,7 @@ class Target:
             model = create_model(self.spec, self.checkpoint)
             return PyTorchRunner(model, InputSpec(shape=(None, 3, self.image_size, self.image_size)),
                                  device=self.device, threads=self.threads)
-        runner = load(self.spec, self.device, self.threads)
+        runner = load(self.spec, self.device, self.threads, runtime=self.runtime, inference_precision=self.precision)
         runner.precision = precision_of(Path(self.spec), None) if runner.precision == "fp32" else runner.precision
         return runner
 
@@ -50,16 +53,22 @@ def precision_of(path: Path, entry: Optional[ArtifactEntry]) -> str:
     return next((p for p in ("fp16", "int8") if stem.endswith(p) or f"_{p}" in stem), "fp32")
 
 
-def _artifact_targets(raw: str, device: str, threads: Optional[int]) -> List[Target]:
+def _artifact_targets(raw: str, device: str, threads: Optional[int], runtimes: Sequence[str] = (),
+                      precisions: Sequence[str] = ()) -> List[Target]:
+    from lowformer.engines.runtimes import run_specs, runtime_for
+
     out = []
     for path, entry, manifest in resolve_artifacts([raw]):
         size = int(manifest.input_shape[-1] or 224) if manifest else 224
         fmt = entry.format if entry else format_of(path)
-        label = f"{path.name} ({fmt} {precision_of(path, entry)})"
-        if manifest:
-            label = f"{manifest.display_name} {label}"
-        out.append(Target(str(path), "artifact", size, None, device, threads, label,
-                          manifest.model_name if manifest else None))
+        for run in run_specs(fmt, runtimes, precisions):
+            shown = [x for x in (run.runtime if run.runtime != runtime_for(fmt, None) else None, run.precision) if x]
+            how = f", {' '.join(shown)}" if shown else ""
+            label = f"{path.name} ({fmt} {precision_of(path, entry)}{how})"
+            if manifest:
+                label = f"{manifest.display_name} {label}"
+            out.append(Target(str(path), "artifact", size, None, device, threads, label,
+                              manifest.model_name if manifest else None, run.runtime, run.precision, fmt))
     return out
 
 
@@ -80,16 +89,22 @@ def export_optit(model: str, image_size: int, checkpoint: Optional[str], folder:
 
 def resolve_targets(args: Sequence[str], image_size: int = 224, checkpoint: Optional[str] = None,
                     device: str = "cpu", threads: Optional[int] = None, optit: bool = False,
-                    workdir: Optional[Path] = None) -> List[Target]:
-    """Artifacts (files, folders, manifests) and model names (`b1`, `timm:resnet50`) to targets."""
+                    workdir: Optional[Path] = None, runtimes: Sequence[str] = (),
+                    precisions: Sequence[str] = ()) -> List[Target]:
+    """Artifacts (files, folders, manifests) and model names (`b1`, `timm:resnet50`) to targets.
+
+    `runtimes` / `precisions`: each artifact once per runtime and OpenVINO precision that applies
+    to it (lowformer.engines.runtimes); model names run eager whatever they say."""
+    from lowformer.engines.runtimes import check_applicable, normalize_precisions, normalize_runtimes
     from lowformer.models.registry import resolve
 
+    runtimes, precisions = normalize_runtimes(runtimes), normalize_precisions(precisions)
     out: List[Target] = []
     for raw in args:
         if os.path.exists(raw):
-            out.extend(_artifact_targets(raw, device, threads))
+            out.extend(_artifact_targets(raw, device, threads, runtimes, precisions))
             continue
-        if raw.endswith((".onnx", ".ts", ".pt", ".engine", ".json")) or os.sep in raw:
+        if raw.endswith((".onnx", ".xml", ".ts", ".pt", ".engine", ".json")) or os.sep in raw:
             raise LowformerError(f"no such artifact or manifest: {raw}")
         spec = resolve(raw)
         if optit:
@@ -103,4 +118,6 @@ def resolve_targets(args: Sequence[str], image_size: int = 224, checkpoint: Opti
                               f"{spec.display} eager", spec.name))
     if not out:
         raise LowformerError("nothing to benchmark")
+    if runtimes or precisions:
+        check_applicable([t.format for t in out if t.kind == "artifact" and t.format], runtimes, precisions)
     return out

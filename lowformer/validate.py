@@ -21,7 +21,7 @@ import numpy as np
 
 from lowformer import artifacts as _artifacts
 from lowformer.artifacts import ArtifactEntry, Manifest, ValidationRecord
-from lowformer.compare import compare_logits
+from lowformer.compare import compare_logits, drop_decision, mcnemar_exact, paired_bootstrap_delta
 from lowformer.core.progress import Progress, no_progress
 from lowformer.core.errors import LowformerError
 from lowformer.core.files import PathLike, write_json
@@ -32,6 +32,7 @@ DEFAULT_GATES: Dict[str, Tuple[Optional[float], Optional[float]]] = {
     "fp32": (None, 0.999),
     "fp16": (0.2, 0.995),
     "int8": (1.0, None),
+    "bf16": (0.2, 0.995),  # an FP32 model run by OpenVINO in bfloat16 (AMX): gated like FP16
 }
 MAX_FLIPS_IN_MANIFEST = 50
 
@@ -81,6 +82,11 @@ class ModelScore:
     failures: List[str] = field(default_factory=list)
     error: Optional[str] = None
     passed: Optional[bool] = None
+    top1_delta_ci: Optional[List[float]] = None  # paired bootstrap 95% interval of top1_delta (pt)
+    mcnemar_p: Optional[float] = None  # exact McNemar test on the images only one of the two got right
+    decision: Optional[str] = None  # whether the images suffice to decide the drop gate
+    runtime: Optional[str] = None  # set when not the format's own (OpenVINO running an ONNX)
+    inference_precision: Optional[str] = None  # OpenVINO's INFERENCE_PRECISION_HINT (f32 | bf16 | f16)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -106,7 +112,7 @@ class ValidationResult:
                 "images_per_second": round(self.data["images"] / self.seconds, 2) if self.seconds else None,
                 "data": self.data, "preprocessing": self.preprocessing,
                 "reference": self.reference.to_dict(), "artifacts": [a.to_dict() for a in self.artifacts],
-                "warnings": self.warnings}
+                "warnings": self.warnings, "machine": _machine()}
 
     def rows(self) -> List[List[str]]:
         """The end-of-run table (model, top-1, top-5, delta, agreement, cosine, max|diff|, flips, gate)."""
@@ -114,18 +120,21 @@ class ValidationResult:
             return f"{v:.2f}" if v is not None else "-"
 
         r = self.reference
-        out = [[f"{r.name} (reference)", pct(r.top1), pct(r.top5), "-", "-", "-", "-", "-", "-"]]
+        out = [[f"{r.name} (reference)", pct(r.top1), pct(r.top5), "-", "-", "-", "-", "-", "-", "-", "-"]]
         for a in self.artifacts:
             verdict = "error" if a.error else ("pass" if a.passed else "FAIL")
+            ci = f"[{a.top1_delta_ci[0]:+.2f}, {a.top1_delta_ci[1]:+.2f}]" if a.top1_delta_ci else "-"
             out.append([a.name, pct(a.top1), pct(a.top5),
-                        f"{a.top1_delta:+.2f}" if a.top1_delta is not None else "-",
+                        f"{a.top1_delta:+.2f}" if a.top1_delta is not None else "-", ci,
+                        f"{a.mcnemar_p:.3g}" if a.mcnemar_p is not None else "-",
                         pct(a.agreement * 100 if a.agreement is not None else None),
                         f"{a.cosine:.6f}" if a.cosine is not None else "-",
                         f"{a.max_abs:.3g}" if a.max_abs is not None else "-",
                         str(len(a.flipped)), verdict])
         return out
 
-    COLUMNS = ["model", "top-1 %", "top-5 %", "Δ top-1 pt", "agree %", "cosine", "max|Δ|", "flips", "gate"]
+    COLUMNS = ["model", "top-1 %", "top-5 %", "Δ top-1 pt", "95% CI", "McNemar p", "agree %", "cosine", "max|Δ|",
+               "flips", "gate"]
 
 
 class _Tally:
@@ -136,6 +145,7 @@ class _Tally:
         self.cos_sum = self.max_abs = self.sq_diff = self.sq_ref = 0.0
         self.flips: List[Dict[str, Any]] = []
         self.num_classes = 0
+        self.correct: List[np.ndarray] = []  # per image, in order: the paired statistics need them
 
     def accuracy(self, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
         k = min(5, logits.shape[1])
@@ -143,6 +153,7 @@ class _Tally:
         topk = np.argpartition(-logits, k - 1, axis=1)[:, :k]
         self.n += len(labels)
         self.top1 += int((pred == labels).sum())
+        self.correct.append(pred == labels)
         self.top5 += int((topk == labels[:, None]).any(1).sum())
         return pred
 
@@ -222,7 +233,8 @@ def _validation_record(s: ModelScore, result: ValidationResult) -> ValidationRec
         limit=result.data["limit"], label_source=result.data["label_source"], preprocessing=result.preprocessing,
         top1=s.top1, top5=s.top5, reference_top1=result.reference.top1, reference_top5=result.reference.top5,
         top1_delta=s.top1_delta, agreement=s.agreement, cosine=s.cosine, max_abs=s.max_abs,
-        flipped=len(s.flipped), flipped_images=s.flipped[:MAX_FLIPS_IN_MANIFEST], gate=s.gate, failures=s.failures)
+        flipped=len(s.flipped), flipped_images=s.flipped[:MAX_FLIPS_IN_MANIFEST], gate=s.gate, failures=s.failures,
+        top1_delta_ci=s.top1_delta_ci, mcnemar_p=s.mcnemar_p, decision=s.decision)
 
 
 def _record(items: Sequence[Item], scores: List[ModelScore], result: ValidationResult) -> None:
@@ -235,7 +247,15 @@ def _record(items: Sequence[Item], scores: List[ModelScore], result: ValidationR
         def apply(manifest: Manifest) -> None:
             for entry, s in pairs:
                 target = manifest.entry(entry.path)
-                if target is not None:
+                if target is None:
+                    continue
+                if s.runtime or (s.inference_precision or "f32") != "f32":
+                    # another runtime or precision than the artifact's own: kept beside its validation
+                    key = f"{s.runtime or s.backend}/{s.inference_precision or 'f32'}"
+                    runs = dict(target.facts.get("validations") or {})
+                    runs[key] = _validation_record(s, result).to_dict()
+                    target.facts["validations"] = runs
+                else:
                     target.validation = _validation_record(s, result)
         _artifacts.update(folder, apply)  # re-read under the lock: other commands may write meanwhile
 
@@ -248,8 +268,12 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
              mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
              skip_bad_images: bool = False, report: Optional[PathLike] = None, record: bool = True,
              device: str = "cpu", threads: Optional[int] = None, seed: int = 0, skip_missing: bool = False,
+             runtimes: Sequence[str] = (), precisions: Sequence[str] = (),
              progress: Progress = no_progress) -> ValidationResult:
-    """Top-1/top-5 of the PyTorch reference and every artifact on one pass over `data`."""
+    """Top-1/top-5 of the PyTorch reference and every artifact on one pass over `data`.
+
+    `runtimes` / `precisions` (lowformer.engines.runtimes): also run ONNX artifacts through OpenVINO,
+    at each OpenVINO inference precision; every such run is scored and gated on its own."""
     import torch
 
     from lowformer.data.imagenet import list_samples, stratified_subset
@@ -269,8 +293,8 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
     started = time.perf_counter()
     listed = list_samples(data, labels)  # data errors first: they are cheap to find
 
-    warnings: List[str] = []
-    loaded = load_artifacts(list(artifacts), device, threads, skip_missing, warnings)
+    warnings: List[str] = list(getattr(listed, "warnings", []))  # e.g. images the labels file misses
+    loaded = load_artifacts(list(artifacts), device, threads, skip_missing, warnings, runtimes, precisions)
     items = [(p, e, m) for p, e, m, _ in loaded]
     runners = [r for *_, r in loaded]
     warnings += [w for r in runners for w in r.warnings]
@@ -301,6 +325,7 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
         pre = resolve(reference).preprocessing(int(size))  # type: ignore[arg-type]
     pre = pre.override(crop_ratio, interpolation, mean, std)
     names = _unique_names([p for p, _, _ in items])
+    names = [f"{n} ({r.variant})" if getattr(r, "variant", None) else n for n, r in zip(names, runners)]
     for r, name in zip(runners, names):
         _check_input_size(r, pre.crop, name)
     if threads:
@@ -308,7 +333,10 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
     ref_runner = PyTorchRunner(ref_model, InputSpec(shape=(None, 3, pre.crop, pre.crop)), device=device)
 
     ref_score = ModelScore(ref_name, "pytorch", "fp32", None)
-    scores = [ModelScore(n, r.backend, e.precision if e else r.precision, str(p))
+    scores = [ModelScore(n, r.backend, r.precision if getattr(r, "variant", None) else
+                         (e.precision if e else r.precision), str(p),
+                         runtime="openvino" if r.backend == "openvino" and getattr(r, "format", "") != "openvino" else None,
+                         inference_precision=getattr(r, "hint", None))
               for n, r, (p, e, _) in zip(names, runners, items)]
     for s in scores:
         g = Gate.for_precision(s.precision, gate_top1_drop, gate_agreement)
@@ -336,6 +364,7 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
             s.rel_l2 = float(np.sqrt(t.sq_diff / max(t.sq_ref, 1e-300)))
             s.flipped = t.flips
             s.failures = Gate(**s.gate).failures(s.top1_delta, s.agreement)  # type: ignore[arg-type]
+            _paired_statistics(s, ref_tally, t)
         elif s.error is None:
             s.error = "no images were run"
         if s.error:
@@ -365,6 +394,14 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
 def record_validation(result: ValidationResult) -> None:
     """Write each artifact's outcome into its manifest entry (one locked update per folder)."""
     _record(result.items, result.artifacts, result)
+
+
+def _machine() -> Dict[str, Any]:
+    """The CPU the artifacts ran on: INT8 and BF16 accuracy can depend on its kernels (VNNI, AMX)."""
+    from lowformer.core.machine import cpu_flags, cpu_isa, cpu_model
+
+    flags = cpu_flags()
+    return {"cpu": cpu_model(), "isa": cpu_isa(flags), "cpu_flags": flags}
 
 
 def calibration_images(items: Sequence[Item], data: PathLike,
@@ -438,6 +475,17 @@ def _one_batch(x, y, idx, errors, samples, skip_bad_images: bool, label_source: 
             continue
         pred = t.accuracy(out, labels_b)
         t.parity(ref_logits, out, ref_pred, pred, labels_b, paths)
+
+
+def _paired_statistics(score: ModelScore, ref: _Tally, art: _Tally) -> None:
+    """Is the top-1 delta real or noise of the data set: bootstrap interval, McNemar p, a sentence."""
+    ref_c, art_c = np.concatenate(ref.correct), np.concatenate(art.correct)
+    if len(ref_c) != len(art_c) or not len(ref_c):
+        return
+    ci = paired_bootstrap_delta(ref_c, art_c)
+    score.top1_delta_ci = [round(ci[0], 4), round(ci[1], 4)]
+    score.mcnemar_p = mcnemar_exact(int((ref_c & ~art_c).sum()), int((~ref_c & art_c).sum()))
+    score.decision = drop_decision(ci, (score.gate or {}).get("max_top1_drop"))
 
 
 def _fill(score: ModelScore, tally: _Tally) -> None:

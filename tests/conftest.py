@@ -40,3 +40,21 @@ def effnet_lite0_checkpoint(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def mini_dir() -> Path:
     return FIXTURES / "mini"
+
+
+@pytest.fixture(scope="session")
+def trt_real_apis():
+    """{'10.3' | '10.16' | '11.4': API dump} of the real TensorRT Python bindings (tests/trt_bindings.py).
+
+    The PyPI bindings wheels are downloaded once into ~/.cache/lowformer/trt-bindings/ (or
+    $LOWFORMER_TRT_CACHE) and imported against stub libraries in a subprocess per version. Skips when
+    pip cannot download them (offline) or no C compiler is here, unless LOWFORMER_TRT_BINDINGS=required.
+    """
+    import trt_bindings
+
+    try:
+        return {key: trt_bindings.real_api(key) for key in trt_bindings.VERSIONS}
+    except trt_bindings.BindingsUnavailable as e:
+        if os.environ.get("LOWFORMER_TRT_BINDINGS") == "required":
+            raise
+        pytest.skip(f"real TensorRT bindings unavailable: {e}")

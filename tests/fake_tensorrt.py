@@ -1,12 +1,16 @@
 """A small stand-in for the `tensorrt` Python package, for tests only (no GPU or TensorRT here).
 
-It mirrors the documented TensorRT 10.x / 11.x Python API surface lowformer uses (names, argument
-order, return conventions such as `None` from build/deserialize on failure) and a few documented
-behaviours: 11.x has no BuilderFlag.FP16/INT8, a strongly typed network rejects precision flags,
-an engine only deserializes with the TensorRT version that built it, inspector JSON is "Layers" +
-"Bindings" (10.x) or "I/O Tensors" (11.x) with `[ONNX Layer: ...]` metadata joined by \\x1e.
+It offers a subset of the real TensorRT Python API that lowformer uses: the class names, member names,
+parameter names and enum values are those of the real bindings (tests/test_tensorrt_bindings.py checks
+this fake against the real `tensorrt_bindings` 10.3, 10.16 and 11.4 modules: it may lack API, never
+invent it; test-only state is private, `_calls` / `_unsupported_ops` on the module). Return conventions
+follow the real API (`None` from build/deserialize on failure) and a few documented behaviours: 11.x
+has no BuilderFlag.FP16/INT8, a strongly typed network rejects precision flags, an engine only
+deserializes with the TensorRT version that built it, inspector JSON is "Layers" + "Bindings" (10.x)
+or "I/O Tensors" (11.x) with `[ONNX Layer: ...]` metadata joined by \\x1e.
 
-The "engine" is a JSON plan. Running it reads the input buffer from its address (CPU memory in
+Simplified, because the real work needs a GPU: the "engine" (and what build_serialized_network returns,
+bytes rather than IHostMemory) is a JSON plan. Running it reads the input buffer from its address (CPU memory in
 tests, through ctypes) and writes logits[b, k] = mean(x[b, k % C]) * (k + 1), so the runner glue
 (shapes, addresses, dtypes) is checked against real numbers. It says nothing about real GPU speed
 or accuracy.
@@ -25,13 +29,14 @@ MAGIC = b"FAKETRT1"
 _FUSABLE = {"Relu", "Add", "Sigmoid", "Mul", "HardSwish", "Clip", "BatchNormalization"}
 
 
-def _enum(name: str, members: List[str], start: int = 0):
-    return enum.IntEnum(name, {m: i + start for i, m in enumerate(members)})
+def _enum(name: str, members: Dict[str, int]):
+    """An enum with the real members' integer values (pybind enums convert with int())."""
+    return enum.IntEnum(name, members)
 
 
 def make_fake_tensorrt(version: str = "10.9.0.34", unsupported_ops: Optional[set] = None,
                        build_error: Optional[str] = None) -> types.ModuleType:
-    """A fresh fake `tensorrt` module; `calls` records every API call the code under test made.
+    """A fresh fake `tensorrt` module; `_calls` records every API call the code under test made.
 
     `unsupported_ops` makes the parser fail on those ONNX ops; `build_error` makes the build fail
     with that logged error (as a GPU out of memory would).
@@ -40,21 +45,22 @@ def make_fake_tensorrt(version: str = "10.9.0.34", unsupported_ops: Optional[set
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
     calls: List[tuple] = []
-    trt.calls = calls
-    trt.unsupported_ops = set(unsupported_ops or ())
+    trt._calls = calls
+    trt._unsupported_ops = set(unsupported_ops or ())
 
-    Severity = _enum("Severity", ["INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE"])
+    Severity = _enum("Severity", {"INTERNAL_ERROR": 0, "ERROR": 1, "WARNING": 2, "INFO": 3, "VERBOSE": 4})
 
     class ILogger:
-        pass
+        def __init__(self):
+            pass
 
     ILogger.Severity = Severity
 
     class Logger(ILogger):
         WARNING = Severity.WARNING
 
-        def __init__(self, severity=Severity.WARNING):
-            self.severity = severity
+        def __init__(self, min_severity=Severity.WARNING):
+            self.min_severity = min_severity
 
         def log(self, severity, msg):
             pass
@@ -65,17 +71,19 @@ def make_fake_tensorrt(version: str = "10.9.0.34", unsupported_ops: Optional[set
 
     trt.ILogger, trt.Logger, trt.IProfiler = ILogger, Logger, IProfiler
     if major >= 11:
-        trt.NetworkDefinitionCreationFlag = _enum("NetworkDefinitionCreationFlag", ["STRONGLY_TYPED"])
-        trt.BuilderFlag = _enum("BuilderFlag", ["DEBUG", "GPU_FALLBACK", "REFIT", "SPARSE_WEIGHTS"])
+        trt.NetworkDefinitionCreationFlag = _enum("NetworkDefinitionCreationFlag", {"STRONGLY_TYPED": 0})
+        trt.BuilderFlag = _enum("BuilderFlag", {"DEBUG": 2, "GPU_FALLBACK": 3, "REFIT": 4, "SPARSE_WEIGHTS": 7})
     else:
-        trt.NetworkDefinitionCreationFlag = _enum("NetworkDefinitionCreationFlag", ["EXPLICIT_BATCH", "STRONGLY_TYPED"])
-        trt.BuilderFlag = _enum("BuilderFlag", ["FP16", "INT8", "DEBUG", "GPU_FALLBACK", "REFIT", "SPARSE_WEIGHTS",
-                                                "BF16", "OBEY_PRECISION_CONSTRAINTS"])
-    trt.MemoryPoolType = _enum("MemoryPoolType", ["WORKSPACE", "DLA_MANAGED_SRAM", "DLA_LOCAL_DRAM"])
-    trt.ProfilingVerbosity = _enum("ProfilingVerbosity", ["LAYER_NAMES_ONLY", "NONE", "DETAILED"])
-    trt.LayerInformationFormat = _enum("LayerInformationFormat", ["ONELINE", "JSON"])
-    trt.TensorIOMode = _enum("TensorIOMode", ["NONE", "INPUT", "OUTPUT"])
-    trt.DataType = _enum("DataType", ["FLOAT", "HALF", "INT8", "INT32", "BOOL", "UINT8", "FP8", "BF16", "INT64"])
+        trt.NetworkDefinitionCreationFlag = _enum("NetworkDefinitionCreationFlag",
+                                                  {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1})
+        trt.BuilderFlag = _enum("BuilderFlag", {"FP16": 0, "INT8": 1, "DEBUG": 2, "GPU_FALLBACK": 3, "REFIT": 4,
+                                                "SPARSE_WEIGHTS": 7, "OBEY_PRECISION_CONSTRAINTS": 9, "BF16": 17})
+    trt.MemoryPoolType = _enum("MemoryPoolType", {"WORKSPACE": 0, "DLA_MANAGED_SRAM": 1, "DLA_LOCAL_DRAM": 2})
+    trt.ProfilingVerbosity = _enum("ProfilingVerbosity", {"LAYER_NAMES_ONLY": 0, "NONE": 1, "DETAILED": 2})
+    trt.LayerInformationFormat = _enum("LayerInformationFormat", {"ONELINE": 0, "JSON": 1})
+    trt.TensorIOMode = _enum("TensorIOMode", {"NONE": 0, "INPUT": 1, "OUTPUT": 2})
+    trt.DataType = _enum("DataType", {"FLOAT": 0, "HALF": 1, "INT8": 2, "INT32": 3, "BOOL": 4, "UINT8": 5, "FP8": 6,
+                                      "BF16": 7, "INT64": 8})
     precision_flags = {"FP16", "INT8", "BF16"}
 
     def record(name, *args):
@@ -107,38 +115,41 @@ def make_fake_tensorrt(version: str = "10.9.0.34", unsupported_ops: Optional[set
         def func(self):
             return "importFallback"
 
-    if major >= 10:  # node_name / node_operator came with TensorRT 10
-        ParserError.node_name = lambda self: self._name
-        ParserError.node_operator = lambda self: self._op
+        def node_name(self):
+            return self._name
 
-    class Network:
+        def node_operator(self):
+            return self._op
+
+    class INetworkDefinition:
         def __init__(self, flags: int):
-            self.strongly_typed = bool(flags & (1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)))
-            self.onnx = None
+            self._strongly_typed = bool(flags & (1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)))
+            self._onnx = None
 
     class OnnxParser:
         def __init__(self, network, logger):
             record("OnnxParser")
-            self.network, self.logger, self.errors = network, logger, []
+            self._network, self._logger, self._errors = network, logger, []
 
         @property
         def num_errors(self):
-            return len(self.errors)
+            return len(self._errors)
 
-        def get_error(self, i):
-            return self.errors[i]
+        def get_error(self, index):
+            return self._errors[index]
 
-        def parse_from_file(self, path: str) -> bool:
+        def parse_from_file(self, model: str) -> bool:
             import onnx
 
+            path = model
             record("parse_from_file", path)
             model = onnx.load(path)
             g = model.graph
             for i, n in enumerate(g.node):
-                if n.op_type in trt.unsupported_ops:
-                    self.errors.append(ParserError(i, n.name, n.op_type,
-                                                   f"No importer registered for op: {n.op_type}"))
-            if self.errors:
+                if n.op_type in trt._unsupported_ops:
+                    self._errors.append(ParserError(i, n.name, n.op_type,
+                                                    f"No importer registered for op: {n.op_type}"))
+            if self._errors:
                 return False
             inits = {t.name for t in g.initializer}
             inp = [i for i in g.input if i.name not in inits][0]
@@ -151,72 +162,70 @@ def make_fake_tensorrt(version: str = "10.9.0.34", unsupported_ops: Optional[set
             def dtype(v):
                 return "HALF" if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 else "FLOAT"
 
-            self.network.onnx = {"input": {"name": inp.name, "shape": dims(inp), "dtype": dtype(inp)},
+            self._network._onnx = {"input": {"name": inp.name, "shape": dims(inp), "dtype": dtype(inp)},
                                  "output": {"name": out.name, "shape": dims(out), "dtype": dtype(out)},
                                  "nodes": [(n.name, n.op_type) for n in g.node]}
             return True
 
     # ------------------------------------------------------------------ builder
-    class OptimizationProfile:
+    class IOptimizationProfile:
         def __init__(self):
-            self.shapes = {}
+            self._shapes = {}
 
-        def set_shape(self, name, min, opt, max):
-            record("set_shape", name, tuple(min), tuple(opt), tuple(max))
-            self.shapes[name] = [list(min), list(opt), list(max)]
+        def set_shape(self, input, min, opt, max):
+            record("set_shape", input, tuple(min), tuple(opt), tuple(max))
+            self._shapes[input] = [list(min), list(opt), list(max)]
 
-    class TimingCache:
-        def __init__(self, entries: Dict[str, str]):
-            self.entries = dict(entries)
+    class ITimingCache:
+        def __init__(self, entries: Dict[str, str], cache_version: str = version):
+            self._entries, self._version = dict(entries), cache_version
 
         def serialize(self):
-            return b"FAKETC" + json.dumps({"version": version, "entries": self.entries}).encode()
+            return b"FAKETC" + json.dumps({"version": version, "entries": self._entries}).encode()
 
-    class BuilderConfig:
+    class IBuilderConfig:
         def __init__(self):
-            self.flags, self.profiles, self.pools = set(), [], {}
+            self._flags, self._profiles, self._pools = set(), [], {}
             object.__setattr__(self, "profiling_verbosity", trt.ProfilingVerbosity.LAYER_NAMES_ONLY)
-            self.timing_cache = None
+            self._timing_cache = None
 
         def __setattr__(self, key, value):
             if key == "profiling_verbosity":
                 record("profiling_verbosity", value)
             object.__setattr__(self, key, value)
 
-        def set_memory_pool_limit(self, pool, size):
-            record("set_memory_pool_limit", pool, size)
-            self.pools[pool] = size
+        def set_memory_pool_limit(self, pool, pool_size):
+            record("set_memory_pool_limit", pool, pool_size)
+            self._pools[pool] = pool_size
 
         def set_flag(self, flag):
             record("set_flag", flag.name)
-            self.flags.add(flag.name)
+            self._flags.add(flag.name)
 
         def add_optimization_profile(self, profile):
             record("add_optimization_profile")
-            self.profiles.append(profile)
-            return len(self.profiles) - 1
+            self._profiles.append(profile)
+            return len(self._profiles) - 1
 
-        def create_timing_cache(self, data):
-            data = bytes(data)
+        def create_timing_cache(self, serialized_timing_cache):
+            data = bytes(serialized_timing_cache)
             record("create_timing_cache", data)
             if not data:
-                return TimingCache({})
+                return ITimingCache({})
             if not data.startswith(b"FAKETC"):
                 return None  # real TensorRT logs an error and returns None for a corrupt cache
             blob = json.loads(data[6:])
-            cache = TimingCache(blob["entries"])
-            cache.version = blob["version"]
-            return cache
+            return ITimingCache(blob["entries"], blob["version"])
 
         def set_timing_cache(self, cache, ignore_mismatch):
-            record("set_timing_cache", len(cache.entries), ignore_mismatch)
-            if getattr(cache, "version", version) != version and not ignore_mismatch:
+            record("set_timing_cache", len(cache._entries), ignore_mismatch)
+            if cache._version != version and not ignore_mismatch:
                 return False
-            self.timing_cache = cache
+            self._timing_cache = cache
             return True
 
         def get_timing_cache(self):
-            return self.timing_cache
+            return self._timing_cache
 
     class Builder:
         def __init__(self, logger):
@@ -225,30 +234,30 @@ def make_fake_tensorrt(version: str = "10.9.0.34", unsupported_ops: Optional[set
 
         def create_network(self, flags=0):
             record("create_network", flags)
-            return Network(flags)
+            return INetworkDefinition(flags)
 
         def create_builder_config(self):
-            return BuilderConfig()
+            return IBuilderConfig()
 
         def create_optimization_profile(self):
-            return OptimizationProfile()
+            return IOptimizationProfile()
 
         def build_serialized_network(self, network, config):
             record("build_serialized_network")
-            onnx = network.onnx
+            onnx = network._onnx
             if build_error:
                 error(self.logger, build_error)
                 return None
-            if network.strongly_typed and config.flags & precision_flags:
+            if network._strongly_typed and config._flags & precision_flags:
                 error(self.logger, "Error Code 4: API Usage Error (precision flags are not allowed with a "
                                    "strongly typed network)")
                 return None
             dynamic = -1 in onnx["input"]["shape"]
-            if dynamic and not config.profiles:
+            if dynamic and not config._profiles:
                 error(self.logger, "Error Code 4: Network has dynamic or shape inputs, but no optimization "
                                    "profile has been defined.")
                 return None
-            profile = config.profiles[0].shapes.get(onnx["input"]["name"]) if config.profiles else None
+            profile = config._profiles[0]._shapes.get(onnx["input"]["name"]) if config._profiles else None
             if profile is not None:
                 for shape in profile:
                     if len(shape) != len(onnx["input"]["shape"]) or any(
@@ -256,33 +265,33 @@ def make_fake_tensorrt(version: str = "10.9.0.34", unsupported_ops: Optional[set
                         error(self.logger, f"profile shape {shape} does not match the input")
                         return None
             layers = _fuse(onnx["nodes"])
-            if config.timing_cache is not None:
+            if config._timing_cache is not None:
                 for name, _ in layers:
-                    config.timing_cache.entries.setdefault(name, "tactic-0x1")
+                    config._timing_cache._entries.setdefault(name, "tactic-0x1")
             plan = {"version": version, "input": onnx["input"], "output": onnx["output"],
                     "profile": profile or [onnx["input"]["shape"]] * 3, "layers": layers,
                     "detailed": config.profiling_verbosity == trt.ProfilingVerbosity.DETAILED,
-                    "flags": sorted(config.flags), "strongly_typed": network.strongly_typed}
+                    "flags": sorted(config._flags), "strongly_typed": network._strongly_typed}
             return MAGIC + json.dumps(plan).encode()
 
     # ------------------------------------------------------------------ runtime
-    class Engine:
+    class ICudaEngine:
         def __init__(self, plan):
-            self.plan = plan
-            self.io = [plan["input"], plan["output"]]
+            self._plan = plan
+            self._io = [plan["input"], plan["output"]]
 
         @property
         def num_io_tensors(self):
             return 2
 
-        def get_tensor_name(self, i):
-            return self.io[i]["name"]
+        def get_tensor_name(self, index):
+            return self._io[index]["name"]
 
         def _t(self, name):
-            return next(t for t in self.io if t["name"] == name)
+            return next(t for t in self._io if t["name"] == name)
 
         def get_tensor_mode(self, name):
-            return trt.TensorIOMode.INPUT if name == self.io[0]["name"] else trt.TensorIOMode.OUTPUT
+            return trt.TensorIOMode.INPUT if name == self._io[0]["name"] else trt.TensorIOMode.OUTPUT
 
         def get_tensor_shape(self, name):
             return tuple(self._t(name)["shape"])
@@ -291,59 +300,59 @@ def make_fake_tensorrt(version: str = "10.9.0.34", unsupported_ops: Optional[set
             return getattr(trt.DataType, self._t(name)["dtype"])
 
         def get_tensor_profile_shape(self, name, profile_index):
-            return [tuple(s) for s in self.plan["profile"]]
+            return [tuple(s) for s in self._plan["profile"]]
 
         def create_execution_context(self):
-            return ExecutionContext(self)
+            return IExecutionContext(self)
 
         def create_engine_inspector(self):
             return EngineInspector(self)
 
-    class ExecutionContext:
+    class IExecutionContext:
         def __init__(self, engine):
-            self.engine, self.addresses, self.shapes = engine, {}, {}
+            self.engine, self._addresses, self._shapes = engine, {}, {}
             self.profiler = None
 
         def set_input_shape(self, name, shape):
-            lo, _, hi = self.engine.plan["profile"]
+            lo, _, hi = self.engine._plan["profile"]
             ok = len(shape) == len(lo) and all(a <= s <= b for a, s, b in zip(lo, shape, hi))
             if ok:
-                self.shapes[name] = tuple(shape)
+                self._shapes[name] = tuple(shape)
             return ok
 
         def get_tensor_shape(self, name):
-            if name in self.shapes:
-                return self.shapes[name]
-            out = list(self.engine.plan["output"]["shape"])
-            batch = next(iter(self.shapes.values()))[0] if self.shapes else -1
+            if name in self._shapes:
+                return self._shapes[name]
+            out = list(self.engine._plan["output"]["shape"])
+            batch = next(iter(self._shapes.values()))[0] if self._shapes else -1
             return tuple(batch if d == -1 else d for d in out)
 
-        def set_tensor_address(self, name, ptr):
-            self.addresses[name] = int(ptr)
+        def set_tensor_address(self, name, memory):
+            self._addresses[name] = int(memory)
             return True
 
         def execute_async_v3(self, stream_handle):
             record("execute_async_v3", stream_handle)
-            inp, out = self.engine.plan["input"], self.engine.plan["output"]
-            x = _view(self.addresses[inp["name"]], self.shapes[inp["name"]], inp["dtype"]).astype(np.float32)
+            inp, out = self.engine._plan["input"], self.engine._plan["output"]
+            x = _view(self._addresses[inp["name"]], self._shapes[inp["name"]], inp["dtype"]).astype(np.float32)
             oshape = self.get_tensor_shape(out["name"])
-            y = _view(self.addresses[out["name"]], oshape, out["dtype"])
+            y = _view(self._addresses[out["name"]], oshape, out["dtype"])
             channels = x.shape[1]
             means = x.mean(axis=(2, 3))
             k = np.arange(oshape[1])
             y[...] = (means[:, k % channels] * (k + 1)).astype(y.dtype)
             if self.profiler is not None:
-                for i, (name, _) in enumerate(self.engine.plan["layers"]):
+                for i, (name, _) in enumerate(self.engine._plan["layers"]):
                     self.profiler.report_layer_time(name, 0.01 * (i + 1))
             return True
 
     class EngineInspector:
         def __init__(self, engine):
-            self.engine = engine
+            self._engine = engine
 
-        def get_engine_information(self, fmt):
-            record("get_engine_information", fmt)
-            plan = self.engine.plan
+        def get_engine_information(self, format):
+            record("get_engine_information", format)
+            plan = self._engine._plan
             if plan["detailed"]:
                 layers = [{"Name": name, "LayerType": kind, "Inputs": [], "Outputs": [],
                            "Metadata": meta} for name, (kind, meta) in
@@ -362,9 +371,9 @@ def make_fake_tensorrt(version: str = "10.9.0.34", unsupported_ops: Optional[set
         def __init__(self, logger):
             self.logger = logger
 
-        def deserialize_cuda_engine(self, data):
+        def deserialize_cuda_engine(self, serialized_engine):
             record("deserialize_cuda_engine")
-            data = bytes(data)
+            data = bytes(serialized_engine)
             if not data.startswith(MAGIC):
                 error(self.logger, "Error Code 1: Serialization (Serialization assertion magicTagRead == kMAGIC_TAG "
                                    "failed.Magic tag does not match)")
@@ -374,9 +383,11 @@ def make_fake_tensorrt(version: str = "10.9.0.34", unsupported_ops: Optional[set
                 error(self.logger, "Error Code 6: API Usage Error (The engine plan file is not compatible with this "
                                    f"version of TensorRT, expecting library version {version} got {plan['version']})")
                 return None
-            return Engine(plan)
+            return ICudaEngine(plan)
 
-    trt.Builder, trt.OnnxParser, trt.Runtime, trt.ParserError = Builder, OnnxParser, Runtime, ParserError
+    for cls in (Builder, OnnxParser, Runtime, ParserError, INetworkDefinition, IBuilderConfig, IOptimizationProfile,
+                ITimingCache, ICudaEngine, IExecutionContext, EngineInspector):
+        setattr(trt, cls.__name__, cls)  # the real module exports every class under the same name
     return trt
 
 

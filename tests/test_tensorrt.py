@@ -2,8 +2,10 @@
 
 TensorRT and CUDA do not exist on this machine, so the build/runner tests run against a fake
 `tensorrt` module (tests/fake_tensorrt.py) injected through sys.modules, and the CUDA I/O helper is
-replaced by a CPU one. They check the calls we make against the documented TensorRT 10.x/11.x API,
-not TensorRT itself. The real-hardware check is `test_real_gpu_build_and_run` (@pytest.mark.gpu).
+replaced by a CPU one. They check our logic against the fake's behaviour, not TensorRT's; the names
+and signatures we call, and the fake's own API, are checked against the real TensorRT 10.3/10.16/11.4
+bindings in tests/test_tensorrt_bindings.py. The real-hardware check is `test_real_gpu_build_and_run`
+(@pytest.mark.gpu).
 
 The profile fixtures in tests/fixtures/trt/ were written by hand from the documented trtexec /
 engine-inspector formats, not recorded on a GPU.
@@ -125,7 +127,7 @@ def fake_trt(monkeypatch):
 
 
 def _names(mod, call):
-    return [c for c in mod.calls if c[0] == call]
+    return [c for c in mod._calls if c[0] == call]
 
 
 def _expected_logits(x: np.ndarray, classes: int = 10) -> np.ndarray:
@@ -220,7 +222,7 @@ def test_trt10_fp32_onnx_with_fp16_flag_is_weakly_typed(fake_trt, work):
     assert _names(trt, "set_shape") == [("set_shape", "input", (1, 3, 16, 16), (4, 3, 16, 16), (8, 3, 16, 16))]
     assert _names(trt, "set_memory_pool_limit") == [("set_memory_pool_limit", trt.MemoryPoolType.WORKSPACE, 256 << 20)]
     assert _names(trt, "profiling_verbosity") == [("profiling_verbosity", trt.ProfilingVerbosity.DETAILED)]
-    assert ("parse_from_file", str(work / "model.onnx")) in trt.calls
+    assert ("parse_from_file", str(work / "model.onnx")) in trt._calls
     engine = work / "model.engine"
     assert engine.is_file()
     from lowformer.models.checkpoints import sha256_file
@@ -532,3 +534,23 @@ def test_real_gpu_build_and_run(onnx_dir, tmp_path):
     ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     np.testing.assert_allclose(runner.run(x), ref, rtol=1e-3, atol=1e-3)
     assert runner.profile_layers(x, iterations=2)
+
+
+# --------------------------------------------------------------------------- benchmarks/gpu_check.py without a GPU
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_gpu_check_without_gpu_ends_at_once_with_exit_3(tmp_path):
+    import os
+    import subprocess
+    import time
+
+    out = tmp_path / "gpu-check-out"
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"),
+                        "--out", str(out)], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert r.returncode == 3, r.stderr
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpu-check: no NVIDIA GPU here") and "nothing was checked" in lines[0]
+    assert not out.exists()  # no figure, no file
+    assert time.monotonic() - t0 < 60

@@ -9,7 +9,8 @@ JSON (`BenchReport.to_dict`, `lowformer bench --json`), schema 1:
    "duration_s", "warmup", "jobs", "threads", "device", "image_size",
    "machine": {"cpu", "cores", "cpu_flags", "load_average", "platform", "python", "versions", "date"},
    "results": [{"target", "kind": "model"|"artifact", "model", "backend", "format", "precision",
-                "provider", "path", "image_size", "batch_size", "jobs", "threads",
+                "provider" (OpenVINO: "cpu/<inference precision>", e.g. cpu/bf16), "path", "image_size",
+                "batch_size", "jobs", "threads",
                 "median_ms", "mean_ms", "p10_ms", "p90_ms", "min_ms", "max_ms"   (per batch; with jobs > 1
                                                                          the mean over jobs of each),
                 "images_per_s"   (batch_size x jobs / mean_ms: all processes together),
@@ -45,6 +46,8 @@ DEFAULT_CPU_BATCH = 16  # the paper's 200 is a GPU figure: on a CPU it takes min
 DEFAULT_CPU_DURATION_S = 5.0
 MAX_ITERATIONS = 10000
 JOB_TIMEOUT_S = 1800.0  # a spawned job that has not reported by then is a failure, not a hang
+MEMORY_PER_JOB = 800 * 1024 ** 2  # what one spawned job (interpreter, torch, a runner) holds, about
+MEMINFO = "/proc/meminfo"
 
 
 # --------------------------------------------------------------------------- results
@@ -100,7 +103,8 @@ class BenchReport:
         return d
 
 
-_FORMATS = {"pytorch": "eager", "torchscript": "torchscript", "onnxruntime": "onnx", "tensorrt": "tensorrt"}
+_FORMATS = {"pytorch": "eager", "torchscript": "torchscript", "onnxruntime": "onnx", "tensorrt": "tensorrt",
+            "openvino": "openvino"}
 
 
 def _combine(target: Target, describe: Dict[str, Any], stats: List[TimingStats], batch_size: int,
@@ -112,7 +116,8 @@ def _combine(target: Target, describe: Dict[str, Any], stats: List[TimingStats],
     gflops = macs * 2 * ips / 1e9 if macs else None
     return BenchResult(
         target=target.label or target.spec, kind=target.kind, model=target.model,
-        backend=describe.get("backend", ""), format=_FORMATS.get(describe.get("backend", ""), ""),
+        backend=describe.get("backend", ""),
+        format=describe.get("format") or _FORMATS.get(describe.get("backend", ""), ""),
         precision=describe.get("precision", "fp32"), provider=describe.get("provider", ""),
         path=target.spec if target.kind == "artifact" else None, image_size=target.image_size, batch_size=batch_size, jobs=len(stats),
         threads=describe.get("threads"), median_ms=mean("median_ms"), mean_ms=mean_ms, p90_ms=mean("p90_ms"),
@@ -213,6 +218,29 @@ def bench_target(target: Target, batch_size: int, iterations: Optional[int], war
     return _combine(target, describe, stats, batch_size, macs_of(target) if with_macs else None)
 
 
+def available_memory() -> Optional[int]:
+    """MemAvailable of /proc/meminfo in bytes; None where it cannot be read (not Linux)."""
+    try:
+        with open(MEMINFO) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_jobs_fit(jobs: int) -> None:
+    """Refuse more jobs than the available memory holds (MEMORY_PER_JOB each), in one line."""
+    available = available_memory() if jobs > 1 else None
+    if available is None:
+        return
+    most = max(1, available // MEMORY_PER_JOB)
+    if jobs > most:
+        raise LowformerError(f"--jobs {jobs} needs about {jobs * MEMORY_PER_JOB / 1e9:.1f} GB but "
+                             f"{available / 1e9:.1f} GB is available: at most {most} job(s) on this machine")
+
+
 def default_threads(jobs: int) -> Optional[int]:
     """Several processes share the cores: give each its share, so they do not oversubscribe."""
     if jobs <= 1:
@@ -223,7 +251,8 @@ def default_threads(jobs: int) -> Optional[int]:
 def bench(args: Sequence[str], batch_size: Optional[int] = None, iterations: Optional[int] = None,
           warmup: Optional[int] = None, latency: bool = False, jobs: int = 1, threads: Optional[int] = None,
           device: str = "cpu", image_size: int = 224, optit: bool = False, checkpoint: Optional[str] = None,
-          progress: Progress = no_progress, duration: Optional[float] = None) -> BenchReport:
+          progress: Progress = no_progress, duration: Optional[float] = None,
+          runtimes: Sequence[str] = (), precisions: Sequence[str] = ()) -> BenchReport:
     """Benchmark each model/artifact in `args` (latency mode forces batch size 1).
 
     Defaults: the paper's batch 200 x 400 iterations on CUDA; on a CPU batch 16 for
@@ -231,6 +260,7 @@ def bench(args: Sequence[str], batch_size: Optional[int] = None, iterations: Opt
     """
     if jobs < 1:
         raise LowformerError("jobs must be at least 1")
+    check_jobs_fit(jobs)
     if device not in ("cpu", "cuda"):
         raise LowformerError(f"unknown device {device!r} (cpu, cuda)")
     if device == "cuda":
@@ -250,7 +280,8 @@ def bench(args: Sequence[str], batch_size: Optional[int] = None, iterations: Opt
                          device, image_size, machine_info(), duration_s=None if iterations else duration)
     workdir = Path(tempfile.mkdtemp(prefix="lowformer-bench-")) if optit else None
     try:
-        targets = resolve_targets(args, image_size, checkpoint, device, threads, optit, workdir)
+        targets = resolve_targets(args, image_size, checkpoint, device, threads, optit, workdir, runtimes,
+                                  precisions)
         with progress.task("benchmarking", total=len(targets)) as task:
             for t in targets:
                 how = f"{iterations} iterations" if iterations else f"{duration:g} s"
@@ -261,6 +292,26 @@ def bench(args: Sequence[str], batch_size: Optional[int] = None, iterations: Opt
     finally:
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
+    warn_slow_int8(report.results)
     return report
+
+
+def warn_slow_int8(results: Sequence[BenchResult]) -> None:
+    """INT8 slower than FP32 of the same model, runtime and batch on this machine: say so in one line
+    (on the INT8 result), rather than leave it to be found in the table."""
+    from lowformer.core.machine import cpu_isa
+
+    for r in results:
+        if r.precision != "int8":
+            continue
+        fp32 = [f for f in results if f.precision in ("fp32", "bf16") and f.backend == r.backend and f.model == r.model
+                and f.batch_size == r.batch_size and f.image_size == r.image_size
+                and f.provider == r.provider]
+        if fp32 and r.median_ms > min(f.median_ms for f in fp32):
+            f = min(fp32, key=lambda x: x.median_ms)
+            msg = (f"INT8 is slower than {f.precision.upper()} here ({r.median_ms:.2f} vs {f.median_ms:.2f} ms per batch on "
+                   f"{r.backend}, {cpu_isa()}): prefer {f.target}")
+            r.warnings.append(msg)
+            log.warning("%s: %s", r.target, msg)
 
 

@@ -17,7 +17,7 @@ from lowformer.core.errors import LowformerError
 from lowformer.core.files import atomic_path
 from lowformer.calibrate.cache import quiet_ort
 
-TARGETS = ("cpu", "tensorrt")
+TARGETS = ("cpu", "tensorrt", "openvino")
 WEIGHTED_OPS = ["Conv", "ConvTranspose", "MatMul", "Gemm"]
 
 
@@ -48,7 +48,9 @@ TARGET_CONFIGS: Dict[str, TargetConfig] = {
     # residual Adds, which TensorRT fuses into int8 kernels (conv + residual add).
     "tensorrt": TargetConfig(
         "tensorrt", "QInt8", "QInt8", tuple(WEIGHTED_OPS + ["Add"]),
-        {"ActivationSymmetric": True, "WeightSymmetric": True,
+        # Biases stay float: TensorRT rejects int32 bias DequantizeLinear nodes (onnx-tensorrt#850) and
+        # quantizes the bias itself when it fuses the conv (checked by engines/tensorrt/support.py).
+        {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
          "OpTypesToExcludeOutputQuantization": WEIGHTED_OPS + ["Add"]}),
     # ONNX Runtime CPU: u8 activations x s8 per-channel weights (MLAS' u8s8 kernels; s8 activations ran
     # 2x slower than FP32 here). 7-bit weights (reduce_range): on x86 without VNNI (this AVX2 EPYC) the
@@ -59,6 +61,17 @@ TARGET_CONFIGS: Dict[str, TargetConfig] = {
     # provider has no int8 ConvTranspose, so its Q/DQ pairs only add work.
     "cpu": TargetConfig("cpu", "QUInt8", "QInt8", ("Conv", "MatMul", "Gemm", "Add", "Clip", "Relu"), {},
                         reduce_range=True),
+    # OpenVINO CPU plugin (the Q/DQ alternative to NNCF, lowformer/export/openvino.py): symmetric s8
+    # activations and full 8-bit s8 weights, Q/DQ on the inputs of weighted layers and residual Adds.
+    # The `cpu` graph's u8 activations with a zero point make the plugin subtract the zero point in a
+    # separate (reference-kernel) Convert + Subtract before each convolution: B1 ran 15 % slower
+    # than with this graph, and slower than its own BF16 run of the FP32 ONNX.
+    "openvino": TargetConfig(
+        "openvino", "QInt8", "QInt8", tuple(WEIGHTED_OPS + ["Add"]),
+        # Biases stay float: TensorRT rejects int32 bias DequantizeLinear nodes (onnx-tensorrt#850) and
+        # quantizes the bias itself when it fuses the conv (checked by engines/tensorrt/support.py).
+        {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+         "OpTypesToExcludeOutputQuantization": WEIGHTED_OPS + ["Add"]}),
 }
 
 

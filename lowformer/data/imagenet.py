@@ -10,7 +10,10 @@ import csv
 import functools
 import hashlib
 import logging
+import math
+import os
 import re
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +53,7 @@ class SampleList:
     labels_file: Optional[Path] = None
     unlabeled: List[Path] = field(default_factory=list)  # images the label file does not mention
     missing: int = 0  # label-file entries whose image is absent
+    warnings: List[str] = field(default_factory=list)  # e.g. images the label file does not mention
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -58,7 +62,8 @@ class SampleList:
         return {"root": str(self.root.resolve()), "layout": self.layout, "label_source": self.label_source,
                 "imagenet_labels": self.imagenet, "labels_file": str(self.labels_file) if self.labels_file else None,
                 "images_listed": len(self.samples), "classes_present": len({s.label for s in self.samples}),
-                "unlabeled_images": len(self.unlabeled), "labels_without_image": self.missing}
+                "unlabeled_images": len(self.unlabeled), "labels_without_image": self.missing,
+                "warnings": list(self.warnings)}
 
 
 @functools.lru_cache(maxsize=1)
@@ -233,7 +238,12 @@ def _flat_with_labels(root: Path, labels: Path) -> SampleList:
         raise LowformerError(f"none of the {len(pairs)} images in {labels} is in {root}")
     samples.sort(key=lambda s: s.path)
     unlabeled = [p for p in images if p not in used]
-    return SampleList(root, samples, "flat+labels", source, imagenet, [], labels, unlabeled, missing)
+    notes = []
+    if unlabeled:
+        notes.append(f"{len(unlabeled)} of {len(images)} images in {root} have no label in {labels.name} and are "
+                     f"not scored (e.g. {unlabeled[0].name})")
+        log.warning("%s", notes[-1])
+    return SampleList(root, samples, "flat+labels", source, imagenet, [], labels, unlabeled, missing, notes)
 
 
 def _rank(seed: int, key: str) -> str:
@@ -277,14 +287,84 @@ def stratified_subset(samples: Sequence[Sample], n: Optional[int], seed: int = 0
     return [s for s in pool if s in picked]  # the original (path) order
 
 
-def load_rgb(path: PathLike):
-    """Decode an image fully as 8-bit RGB (grayscale, CMYK, palette and alpha images converted)."""
+DEFAULT_MAX_IMAGE_PIXELS = 2 ** 26  # 67.1 M pixels (8192 x 8192)
+DRAFT_MIN_PIXELS = 2 ** 22  # JPEGs above 4.2 M pixels may decode reduced (smaller ones: bit-exact decode)
+_EIGHT_BIT_MODES = {"1", "L", "P", "PA", "LA", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+
+
+def max_image_pixels() -> int:
+    """The decode cap: `LOWFORMER_MAX_IMAGE_PIXELS` when set, else DEFAULT_MAX_IMAGE_PIXELS."""
+    text = os.environ.get("LOWFORMER_MAX_IMAGE_PIXELS", "").strip()
+    try:
+        return int(text) if text else DEFAULT_MAX_IMAGE_PIXELS
+    except ValueError:
+        raise LowformerError(f"LOWFORMER_MAX_IMAGE_PIXELS must be a whole number, not {text!r}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _sixteen_to_eight() -> np.ndarray:
+    return ((np.arange(65536, dtype=np.uint32) + 128) // 257).astype(np.uint8)  # round(v / 257)
+
+
+def _to_rgb8(img):
+    """8-bit RGB: 8-bit modes through PIL's convert (alpha dropped), 16-bit (I;16*, and I with values
+    in 0..65535) scaled by 1/257 rather than clipped, anything else (F, ...) refused."""
+    from PIL import Image
+
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in _EIGHT_BIT_MODES:
+        return img.convert("RGB")
+    if mode == "I" or mode.startswith("I;16"):
+        a = np.asarray(img)
+        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+        if lo < 0 or hi > 65535:
+            raise LowformerError(f"{mode} image with values {lo}..{hi} is not a 16-bit image; convert it to 8-bit RGB")
+        gray = _sixteen_to_eight()[a.astype(np.uint16, copy=False)]
+        del a
+        return Image.fromarray(gray, "L").convert("RGB")
+    raise LowformerError(f"images of mode {mode} (e.g. floating-point) are not supported; convert it to 8-bit RGB")
+
+
+def _draft_jpeg(img, resize: int) -> None:
+    """Let libjpeg decode a large JPEG at 1/2, 1/4 or 1/8 scale, keeping the shorter side >= 2 x `resize`
+    (the resize then still reduces it by 2x or more, so the result is the same within JPEG noise)."""
+    w, h = img.size
+    short, target = min(w, h), 2 * resize
+    if w * h <= DRAFT_MIN_PIXELS or short < 2 * target:
+        return
+    scale = target / short
+    img.draft("RGB", (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))))
+
+
+def load_rgb(path: PathLike, resize: Optional[int] = None):
+    """Decode an image fully as 8-bit RGB (grayscale, CMYK, palette, alpha and 16-bit images converted).
+
+    Memory is bounded: an image of more than `max_image_pixels()` pixels (2^26 = 67 M by default,
+    `LOWFORMER_MAX_IMAGE_PIXELS`) is refused from its header, before any pixel is decoded; with
+    `resize` (the shorter side the preprocessing resizes to), a JPEG above 4.2 M pixels decodes at
+    1/2-1/8 scale (`Image.draft`) as long as its shorter side stays >= 2 x resize. Decoding, the
+    conversion to RGB and the resize then peak at about 8 bytes per decoded pixel (measured: RGBA
+    PNG 8, 16-bit PNG 7, 32-bit integer TIFF 12): at most ~0.5 GB per image (per DataLoader worker)
+    at the cap, a few MB for a typical photo; `Preprocessing.transform` never makes an intermediate
+    larger than 16 x resize^2 pixels (ResizeCenterCrop crops elongated images first).
+    """
     from PIL import Image
 
     with open(path, "rb") as f:
-        img = Image.open(f)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own cap applies below
+            img = Image.open(f)
+        if resize and img.format == "JPEG":
+            _draft_jpeg(img, resize)
+        w, h = img.size
+        cap = max_image_pixels()
+        if w * h > cap:
+            raise LowformerError(f"image of {w}x{h} = {w * h:,} pixels exceeds the decode limit of {cap:,} pixels "
+                                 f"(LOWFORMER_MAX_IMAGE_PIXELS)")
         img.load()  # decode now: truncated files fail here, not later
-        return img.convert("RGB")
+        return _to_rgb8(img)
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -307,7 +387,7 @@ class ImageDataset(torch.utils.data.Dataset):
             self._transform = self.preprocessing.transform()
         path, label = self.samples[i]
         try:
-            x = self._transform(load_rgb(path))
+            x = self._transform(load_rgb(path, self.preprocessing.resize))
             error = ""
         except Exception as e:  # any decoder failure: corrupt, truncated, not an image
             x = torch.zeros(3, self.preprocessing.crop, self.preprocessing.crop)

@@ -15,17 +15,22 @@ from lowformer.data.preprocess import Preprocessing
 
 
 
-def open_image_folder(path: str, what: str = "--data"):
-    """torchvision's ImageFolder (class = sorted sub-folder index), with one-line errors."""
+def open_image_folder(path: str, what: str = "--data", min_classes: int = 2):
+    """torchvision's ImageFolder (class = sorted sub-folder index), with one-line errors; training
+    needs `min_classes` class folders (a classifier of one class learns nothing)."""
     from torchvision.datasets import ImageFolder
 
     if not path or not os.path.isdir(path):
         raise LowformerError(f"{what}: folder not found: {path}")
     try:
-        return ImageFolder(path, allow_empty=False)
+        folder = ImageFolder(path, allow_empty=False)
     except (FileNotFoundError, RuntimeError) as e:
         raise LowformerError(f"{what}: {path} is not an image folder (class sub-folders of images): "
                              f"{str(e).splitlines()[0]}") from None
+    if len(folder.classes) < min_classes:
+        raise LowformerError(f"{what}: {path} has {len(folder.classes)} class folder(s) "
+                             f"({', '.join(folder.classes)}); training needs at least {min_classes}")
+    return folder
 
 
 def train_transforms(sizes: Sequence[int], *, mean, std, crop_scale=(0.08, 1.0), hflip: float = 0.5,
@@ -110,7 +115,7 @@ class _Strided(Dataset):
 
 def eval_loader(path: str, preprocessing: Preprocessing, batch_size: int, workers: int,
                 rank: int = 0, world: int = 1) -> Tuple[DataLoader, object]:
-    folder = open_image_folder(path, "--val-data")
+    folder = open_image_folder(path, "--val-data", min_classes=1)
     folder.transform = preprocessing.transform()
     part = _Strided(folder, rank, world) if world > 1 else folder
     return DataLoader(part, batch_size=batch_size, shuffle=False, num_workers=workers), folder

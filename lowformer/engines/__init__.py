@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from lowformer.core.errors import LowformerError
 from lowformer.artifacts import MANIFEST_NAME, ArtifactEntry, Manifest, find_manifest_for, format_of
@@ -57,8 +57,12 @@ def resolve_artifacts(paths: List[str], skip_missing: bool = False,
 
 
 def load(path: str, device: str = "cpu", threads: Optional[int] = None,
-         entry: Optional[ArtifactEntry] = None, manifest: Optional[Manifest] = None) -> Runner:
-    """A runner for one artifact file (.onnx, .ts/.pt, .engine); reads the manifest beside it."""
+         entry: Optional[ArtifactEntry] = None, manifest: Optional[Manifest] = None,
+         runtime: Optional[str] = None, inference_precision: Optional[str] = None) -> Runner:
+    """A runner for one artifact file (.onnx, .xml, .ts/.pt, .engine); reads the manifest beside it.
+
+    `runtime`: None for the format's native one, or `openvino` for an ONNX; `inference_precision`
+    (f32 | bf16 | f16) is a setting of OpenVINO runners (lowformer.engines.runtimes)."""
     p = Path(path)
     if manifest is None:
         mpath = find_manifest_for(p)
@@ -71,6 +75,23 @@ def load(path: str, device: str = "cpu", threads: Optional[int] = None,
     precision = entry.precision if entry else "fp32"
     if not p.is_file():
         raise LowformerError(f"artifact not found: {p}")
+    from lowformer.engines.runtimes import SUPPORTED, runtime_for
+
+    chosen = runtime_for(fmt, runtime)
+    if runtime is not None and runtime not in SUPPORTED.get(fmt, ()):
+        raise LowformerError(f"runtime {runtime} cannot run {p.name} ({fmt} runs on "
+                             f"{', '.join(SUPPORTED.get(fmt, (chosen,)))})")
+    if chosen == "openvino":
+        from lowformer.engines.openvino import OpenVINORunner
+
+        return OpenVINORunner(str(p), precision, device, threads, inference_precision,
+                              weights=entry.fact("weights") if entry else None)
+    if inference_precision is not None:
+        from lowformer.engines.openvino import normalize_precision
+
+        if normalize_precision(inference_precision) != "f32":
+            raise LowformerError(f"precision {inference_precision} is a setting of the OpenVINO runtime, not of "
+                                 f"{chosen} (run {p.name} with runtime openvino)")
     if fmt == "onnx":
         from lowformer.engines.onnxrt import OnnxRuntimeRunner
 
@@ -79,13 +100,34 @@ def load(path: str, device: str = "cpu", threads: Optional[int] = None,
         return OnnxRuntimeRunner(str(p), precision, device, threads, exact=exact)
     if fmt == "torchscript":
         return TorchScriptRunner.from_file(str(p), _input_spec_from_manifest(manifest), device, threads)
+    if fmt == "pt2":  # a torch.export program or an AOTInductor package: the entry says, else the archive
+        from lowformer.engines.pt2 import load_pt2
+
+        return load_pt2(str(p), _input_spec_from_manifest(manifest), device, threads,
+                        entry.format if entry else None, entry.facts if entry else None)
     from lowformer.engines.tensorrt import TensorRTRunner
 
     return TensorRTRunner.from_file(str(p), device=device, entry=entry.to_dict() if entry else None)
 
 
 def load_artifacts(paths: List[str], device: str = "cpu", threads: Optional[int] = None,
-                   skip_missing: bool = False, warnings: Optional[List[str]] = None):
-    """(path, entry, manifest, runner) for every artifact named or listed by the given manifests."""
-    return [(p, e, m, load(str(p), device, threads, e, m))
-            for p, e, m in resolve_artifacts(paths, skip_missing, warnings)]
+                   skip_missing: bool = False, warnings: Optional[List[str]] = None,
+                   runtimes: Sequence[str] = (), precisions: Sequence[str] = ()):
+    """(path, entry, manifest, runner) for every artifact named or listed by the given manifests;
+    with `runtimes`/`precisions`, one runner per combination that applies to each artifact."""
+    from lowformer.engines.runtimes import check_applicable, normalize_precisions, normalize_runtimes, run_specs
+
+    resolved = resolve_artifacts(paths, skip_missing, warnings)
+    runtimes, precisions = normalize_runtimes(runtimes), normalize_precisions(precisions)
+    formats = [e.format if e else format_of(p) for p, e, _ in resolved]
+    check_applicable(formats, runtimes, precisions)
+    out = []
+    try:
+        for (p, e, m), fmt in zip(resolved, formats):
+            for s in run_specs(fmt, runtimes, precisions):
+                out.append((p, e, m, load(str(p), device, threads, e, m, s.runtime, s.precision)))
+    except BaseException:
+        for *_, r in out:
+            r.close()
+        raise
+    return out

@@ -40,6 +40,7 @@ class LayerTiming:
     total_ms: float
     calls: int
     fused_from: List[str] = field(default_factory=list)  # source node names a fused layer covers
+    precision: Optional[str] = None  # the precision the layer really ran in, where the runtime says (OpenVINO)
 
 
 class Runner(abc.ABC):

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from lowformer.core.errors import LowformerError
+from lowformer.models.checkpoints import describe_file
 from lowformer.core.native_output import drop_native_lines
 from lowformer.engines.base import InputSpec, LayerTiming, Runner
 
@@ -195,7 +196,9 @@ class TorchScriptRunner(_TorchModuleRunner):
             with jit_deprecation_filtered():
                 module = torch.jit.load(path, map_location="cpu")
         except Exception as e:
-            raise LowformerError(f"cannot load TorchScript file {path}: {str(e).splitlines()[0]}") from None
+            what = describe_file(path)  # a state dict given as a TorchScript file says so
+            detail = str(e).splitlines()[0] if what == "a TorchScript module" else what
+            raise LowformerError(f"cannot load TorchScript file {path}: {detail}") from None
         if device == "cpu":
             module = optimize_loaded(module)
         return cls(module, input_spec, "fp32", device, threads, path)

@@ -30,9 +30,11 @@ from lowformer.export.prepare import groupnorm1_paths
 from lowformer.core.progress import Progress, no_progress
 from lowformer.data.preprocess import Preprocessing
 
-TARGETS = ("torchscript", "onnx", "trt")
-FILENAMES = {("torchscript", "fp32"): "model.ts", ("onnx", "fp32"): "model.onnx",
-             ("onnx", "fp16"): "model_fp16.onnx", ("onnx", "int8"): "model_int8.onnx"}
+TARGETS = ("torchscript", "onnx", "trt", "pt2", "openvino")
+FILENAMES = {("torchscript", "fp32"): "model.ts", ("pt2", "fp32"): "model.pt2", ("onnx", "fp32"): "model.onnx",
+             ("onnx", "fp16"): "model_fp16.onnx", ("onnx", "int8"): "model_int8.onnx",
+             ("openvino", "fp32"): "model.xml", ("openvino", "fp16"): "model_fp16.xml",
+             ("openvino", "int8"): "model_int8.xml"}
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +190,10 @@ class Exporter:
             input_spec={"name": INPUT_NAME, "output": OUTPUT_NAME, "shape": shape, "dtype": "float32",
                         "dynamic_axes": {} if batch_size else {INPUT_NAME: {"0": "batch"}, OUTPUT_NAME: {"0": "batch"}}},
             preprocessing=self.spec.preprocessing(image_size).to_dict())
+        from lowformer.core.machine import cpu_flags, cpu_isa
+
+        flags = cpu_flags()  # the ISA decides which kernels (INT8, BF16) the CPU artifacts were checked with
+        self.manifest.tools.update({"cpu_isa": cpu_isa(flags), "cpu_flags": " ".join(flags)})
 
     def _checkpoint_record(self, checkpoint: Optional[str], reused: Optional[str]) -> Dict[str, Any]:
         if reused:
@@ -305,10 +311,50 @@ class Exporter:
                               progress=self.progress, **calib)
         return self.check_and_record(path, "onnx", "int8", {"opset": self.opset, **facts})
 
+    def pt2(self) -> List[ArtifactEntry]:
+        """model.pt2 (torch.export, dynamic batch unless --batch-size) and its AOTInductor package
+        model_aoti_cpu.pt2 (and model_aoti_cuda.pt2 with a GPU), each checked like every artifact."""
+        from lowformer.export.pt2 import AOTI_NAMES, aoti_devices, compile_aoti, export_program, save_program
+
+        dynamic = self.batch_size is None
+        example = torch.from_numpy(self.inputs[: self.batch_size or 2])
+        program, facts = export_program(self.model, example, dynamic)
+        path = self.path("pt2", "fp32")
+        facts.update(save_program(program, path))
+        entries = [self.check_and_record(path, "pt2", "fp32", facts)]
+        for device in aoti_devices():
+            package = self.staging.path(AOTI_NAMES[device])
+            entries.append(self.check_and_record(package, "aoti", "fp32",
+                                                 compile_aoti(program, package, device, dynamic, path.name)))
+        return entries
+
+    def openvino(self, int8: bool = False, quantizer: str = "qdq", **calib: Any) -> List[ArtifactEntry]:
+        """model.xml (FP32 IR) and model_fp16.xml (FP16-compressed weights) from model.onnx; with
+        `int8`, model_int8.xml: NNCF's (quantizer nncf) or the Q/DQ ONNX converted (quantizer qdq)."""
+        from lowformer.export.openvino import convert_onnx, nncf_quantize
+
+        src = self.ensure_onnx()
+        entries = []
+        for precision, compress in (("fp32", False), ("fp16", True)):
+            path = self.path("openvino", precision)
+            entries.append(self.check_and_record(path, "openvino", precision, convert_onnx(src, path, compress)))
+        if int8:
+            path = self.path("openvino", "int8")
+            if quantizer == "nncf":
+                facts = nncf_quantize(src, path, Preprocessing.from_dict(self.manifest.preprocessing),
+                                      progress=self.progress, **calib)
+            else:
+                qdq = self.path("onnx", "int8")
+                made = next((a for a in self.result.artifacts if a.path == qdq.name), None) or self.int8(**calib)
+                facts = {**convert_onnx(qdq, path), "int8": made.int8, "calibration": made.calibration}
+            entries.append(self.check_and_record(path, "openvino", "int8", facts))
+        return entries
+
     def trt(self, precision: str, **build: Any) -> None:
-        from lowformer.engines.tensorrt import build_engine
+        from lowformer.engines.tensorrt import build_engine, require_tensorrt_support
 
         onnx_path = self.out / FILENAMES[("onnx", precision)]
+        require_tensorrt_support(onnx_path)  # one line (exit 1) before the exit-3 device step
         try:
             entry = build_engine(str(onnx_path), str(onnx_path.with_suffix(".engine")),
                                  fp16=precision == "fp16", int8=precision == "int8",
@@ -333,10 +379,22 @@ def export_model(model: str, to: Sequence[str] = ("onnx",), fp16: bool = False, 
         raise LowformerError("INT8 needs calibration images (calib_data)")
     if fp16 and int8 and "trt" in to:
         raise LowformerError("a TensorRT export builds one engine: choose one of FP16 and INT8")
+    if "trt" in to and int8 and (calib or {}).get("target", "cpu") == "cpu":
+        raise LowformerError("a TensorRT INT8 engine needs the tensorrt INT8 target (int8_target): a cpu-target "
+                             "graph (u8 activations, non-zero zero points) cannot build")
     if calib and calib.get("calib_data") and not os.path.isdir(calib["calib_data"]):
         raise LowformerError(f"calibration data {calib['calib_data']}: no such folder")
     if data and not os.path.isdir(data):
         raise LowformerError(f"parity data {data}: no such folder")
+    calib, quantizer = dict(calib or {}), None
+    if int8 or "openvino" in to:  # before any work: OpenVINO (and NNCF) are optional packages
+        from lowformer.export.openvino import check_openvino_export
+
+        quantizer = check_openvino_export(to, int8, calib)
+    if "pt2" in to:  # before any work: the AOTInductor package needs a C++ compiler
+        from lowformer.export.pt2 import find_cpp_compiler
+
+        find_cpp_compiler()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         ex = Exporter(model, checkpoint, image_size, batch_size, opset, out, do_fuse, data, progress)
@@ -344,12 +402,16 @@ def export_model(model: str, to: Sequence[str] = ("onnx",), fp16: bool = False, 
             with _temporaries_in(ex.staging.path("work")):
                 if "torchscript" in to:
                     ex.torchscript()
-                if "onnx" in to or "trt" in to:
+                if "pt2" in to:
+                    ex.pt2()
+                if "onnx" in to or "trt" in to or "openvino" in to:
                     ex.ensure_onnx()
                     if fp16:
                         ex.fp16()
-                    if int8:
-                        ex.int8(**(calib or {}))
+                    if int8 and quantizer != "nncf":
+                        ex.int8(**calib)
+                if "openvino" in to:
+                    ex.openvino(int8, quantizer or "qdq", **calib)
             ex.commit(lock_timeout=lock_timeout)
         finally:
             ex.staging.discard()

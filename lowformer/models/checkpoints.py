@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from typing import Dict, Mapping, Optional, Union
 
 import torch
@@ -12,6 +13,82 @@ from lowformer.core.files import sha256_file  # noqa: F401  (re-exported: caller
 
 StateDict = Dict[str, torch.Tensor]
 _CONTAINER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
+# torch.save writes a zip whose members are stored, not compressed. Before torch.load inflates one,
+# the sizes its directory declares are checked: 2 GiB in all (the largest released LowFormer, B3, is
+# ~0.23 GB; a training last.pt with optimizer and EMA ~1.2 GB), and deflated members may not shrink
+# more than 100x once they pass 64 MiB (float weights barely compress; a zip bomb is zeros).
+DEFAULT_MAX_CHECKPOINT_BYTES = 2 * 1024 ** 3
+MAX_COMPRESSION_RATIO = 100
+_RATIO_CHECKED_ABOVE = 64 * 1024 ** 2
+
+
+def max_checkpoint_bytes() -> int:
+    """The bound on a checkpoint's uncompressed size: `LOWFORMER_MAX_CHECKPOINT_BYTES` when set."""
+    text = os.environ.get("LOWFORMER_MAX_CHECKPOINT_BYTES", "").strip()
+    try:
+        return int(text) if text else DEFAULT_MAX_CHECKPOINT_BYTES
+    except ValueError:
+        raise LowformerError(f"LOWFORMER_MAX_CHECKPOINT_BYTES must be a whole number of bytes, not {text!r}") from None
+
+
+def check_archive(path: Union[str, os.PathLike]) -> None:
+    """Refuse (one LowformerError) a zip-format checkpoint whose declared uncompressed size exceeds
+    `max_checkpoint_bytes()`, or whose deflated members inflate more than MAX_COMPRESSION_RATIO x;
+    reads only the zip directory. Legacy (non-zip) pickles pass: they are read with weights_only."""
+    path = os.fspath(path)
+    try:
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return  # torch.load reports a broken file in its own words
+    total = sum(i.file_size for i in infos)
+    limit = max_checkpoint_bytes()
+    if total > limit:
+        raise LowformerError(f"checkpoint {path} would inflate to {total / 2 ** 30:.2f} GiB (from "
+                             f"{os.path.getsize(path) / 2 ** 20:.1f} MiB), over the {limit / 2 ** 30:.2f} GiB limit "
+                             f"(LOWFORMER_MAX_CHECKPOINT_BYTES)")
+    deflated = [i for i in infos if i.compress_type != zipfile.ZIP_STORED]
+    inflated, packed = sum(i.file_size for i in deflated), sum(i.compress_size for i in deflated)
+    if inflated > _RATIO_CHECKED_ABOVE and inflated > MAX_COMPRESSION_RATIO * max(packed, 1):
+        raise LowformerError(f"checkpoint {path} is compressed {inflated / max(packed, 1):,.0f}x "
+                             f"({packed / 2 ** 20:.1f} MiB inflating to {inflated / 2 ** 20:,.0f} MiB): "
+                             f"not a torch.save file (a zip bomb?)")
+
+
+def describe_file(path: Union[str, os.PathLike]) -> str:
+    """What a model file is, from its first bytes and (for zips) its member names, for errors such as
+    a state dict handed to the TorchScript loader. Never loads (unpickles) anything."""
+    path = os.fspath(path)
+    hint = "export it with `lowformer export MODEL --checkpoint FILE --to torchscript`"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+        names = []
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError) as e:
+        return f"unreadable ({getattr(e, 'strerror', None) or e})"
+    if not head:
+        return "an empty file"
+    if names:
+        parts = {n.split("/", 1)[1] if "/" in n else n for n in names}
+        if any(n.startswith("code/") for n in parts) and "constants.pkl" in parts:
+            return "a TorchScript module"
+        if any(n.endswith(("serialized_exported_program.json", "archive_format")) for n in names):
+            return "a torch.export program (.pt2), not a TorchScript module"
+        if "data.pkl" in parts:
+            return f"a PyTorch state dict / checkpoint, not a TorchScript module: {hint}"
+        return "a zip archive that is neither a TorchScript module nor a PyTorch checkpoint"
+    if head[:1] == b"\x80":
+        return f"a legacy (non-zip) PyTorch pickle checkpoint, not a TorchScript module: {hint}"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return f"a safetensors state dict, not a TorchScript module: {hint}"
+    if head.startswith(b"\x08") and b"\x12" in head[:8]:
+        return "probably an ONNX model (load it with the onnxruntime backend), not a TorchScript module"
+    return "not a PyTorch file (unrecognised contents)"
 
 
 def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
@@ -29,7 +106,10 @@ def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
 
             obj = load_file(path)
         else:
+            check_archive(path)  # before torch.load inflates anything
             obj = torch.load(path, map_location="cpu", weights_only=True)
+    except LowformerError:
+        raise
     except Exception as e:  # pickle errors, truncated files, foreign objects
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LowformerError(f"cannot read checkpoint {path}: {first}") from None

@@ -15,7 +15,8 @@ from lowformer.engines.timing import time_runner
 from lowformer.targets import Target, resolve_targets
 from lowformer.core.errors import LowformerError
 from lowformer.core.progress import Progress, no_progress
-from lowformer.profiling.collect import rows_from_fused, rows_from_lines, rows_from_modules, rows_from_nodes
+from lowformer.profiling.collect import (rows_from_fused, rows_from_graph, rows_from_lines, rows_from_modules,
+                                         rows_from_nodes)
 from lowformer.profiling.names import GraphNeighbours
 from lowformer.profiling.report import ProfileReport
 from lowformer.profiling.structure import ModelStructure, structure_of
@@ -25,7 +26,12 @@ log = logging.getLogger(__name__)
 _SOURCES = {"pytorch": "torch.profiler, one record_function scope per module call (exclusive times)",
             "torchscript": "torch.profiler with_stack: ops per serialized code line, start-to-next-start",
             "onnxruntime": "ONNX Runtime session profiling (per-node kernel_time events)",
-            "tensorrt": "TensorRT IProfiler per engine layer, fused layers split over their ONNX nodes"}
+            "tensorrt": "TensorRT IProfiler per engine layer, fused layers split over their ONNX nodes",
+            "openvino": "OpenVINO PERF_COUNT per runtime layer (originalLayersNames: fused layers split over their "
+                        "ONNX nodes; runtimePrecision in each op)",
+            "pt2": "torch.profiler, one scope per exported-graph node, named by its nn_module_stack (exact)",
+            "aoti": "torch.profiler kernel events of the AOTInductor package, named through kernel_information.json "
+                    "and the exported graph's nn_module_stack; fused kernels split over their modules"}
 
 
 def export_reference(manifest: Manifest) -> Optional[nn.Module]:
@@ -79,7 +85,12 @@ def profile_runner(runner, *, artifact: str, label: str, batch_size: int = 1, it
     notes: List[str] = list(runner.warnings)
     run_ms: Optional[List[float]] = None
     backend = runner.backend
-    if backend in ("onnxruntime", "pytorch", "torchscript"):
+    if backend in ("pt2", "aoti"):
+        prof = runner.profile_run(batch, iterations, warmup)
+        run_ms = prof.run_ms
+        notes += prof.warnings
+        rows = rows_from_graph(prof.timings, iterations, structure)
+    elif backend in ("onnxruntime", "pytorch", "torchscript"):
         prof = runner.profile_run(batch, iterations, warmup)
         run_ms = prof.run_ms
         notes += prof.warnings
@@ -94,10 +105,19 @@ def profile_runner(runner, *, artifact: str, label: str, batch_size: int = 1, it
                 notes.append(line_note)
     elif backend == "tensorrt":
         rows = rows_from_fused(runner.profile_layers(batch, iterations), structure, iterations)
+    elif backend == "openvino":
+        from lowformer.profiling.openvino import precision_notes, rows_from_openvino
+
+        prof = runner.profile_run(batch, iterations, warmup)
+        run_ms = prof.run_ms
+        notes += prof.warnings
+        rows = rows_from_openvino(prof.timings, iterations, structure,
+                                  GraphNeighbours(prof.graph) if prof.graph else None)
+        notes += precision_notes(rows, runner.precision)
     else:
         raise LowformerError(f"per-layer profiling is not available for {backend}")
     d = runner.describe()
-    fmt = {"pytorch": "eager", "onnxruntime": "onnx"}.get(backend, backend)
+    fmt = d.get("format") or {"pytorch": "eager", "onnxruntime": "onnx"}.get(backend, backend)
     return ProfileReport(artifact=artifact, label=label, backend=backend, format=fmt,
                          precision=d.get("precision", "fp32"), device=d.get("device", "cpu"),
                          provider=d.get("provider", ""), batch_size=len(batch), iterations=iterations,
@@ -125,6 +145,7 @@ def torchscript_lines(path: str, model: Optional[nn.Module], entry: Optional[Dic
 def profile(targets: Sequence[str], batch_size: int = 1, iterations: int = 100, warmup: int = 20,
             device: str = "cpu", threads: Optional[int] = None, image_size: int = 224,
             checkpoint: Optional[str] = None, model: Optional[nn.Module] = None,
+            runtimes: Sequence[str] = (), precisions: Sequence[str] = (),
             progress: Progress = no_progress) -> List[ProfileReport]:
     """Profile artifacts (files, export folders, manifests) and model names (eager).
 
@@ -135,7 +156,8 @@ def profile(targets: Sequence[str], batch_size: int = 1, iterations: int = 100, 
         raise LowformerError("iterations must be at least 1")
     refs = _References(model)
     reports: List[ProfileReport] = []
-    resolved = resolve_targets(targets, image_size, checkpoint, device, threads)
+    resolved = resolve_targets(targets, image_size, checkpoint, device, threads, runtimes=runtimes,
+                               precisions=precisions)
     with progress.task("profiling", total=len(resolved)) as task:
         for target in resolved:
             log.info("profiling %s", target.label or target.spec)

@@ -50,6 +50,22 @@ def rows_from_lines(timings: Sequence[LayerTiming], iterations: int, structure: 
     return rows
 
 
+def rows_from_graph(timings: Sequence[LayerTiming], iterations: int, structure: ModelStructure) -> List[LayerRow]:
+    """torch.export programs and AOTInductor packages: each timing (a graph node, or a compiled
+    kernel) carries the modules of its source nodes in `fused_from`, read from the exported graph's
+    nn_module_stack (exact). A kernel fused from several modules is split evenly over them
+    (`kernel-split`); a timing without a module is the model's own glue (unattributed)."""
+    n = max(iterations, 1)
+    rows: List[LayerRow] = []
+    for t in timings:
+        modules = list(dict.fromkeys(t.fused_from)) or [""]
+        how = "kernel-split" if len(modules) > 1 else "name"
+        for mod in modules:
+            rows.append(_row(t, mod, how, t.total_ms / len(modules) / n, t.calls / n, structure,
+                             modules if len(modules) > 1 else None))
+    return rows
+
+
 def _weight(node: str) -> float:
     op = node.rstrip("/").rsplit("/", 1)[-1].split("_")[0]
     return _HEAVY_WEIGHT if op in _HEAVY_OPS else _LIGHT_WEIGHT

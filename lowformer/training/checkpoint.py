@@ -55,6 +55,9 @@ def save_checkpoint(path: os.PathLike, state: Dict[str, Any]) -> None:
 
 
 def load_checkpoint_file(path: os.PathLike) -> Dict[str, Any]:
+    from lowformer.models.checkpoints import check_archive
+
+    check_archive(path)  # declared sizes first: a deflate bomb is refused before it inflates
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, foreign pickle

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, Optional, Tuple
 
@@ -66,7 +67,10 @@ def recipe_for(model: str, overrides: Optional[Dict[str, Any]] = None) -> Recipe
     unknown = sorted(set(overrides) - set(RECIPE_KEYS))
     if unknown:
         raise LowformerError(f"unknown recipe key(s) {', '.join(unknown)}; known: {', '.join(RECIPE_KEYS)}")
-    return replace(base, **{k: _checked(k, v, getattr(Recipe(), k)) for k, v in overrides.items()})
+    checked = {k: _checked(k, v, getattr(Recipe(), k)) for k, v in overrides.items()}
+    for k, v in checked.items():
+        _in_range(k, v)
+    return replace(base, **checked)
 
 
 _OPTIONAL = {"warmup_epochs": 0.0, "clip_grad": 0.0, "randaug": "", "mesa": (0.0, 0.0)}
@@ -94,6 +98,33 @@ def _checked(key: str, value: Any, default: Any) -> Any:
         raise LowformerError(f"recipe item {key} must be {kind}" + (" or none" if key in _OPTIONAL else "")
                              + f", not {value!r}")
     return value
+
+
+# key -> (test, what it must be); each value (each element of a pair) must also be finite.
+_UNIT = (lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]")
+_RANGES = {
+    "lr_per_128": (lambda v: v > 0, "a positive learning rate"),
+    "weight_decay": (lambda v: v >= 0, "a non-negative number"),
+    "betas": (lambda v: all(0.0 <= b < 1.0 for b in v), "a pair of numbers in [0, 1), e.g. [0.9, 0.999]"),
+    "eps": (lambda v: v > 0, "a positive number"),
+    "smoothing": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+    "mix_prob": _UNIT, "reprob": _UNIT, "hflip": _UNIT,
+    "crop_scale": (lambda v: 0.0 < v[0] <= v[1] <= 1.0, "an ordered pair [min, max] within (0, 1], e.g. [0.08, 1.0]"),
+    "drop_path": (lambda v: 0.0 <= v < 1.0, "a rate in [0, 1)"),
+    "ema_decay": (lambda v: 0.0 <= v < 1.0, "a decay in [0, 1) (0 disables the EMA)"),
+    "mesa": (lambda v: 0.0 <= v[0] <= 1.0 and v[1] >= 0, "a pair [start fraction in [0, 1], weight >= 0]"),
+}
+
+
+def _in_range(key: str, value: Any) -> None:
+    """One clear error for a well-typed but meaningless value (crop_scale [2, 1], hflip 1.5, lr 0, inf)."""
+    if value is None or isinstance(value, (bool, str)):
+        return
+    numbers = value if isinstance(value, tuple) else (value,)
+    test, what = _RANGES.get(key, (lambda v: True, "a finite number"))
+    if not all(math.isfinite(v) for v in numbers) or not test(value):
+        shown = list(value) if isinstance(value, tuple) else value
+        raise LowformerError(f"recipe item {key} must be {what}, not {shown!r}")
 
 
 def parse_recipe_value(key: str, text: str) -> Any:

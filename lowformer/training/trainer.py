@@ -156,6 +156,9 @@ class _Trainer:
         if last.is_file() and not self.resume:
             raise LowformerError(f"{self.out} already holds a run ({last.name}); pass --resume to continue it "
                                  "or choose another --out")
+        if not last.is_file() and self.resume:
+            raise LowformerError(f"--resume: no run to continue in {self.out} (no {last.name}); "
+                                 "leave out --resume to start one, or give the run's --out")
         if not last.is_file():
             return None
         ckpt = load_checkpoint_file(last)

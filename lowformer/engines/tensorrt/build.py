@@ -15,6 +15,7 @@ DEFAULT_TIMING_CACHE = "trt-timing.cache"  # beside the engine: reused by every 
 from lowformer.engines.tensorrt.environment import (_Logger, _import_trt, default_engine_path, gpu_info,
                                                     next_step_command, tensorrt_status, trt_major)
 from lowformer.engines.tensorrt.onnx_facts import check_request, inspect_onnx, plan_build
+from lowformer.engines.tensorrt.support import require_tensorrt_support, tables_differ
 
 def _rel_or_abs(path: Path, folder: Optional[Path]) -> str:
     if folder is None:
@@ -63,8 +64,7 @@ def _parser_errors(parser) -> str:
         err = parser.get_error(i)
         desc = str(err.desc()).strip().replace("\n", " ")
         where = ""
-        name = err.node_name() if hasattr(err, "node_name") else ""  # node_name/node_operator: TensorRT >= 10
-        op = err.node_operator() if hasattr(err, "node_operator") else ""
+        name, op = err.node_name(), err.node_operator()  # in every TensorRT >= 10 (10.3 checked)
         if name or op:
             where = f"node {name or '#' + str(err.node())}" + (f" ({op})" if op else "")
         elif err.node() >= 0:
@@ -90,6 +90,7 @@ def build_engine(onnx_path: Union[str, os.PathLike], engine_path: Union[str, os.
         raise LowformerError("--workspace-mb must be positive")
     facts = inspect_onnx(onnx_path)  # bad input fails here (exit 1), before the device question (exit 3)
     check_request(facts, fp16, int8, min_batch, opt_batch, max_batch, onnx_path.name)
+    require_tensorrt_support(onnx_path)  # onnx-tensorrt's documented ops and Q/DQ rules, without TensorRT (exit 1)
     folder = _manifest_folder(onnx_path, manifest_folder)
     if folder is not None:
         from lowformer.artifacts import MANIFEST_NAME, Manifest
@@ -105,14 +106,16 @@ def build_engine(onnx_path: Union[str, os.PathLike], engine_path: Union[str, os.
 
     trt = _import_trt()
     major = trt_major(trt)
+    if tables_differ():  # the documented operator tables differ between majors: check this one's
+        require_tensorrt_support(onnx_path, major)
     plan = plan_build(facts, major, fp16, int8, strongly_typed, min_batch, opt_batch, max_batch, onnx_path.name)
     cache_path = Path(timing_cache) if timing_cache is not None else engine.parent / DEFAULT_TIMING_CACHE
 
     logger = _Logger.create(trt)
     builder = trt.Builder(logger)
     flags = 0
-    if plan.strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)  # ignored (always on) in 11.x
+    if plan.strongly_typed:  # STRONGLY_TYPED is 1 in 10.x, 0 in 11.x (where every network is strongly typed)
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):  # from the file so that external weights resolve
@@ -121,11 +124,13 @@ def build_engine(onnx_path: Union[str, os.PathLike], engine_path: Union[str, os.
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer names + ONNX nodes for profiling
-    for name in plan.flags:
-        config.set_flag(getattr(trt.BuilderFlag, name))
+    if major < 11:  # BuilderFlag.FP16/INT8 exist in TensorRT 10 only; plan_build asks for none on 11
+        for name in plan.flags:
+            config.set_flag({"FP16": trt.BuilderFlag.FP16, "INT8": trt.BuilderFlag.INT8}[name])
     if plan.profile is not None:
         profile = builder.create_optimization_profile()
-        profile.set_shape(facts.input_name, *plan.profile)
+        shape_min, shape_opt, shape_max = plan.profile
+        profile.set_shape(facts.input_name, shape_min, shape_opt, shape_max)
         config.add_optimization_profile(profile)
     _, cache_state = _load_timing_cache(config, cache_path)
 

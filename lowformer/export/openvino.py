@@ -1,0 +1,212 @@
+"""ONNX -> OpenVINO IR (`model.xml` + `model.bin`): FP32, compressed-FP16 weights, and INT8 by NNCF.
+
+Every IR is written atomically as a pair: `openvino.save_model` writes into a temporary folder
+beside the destination, then the .bin and the .xml are renamed into place (the .bin first, so an
+.xml never names weights that are not there yet). The facts returned go into the artifact's
+manifest entry, with the .bin's size and sha256 under `weights` (the runner checks them).
+
+INT8 for OpenVINO comes two ways (`--target openvino`, `--quantizer`):
+  * `nncf` (the default): `nncf.quantize` on the OpenVINO model with our calibration images
+    (lowformer.calibrate.data selects them, so `validate` holds them out) and `--exclude` as NNCF's
+    ignored scope. NNCF places FakeQuantize where the CPU plugin fuses it, picks u8 or s8 per
+    tensor from its range and corrects biases; see benchmarks/openvino_speed.py for the numbers.
+  * `qdq`: our Q/DQ ONNX with the `openvino` target config (symmetric s8, lowformer/calibrate/qdq.py),
+    converted to IR like any ONNX.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+
+from lowformer.core.errors import LowformerError
+from lowformer.core.files import ensure_dir, sha256_file
+from lowformer.core.progress import Progress, no_progress
+from lowformer.data.preprocess import Preprocessing
+from lowformer.engines.openvino import core, openvino_module, read_model, weights_path
+
+log = logging.getLogger(__name__)
+
+QUANTIZERS = ("nncf", "qdq")
+DEFAULT_QUANTIZER = "nncf"  # measured faster than or as fast as the Q/DQ target, and more accurate (module doc)
+_NNCF_INSTALL = "NNCF is not installed: pip install 'lowformer[openvino]' (or: pip install nncf)"
+
+
+def machine_facts() -> Dict[str, Any]:
+    """The ISA an IR was checked on (what its INT8/BF16 speed depends on)."""
+    from lowformer.core.machine import cpu_flags, cpu_isa
+
+    flags = cpu_flags()
+    return {"isa": cpu_isa(flags), "cpu_flags": flags}
+
+
+def ir_facts(xml: Path) -> Dict[str, Any]:
+    """What a manifest records about an IR beside the .xml's own sha256: the .bin, op counts, versions."""
+    bin_path = weights_path(xml)
+    model = core().read_model(str(xml))
+    ops: Dict[str, int] = {}
+    for op in model.get_ordered_ops():
+        t = op.get_type_name()
+        if t not in ("Constant", "Parameter", "Result"):
+            ops[t] = ops.get(t, 0) + 1
+    return {"weights": {"path": bin_path.name, "size": bin_path.stat().st_size, "sha256": sha256_file(bin_path)},
+            "openvino": str(openvino_module().get_version()), "ops": dict(sorted(ops.items())),
+            "machine": machine_facts()}
+
+
+def save_ir(model: Any, xml: Path, compress_to_fp16: bool = False) -> Dict[str, Any]:
+    """Write `model` as `xml` + its .bin, atomically (temporary folder beside them, then renames)."""
+    ov = openvino_module()
+    xml = Path(xml)
+    ensure_dir(xml.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{xml.stem}.ir-", dir=xml.parent))
+    try:
+        staged = tmp / xml.name
+        try:
+            ov.save_model(model, str(staged), compress_to_fp16=compress_to_fp16)
+        except Exception as e:
+            raise LowformerError(f"OpenVINO cannot write {xml}: {str(e).strip().splitlines()[-1][:200]}") from None
+        staged_bin = weights_path(staged)
+        if not staged_bin.is_file():  # a model without constants: still write the pair
+            staged_bin.write_bytes(b"")
+        os.replace(staged_bin, weights_path(xml))
+        os.replace(staged, xml)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ir_facts(xml)
+
+
+def convert_onnx(src: Path, xml: Path, compress_to_fp16: bool = False) -> Dict[str, Any]:
+    """An ONNX artifact as IR (`openvino.convert_model`); FP16 compresses the weights only, they are
+    decompressed to the inference precision at compile time."""
+    ov = openvino_module()
+    try:
+        model = ov.convert_model(str(src))
+    except Exception as e:
+        raise LowformerError(f"OpenVINO cannot convert {src}: {str(e).strip().splitlines()[-1][:200]}") from None
+    facts = save_ir(model, xml, compress_to_fp16)
+    return {**facts, "source": Path(src).name, "compressed_weights": "fp16" if compress_to_fp16 else None}
+
+
+@contextlib.contextmanager
+def _quiet_nncf() -> Iterator[Any]:
+    """Import and run NNCF without it writing to stdout (its log handler and its rich progress bars
+    do, which would spoil `--json`); its warnings go to our log."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            import nncf
+        except ImportError:
+            raise LowformerError(_NNCF_INSTALL) from None
+        try:  # nncf.quantize imports its torch backend, whose import runs a subprocess (torch's CUDA
+            import nncf.torch  # noqa: F401  lookup): do it now, before OpenVINO's threads exist (a fork
+        except Exception:  # from a process full of threads can hang the child)
+            pass
+        nncf_log = logging.getLogger("nncf")
+        level, handlers = nncf_log.level, list(nncf_log.handlers)
+        for h in handlers:
+            nncf_log.removeHandler(h)
+        nncf_log.addHandler(_Relay())
+        nncf_log.setLevel(logging.WARNING)
+        try:
+            yield nncf
+        finally:
+            for h in list(nncf_log.handlers):
+                nncf_log.removeHandler(h)
+            for h in handlers:
+                nncf_log.addHandler(h)
+            nncf_log.setLevel(level)
+
+
+class _Relay(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        log.log(record.levelno, "NNCF: %s", record.getMessage())
+
+
+def ignored_names(model: Any, exclude: Sequence[str]) -> List[str]:
+    """The OpenVINO model's ops inside the modules `exclude` names (globs, or blocks like `head`).
+
+    Ops converted from ONNX keep the node names (a convolution's bias split off is `<name>/WithoutBiases`
+    + `<name>`), so the same module globs as the Q/DQ path apply."""
+    from lowformer.calibrate.blocks import nodes_matching
+
+    if not exclude:
+        return []
+    names = [op.get_friendly_name() for op in model.get_ordered_ops()]
+    base = {n: n[: -len("/WithoutBiases")] if n.endswith("/WithoutBiases") else n for n in names}
+    matched = set(nodes_matching(list(dict.fromkeys(base.values())), exclude))
+    return [n for n in names if base[n] in matched]
+
+
+def nncf_quantize(src: Path, xml: Path, preprocessing: Preprocessing, calib_data: Optional[str] = None,
+                  calib_size: int = 512, exclude: Sequence[str] = (), progress: Progress = no_progress,
+                  **unused: Any) -> Dict[str, Any]:
+    """INT8 IR of the FP32 ONNX `src` by `nncf.quantize` (performance preset: symmetric weights,
+    u8/s8 activations by range, fast bias correction) on our calibration images."""
+    from lowformer.calibrate.data import select_calibration
+    from lowformer.core.batching import fixed_batches
+    from lowformer.data.imagenet import load_images
+
+    if not calib_data:
+        raise LowformerError("INT8 needs calibration images (calib_data)")
+    if unused.get("auto_exclude"):
+        raise LowformerError("auto_exclude works with the Q/DQ quantizer (quantizer qdq); NNCF takes exclude")
+    if unused.get("method") not in (None, "percentile"):
+        log.info("NNCF sets its own activation ranges: calibration method %s does not apply", unused["method"])
+    calib = select_calibration(calib_data, calib_size)
+    model = read_model(str(src))
+    fixed = model.inputs[0].get_partial_shape()[0]
+    fixed_batch = int(fixed.get_length()) if fixed.is_static else None
+    images = load_images(calib.samples, preprocessing)
+    batches = [b for b, _ in fixed_batches(images, fixed_batch)] if fixed_batch else \
+        [np.ascontiguousarray(images[i:i + 1]) for i in range(len(images))]
+    ignored = ignored_names(model, exclude)
+    with _quiet_nncf() as nncf, progress.task("NNCF quantization", total=1) as task:
+        log.info("NNCF: quantizing %s on %d calibration images from %s ...", Path(src).name, len(images), calib.folder)
+        try:
+            quantized = nncf.quantize(model, nncf.Dataset(batches), preset=nncf.QuantizationPreset.PERFORMANCE,
+                                      subset_size=len(batches), fast_bias_correction=True,
+                                      ignored_scope=nncf.IgnoredScope(names=ignored, validate=False))
+        except Exception as e:
+            raise LowformerError(f"NNCF quantization failed: {str(e).strip().splitlines()[0][:200]}") from None
+        task.advance()
+        version = nncf.__version__
+    facts = save_ir(quantized, xml)
+    fq = facts["ops"].get("FakeQuantize", 0)
+    return {**facts, "source": Path(src).name,
+            "int8": {"target": "openvino", "quantizer": "nncf", "nncf": version, "preset": "performance",
+                     "fast_bias_correction": True, "subset_size": len(batches), "exclude": list(exclude),
+                     "ignored_ops": len(ignored), "fake_quantize_nodes": fq},
+            "calibration": {**calib.facts(), "preprocessing": preprocessing.to_dict(), "seed": 0}}
+
+
+def resolve_quantizer(quantizer: Optional[str], target: str) -> str:
+    """`nncf` only makes INT8 for OpenVINO; the other targets are Q/DQ ONNX."""
+    q = (quantizer or (DEFAULT_QUANTIZER if target == "openvino" else "qdq")).lower()
+    if q not in QUANTIZERS:
+        raise LowformerError(f"unknown quantizer {quantizer!r} (use {', '.join(QUANTIZERS)})")
+    if q == "nncf" and target != "openvino":
+        raise LowformerError(f"the nncf quantizer makes INT8 for OpenVINO (target openvino), not for target {target}")
+    return q
+
+
+def check_openvino_export(to: Sequence[str], int8: bool, calib: Dict[str, Any]) -> Optional[str]:
+    """Before any work: the quantizer of an INT8 export (popped from `calib`), and OpenVINO / NNCF
+    importable when the export needs them (one line each when not)."""
+    quantizer = resolve_quantizer(calib.pop("quantizer", None), str(calib.get("target") or "cpu")) if int8 else None
+    calib.pop("quantizer", None)
+    if quantizer == "nncf" and "openvino" not in to:
+        raise LowformerError("the nncf quantizer writes OpenVINO IR: add --to openvino (or use --quantizer qdq "
+                             "for a Q/DQ ONNX)")
+    if "openvino" in to:
+        openvino_module()
+    if quantizer == "nncf":
+        with _quiet_nncf():
+            pass
+    return quantizer
