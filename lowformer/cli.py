@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lowformer.cli_progress import RichProgress, console, install_logging
-from lowformer.core.errors import LowformerError
+from lowformer.core.errors import LowformerError, NeedsTargetDevice
 
 # Library errors name parameters; the user typed flags. Whole-word names only (they have underscores).
 PARAMETER_FLAGS = {"calib_data": "--calib-data", "eval_data": "--eval-data", "skip_bad_images": "--skip-bad-images",
@@ -51,6 +51,9 @@ def handle_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit):
             raise
+        except NeedsTargetDevice as e:  # not a failure: the rest runs on the device (exit 3)
+            console.print(Text.assemble(("next step:", "bold"), " ", str(e)), highlight=False, soft_wrap=True)
+            sys.exit(e.exit_code)
         except LowformerError as e:
             if _DEBUG["on"]:
                 raise

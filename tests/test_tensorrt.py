@@ -147,9 +147,10 @@ def test_cli_without_tensorrt_exits_3_with_the_device_command(onnx_dir, tmp_path
     onnx_path = tmp_path / "model_fp16.onnx"
     onnx_path.write_bytes((onnx_dir / "model_fp16.onnx").read_bytes())
     r = run_cli("build-engine", str(onnx_path), "--fp16", "--max-batch", "8", "--opt-batch", "4")
-    assert r.exit_code == 3
-    assert_one_line_error(r, "TensorRT is not installed here", "the ONNX is ready: on the target device run: "
-                          f"lowformer build-engine {onnx_path} --fp16 --opt-batch 4 --max-batch 8")
+    assert r.exit_code == 3 and r.stderr.startswith("next step:") and r.stderr.strip().count("\n") == 0  # as export
+    for fragment in ("TensorRT is not installed here", "the ONNX is ready: on the target device run: "
+                     f"lowformer build-engine {onnx_path} --fp16 --opt-batch 4 --max-batch 8"):
+        assert fragment in r.stderr
     assert r.stdout == ""
     assert not list(tmp_path.glob("*.engine")) and not list(tmp_path.glob("*.cache"))
 
@@ -554,3 +555,14 @@ def test_gpu_check_without_gpu_ends_at_once_with_exit_3(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("gpu-check: no NVIDIA GPU here") and "nothing was checked" in lines[0]
     assert not out.exists()  # no figure, no file
     assert time.monotonic() - t0 < 60
+
+
+@pytest.mark.skipif(_real_env_has_trt(), reason="this machine has TensorRT and a GPU")
+def test_next_step_never_suggests_fp16_on_an_fp32_onnx(onnx_dir, tmp_path):
+    """TensorRT 11 refuses --fp16 on an FP32 ONNX: point at model_fp16.onnx, or say so when there is none."""
+    r = run_cli("build-engine", str(onnx_dir / "model.onnx"), "--fp16")
+    assert r.exit_code == 3 and f"lowformer build-engine {onnx_dir / 'model_fp16.onnx'} --fp16" in r.stderr
+    alone = tmp_path / "model.onnx"
+    alone.write_bytes((onnx_dir / "model.onnx").read_bytes())
+    r = run_cli("build-engine", str(alone), "--fp16")
+    assert r.exit_code == 3 and "TensorRT 10 only" in r.stderr

@@ -100,9 +100,17 @@ def build_engine(onnx_path: Union[str, os.PathLike], engine_path: Union[str, os.
 
     ok, reason = tensorrt_status()
     if not ok:
-        cmd = next_step_command(onnx_path, fp16, int8, min_batch, opt_batch, max_batch,
+        source, note = onnx_path, ""
+        if fp16 and facts.precision == "fp32":  # TensorRT 11 refuses --fp16 on an FP32 ONNX (strongly typed)
+            sibling = onnx_path.with_name("model_fp16.onnx")
+            if sibling.is_file():
+                source, engine_path = sibling, None
+            else:
+                note = (" (an FP32 ONNX gives an FP16 engine on TensorRT 10 only: for TensorRT 11 export with "
+                        "--fp16 and build model_fp16.onnx)")
+        cmd = next_step_command(source, fp16, int8, min_batch, opt_batch, max_batch,
                                 engine_path, workspace_mb, timing_cache)
-        raise NeedsTargetDevice(f"{reason}; the ONNX is ready: on the target device run: {cmd}")
+        raise NeedsTargetDevice(f"{reason}; the ONNX is ready: on the target device run: {cmd}{note}")
 
     trt = _import_trt()
     major = trt_major(trt)
