@@ -73,8 +73,22 @@ def _parser_errors(parser) -> str:
     return "; ".join(msgs) if msgs else "no parser error reported"
 
 
+DEFAULT_MAX_BATCH = 32  # a dynamic-batch ONNX gets an engine for batches 1..32 unless told otherwise
+
+
+def default_batch_range(onnx_batch: Optional[int], min_batch: Optional[int], opt_batch: Optional[int],
+                        max_batch: Optional[int]) -> Tuple[int, int, int]:
+    """The optimization profile's batches: the ONNX's own when it is fixed, else 1 / 1 / 32."""
+    if onnx_batch is not None:
+        return min_batch or onnx_batch, opt_batch or onnx_batch, max_batch or onnx_batch
+    lo = min_batch or 1
+    hi = max_batch or max(DEFAULT_MAX_BATCH, lo, opt_batch or 1)
+    return lo, opt_batch or lo, hi
+
+
 def build_engine(onnx_path: Union[str, os.PathLike], engine_path: Union[str, os.PathLike, None] = None, *,
-                 min_batch: int = 1, opt_batch: int = 1, max_batch: int = 1, workspace_mb: int = 2048,
+                 min_batch: Optional[int] = None, opt_batch: Optional[int] = None,
+                 max_batch: Optional[int] = None, workspace_mb: int = 2048,
                  timing_cache: Union[str, os.PathLike, None] = None, fp16: bool = False, int8: bool = False,
                  strongly_typed: Optional[bool] = None, manifest_folder: Optional[str] = None) -> Dict[str, Any]:
     """Build a TensorRT engine from an ONNX file and return (and record) its manifest entry.
@@ -89,6 +103,7 @@ def build_engine(onnx_path: Union[str, os.PathLike], engine_path: Union[str, os.
     if workspace_mb < 1:
         raise LowformerError("--workspace-mb must be positive")
     facts = inspect_onnx(onnx_path)  # bad input fails here (exit 1), before the device question (exit 3)
+    min_batch, opt_batch, max_batch = default_batch_range(facts.input_shape[0], min_batch, opt_batch, max_batch)
     check_request(facts, fp16, int8, min_batch, opt_batch, max_batch, onnx_path.name)
     require_tensorrt_support(onnx_path)  # onnx-tensorrt's documented ops and Q/DQ rules, without TensorRT (exit 1)
     folder = _manifest_folder(onnx_path, manifest_folder)
