@@ -188,10 +188,10 @@ def info_cmd(model: str, checkpoint: Optional[str], image_size: int, as_json: bo
               type=click.Choice(["entropy", "minmax", "percentile"]))
 @click.option("--target", "int8_target", default="cpu", show_default=True,
               type=click.Choice(["cpu", "tensorrt", "openvino"]),
-              help="INT8 flavour: cpu (u8 activations, x86 VNNI), tensorrt (symmetric s8) or openvino (IR for "
-                   "OpenVINO's CPU plugin: NNCF, or symmetric s8 Q/DQ).")
-@click.option("--quantizer", type=click.Choice(["nncf", "qdq"]),
-              help="INT8 with --target openvino: nncf (default; needs --to openvino) or qdq (our Q/DQ ONNX).")
+              help="INT8 flavour: cpu (u8 activations, x86 VNNI), tensorrt (symmetric s8) or openvino (for "
+                   "OpenVINO's CPU plugin: symmetric s8 Q/DQ, or NNCF's; with --to openvino also as IR).")
+@click.option("--quantizer", type=click.Choice(["qdq", "nncf"]),
+              help="INT8 with --target openvino: qdq (default: our Q/DQ ONNX) or nncf (needs --to openvino).")
 @click.option("--exclude", multiple=True, help="INT8: keep modules matching this glob in float (e.g. 'stages.3.*.attn').")
 @click.option("--auto-exclude", is_flag=True, help="INT8: keep the most harmful blocks in float until the gate holds.")
 @click.option("--gate-top1-drop", type=float, default=1.0, show_default=True, help="INT8 --auto-exclude gate (points).")
@@ -316,7 +316,8 @@ def validate_cmd(artifacts, data, labels, limit, batch_size, workers, reference,
 
     \b
     Exit code 0 only if every artifact passes its gate:
-      fp32: top-1 agreement >= 99.9%;  fp16: drop <= 0.2 pt and agreement >= 99.5%;  int8: drop <= 1.0 pt.
+      fp32: top-1 agreement >= 99.9%;  fp16: drop <= 0.2 pt and agreement >= 99.5%;  int8: drop <= 1.0 pt;
+      bf16 (an FP32 model run by OpenVINO with --precision bf16): as fp16.
     The outcome is also recorded under "validation" in each artifact's manifest entry.
     """
     from lowformer.cli_options import parse_triplet

@@ -61,6 +61,10 @@ def _artifact_targets(raw: str, device: str, threads: Optional[int], runtimes: S
     for path, entry, manifest in resolve_artifacts([raw]):
         size = int(manifest.input_shape[-1] or 224) if manifest else 224
         fmt = entry.format if entry else format_of(path)
+        if fmt == "openvino":  # before any work: the IR's .bin present (and as recorded)
+            from lowformer.engines.openvino import check_ir
+
+            check_ir(path, entry.fact("weights") if entry else None)
         for run in run_specs(fmt, runtimes, precisions):
             shown = [x for x in (run.runtime if run.runtime != runtime_for(fmt, None) else None, run.precision) if x]
             how = f", {' '.join(shown)}" if shown else ""
@@ -95,7 +99,7 @@ def resolve_targets(args: Sequence[str], image_size: int = 224, checkpoint: Opti
 
     `runtimes` / `precisions`: each artifact once per runtime and OpenVINO precision that applies
     to it (lowformer.engines.runtimes); model names run eager whatever they say."""
-    from lowformer.engines.runtimes import check_applicable, normalize_precisions, normalize_runtimes
+    from lowformer.engines.runtimes import check_applicable, normalize_precisions, normalize_runtimes, runtime_for
     from lowformer.models.registry import resolve
 
     runtimes, precisions = normalize_runtimes(runtimes), normalize_precisions(precisions)
@@ -120,4 +124,8 @@ def resolve_targets(args: Sequence[str], image_size: int = 224, checkpoint: Opti
         raise LowformerError("nothing to benchmark")
     if runtimes or precisions:
         check_applicable([t.format for t in out if t.kind == "artifact" and t.format], runtimes, precisions)
+    if any(runtime_for(t.format, t.runtime) == "openvino" for t in out if t.kind == "artifact"):
+        from lowformer.engines.openvino import openvino_module
+
+        openvino_module()  # before any work: one line when OpenVINO is not installed
     return out

@@ -324,8 +324,10 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
         size = next((r.input_spec.shape[-1] for r in runners if isinstance(r.input_spec.shape[-1], int)), 224)
         pre = resolve(reference).preprocessing(int(size))  # type: ignore[arg-type]
     pre = pre.override(crop_ratio, interpolation, mean, std)
-    names = _unique_names([p for p, _, _ in items])
-    names = [f"{n} ({r.variant})" if getattr(r, "variant", None) else n for n, r in zip(names, runners)]
+    paths = list(dict.fromkeys(p for p, _, _ in items))  # one artifact may run in several runtimes/precisions
+    short = dict(zip(paths, _unique_names(paths)))
+    names = [f"{short[p]} ({r.variant})" if getattr(r, "variant", None) else short[p]
+             for (p, _, _), r in zip(items, runners)]
     for r, name in zip(runners, names):
         _check_input_size(r, pre.crop, name)
     if threads:

@@ -64,8 +64,9 @@ TARGET_CONFIGS: Dict[str, TargetConfig] = {
     # OpenVINO CPU plugin (the Q/DQ alternative to NNCF, lowformer/export/openvino.py): symmetric s8
     # activations and full 8-bit s8 weights, Q/DQ on the inputs of weighted layers and residual Adds.
     # The `cpu` graph's u8 activations with a zero point make the plugin subtract the zero point in a
-    # separate (reference-kernel) Convert + Subtract before each convolution: B1 ran 15 % slower
-    # than with this graph, and slower than its own BF16 run of the FP32 ONNX.
+    # separate (reference-kernel) Convert + Subtract before each convolution: B1 at 224 ran 1.3-1.7x
+    # slower than with this graph, no faster than its own BF16 run of the FP32 ONNX. Measured against
+    # NNCF's INT8 IR of the same model: 10-15 % faster, as accurate (lowformer/export/openvino.py).
     "openvino": TargetConfig(
         "openvino", "QInt8", "QInt8", tuple(WEIGHTED_OPS + ["Add"]),
         # Biases stay float: TensorRT rejects int32 bias DequantizeLinear nodes (onnx-tensorrt#850) and

@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,8 +116,12 @@ def check_ir(xml: Path, weights: Optional[Dict[str, Any]] = None) -> Path:
     if not bin_path.is_file():
         raise LowformerError(f"{xml}: its weights file {bin_path.name} is missing (an OpenVINO IR is the "
                              ".xml and .bin pair; re-export it)")
+    size = bin_path.stat().st_size
+    need = _weights_needed(xml)
+    if need is not None and size < need:
+        raise LowformerError(f"{bin_path} is truncated: {size} bytes, but {xml.name} reads weights up to byte "
+                             f"{need} (re-export the IR)")
     if weights:
-        size = bin_path.stat().st_size
         if weights.get("size") is not None and size != int(weights["size"]):
             raise LowformerError(f"{bin_path} is {size} bytes but the manifest recorded {weights['size']}: "
                                  "truncated or replaced after export (re-export it)")
@@ -128,6 +133,19 @@ def check_ir(xml: Path, weights: Optional[Dict[str, Any]] = None) -> Path:
                 raise LowformerError(f"{bin_path} does not match its manifest entry (sha256 differs): replaced "
                                      "or damaged after export (re-export it)")
     return bin_path
+
+
+_DATA = re.compile(rb'offset="(\d+)"\s+size="(\d+)"|size="(\d+)"\s+offset="(\d+)"')
+
+
+def _weights_needed(xml: Path) -> Optional[int]:
+    """The end of the last weight an IR's .xml reads from its .bin (None when the .xml cannot be read)."""
+    try:
+        text = Path(xml).read_bytes()
+    except OSError:
+        return None
+    ends = [int(m.group(1) or m.group(4)) + int(m.group(2) or m.group(3)) for m in _DATA.finditer(text)]
+    return max(ends, default=0)
 
 
 def read_model(path: str):
@@ -205,11 +223,13 @@ class OpenVINORunner(Runner):
         if self.format == "openvino":
             check_ir(p, weights)
         self.hint = check_precision(inference_precision or "f32")
-        self.artifact_precision = precision
         self.cache_dir = cache_dir if cache_dir is not None else os.environ.get(CACHE_ENV) or None
         self.model = read_model(str(p))
         if len(self.model.inputs) != 1:
             raise LowformerError(f"{p} has {len(self.model.inputs)} inputs; lowformer runs one-input classifiers")
+        if precision != "int8" and any(op.get_type_name() == "FakeQuantize" for op in self.model.get_ordered_ops()):
+            precision = "int8"  # a quantized model without a manifest entry saying so (Q/DQ ONNX or NNCF IR)
+        self.artifact_precision = precision
         inp = self.model.inputs[0]
         spec = InputSpec(inp.get_any_name(), _dims(inp.get_partial_shape()), "float32")
         super().__init__(spec, _EFFECTIVE.get(self.hint, precision) if precision != "int8" else "int8",

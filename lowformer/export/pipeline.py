@@ -240,6 +240,8 @@ class Exporter:
                     raise LowformerError(_stale_message(self.out, stale))
                 for name in stale:
                     (self.out / name).unlink(missing_ok=True)
+                    if name.endswith(".xml"):  # an OpenVINO IR is a pair: its weights go with it
+                        (self.out / name).with_suffix(".bin").unlink(missing_ok=True)
                 if stale:
                     self.warn(f"removed {len(stale)} artifact(s) of earlier random weights from {self.out}: "
                               f"{', '.join(stale)}")
@@ -346,7 +348,8 @@ class Exporter:
             else:
                 qdq = self.path("onnx", "int8")
                 made = next((a for a in self.result.artifacts if a.path == qdq.name), None) or self.int8(**calib)
-                facts = {**convert_onnx(qdq, path), "int8": made.int8, "calibration": made.calibration}
+                facts = {**convert_onnx(qdq, path), "int8": {**made.int8, "quantizer": "qdq", "source": qdq.name},
+                         "calibration": made.calibration}
             entries.append(self.check_and_record(path, "openvino", "int8", facts))
         return entries
 
