@@ -411,5 +411,5 @@ def find_manifest_for(artifact: PathLike) -> Optional[Path]:
 def format_of(path: PathLike) -> str:
     fmt = FORMATS.get(Path(path).suffix.lower())
     if fmt is None:
-        raise LowformerError(f"unknown artifact type {Path(path).name!r} (expected .onnx, .ts/.pt, .engine)")
+        raise LowformerError(f"unknown artifact type {Path(path).name!r} (expected .onnx, .ts/.pt, .pt2, .xml, .engine)")
     return fmt

@@ -108,7 +108,7 @@ def resolve_targets(args: Sequence[str], image_size: int = 224, checkpoint: Opti
         if os.path.exists(raw):
             out.extend(_artifact_targets(raw, device, threads, runtimes, precisions))
             continue
-        if raw.endswith((".onnx", ".xml", ".ts", ".pt", ".engine", ".json")) or os.sep in raw:
+        if raw.endswith((".onnx", ".xml", ".ts", ".pt", ".pt2", ".engine", ".json")) or os.sep in raw:
             raise LowformerError(f"no such artifact or manifest: {raw}")
         spec = resolve(raw)
         if optit:

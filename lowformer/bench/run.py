@@ -104,7 +104,7 @@ class BenchReport:
 
 
 _FORMATS = {"pytorch": "eager", "torchscript": "torchscript", "onnxruntime": "onnx", "tensorrt": "tensorrt",
-            "openvino": "openvino"}
+            "openvino": "openvino", "pt2": "pt2", "aoti": "aoti"}
 
 
 def _combine(target: Target, describe: Dict[str, Any], stats: List[TimingStats], batch_size: int,

@@ -163,22 +163,31 @@ def quiet_torch_logs(*names: str) -> Iterator[None]:
 
 
 class _Captured(logging.Handler):
-    """Keeps the first line of what a torch logger said (its warning with a traceback is the cause)."""
+    """Holds a torch logger's records; the first line of a logged exception is the cause of a failure."""
 
-    def __init__(self) -> None:
+    def __init__(self, logger: logging.Logger) -> None:
         super().__init__(logging.DEBUG)
-        self.causes: List[str] = []
+        self.logger = logger
+        self.records: List[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info and record.exc_info[1] is not None:
-            self.causes.append(_first_line(record.exc_info[1]))
+        self.records.append(record)
+
+    @property
+    def causes(self) -> List[str]:
+        return [_first_line(r.exc_info[1]) for r in self.records if r.exc_info and r.exc_info[1] is not None]
+
+    def replay(self) -> None:
+        """After a success: what torch said, said as torch would have."""
+        for record in self.records:
+            self.logger.handle(record)
 
 
 @contextlib.contextmanager
 def _captured(name: str) -> Iterator[_Captured]:
-    """A torch logger's records taken instead of printed (they restate the error we raise)."""
+    """A torch logger's records held back (on a failure they restate the error we raise)."""
     logger = logging.getLogger(name)
-    handler = _Captured()
+    handler = _Captured(logger)
     handlers, propagate = list(logger.handlers), logger.propagate
     logger.handlers = [handler]  # torch._logging gives its loggers handlers of their own
     logger.propagate = False
@@ -223,6 +232,7 @@ class ExportedProgramRunner(Runner):
                     if saved and saved != torch.__version__ else ""
                 cause = said.causes[0] if said.causes else _first_line(e)
                 raise LowformerError(f"cannot load torch.export program {path}: {cause}{other}") from None
+        said.replay()
         return cls(program, input_spec, device, threads, path)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
