@@ -274,3 +274,15 @@ def test_lock_timeout_is_one_line(exported, trained):
 def test_library_refusal_is_a_lowformer_error(exported):
     with pytest.raises(LowformerError, match="other weights"):
         export_model(TINY, to=("onnx",), image_size=SIZE, out=str(exported))
+
+
+def test_export_temporaries_have_an_absolute_path(tmp_path, monkeypatch):
+    """Compilers (AOTInductor's g++) run in other working folders: a relative --out must still work."""
+    import tempfile
+
+    from lowformer.export.pipeline import _temporaries_in
+
+    monkeypatch.chdir(tmp_path)
+    with _temporaries_in(Path("out-rel") / "work") if (tmp_path / "out-rel").mkdir() is None else None:
+        assert Path(tempfile.gettempdir()).is_absolute()
+        assert Path(tempfile.gettempdir()) == (tmp_path / "out-rel" / "work").resolve()

@@ -141,7 +141,7 @@ def _temporaries_in(folder: Path) -> Iterator[None]:
     """Temporary files of this export (calibration models, quantizer scratch) go in its staging
     folder, so a failed or killed export takes them with it."""
     folder.mkdir(exist_ok=True)
-    old, tempfile.tempdir = tempfile.tempdir, str(folder)
+    old, tempfile.tempdir = tempfile.tempdir, str(folder.resolve())  # absolute: compilers run elsewhere
     try:
         yield
     finally:
