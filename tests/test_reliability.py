@@ -283,6 +283,7 @@ def test_export_temporaries_have_an_absolute_path(tmp_path, monkeypatch):
     from lowformer.export.pipeline import _temporaries_in
 
     monkeypatch.chdir(tmp_path)
-    with _temporaries_in(Path("out-rel") / "work") if (tmp_path / "out-rel").mkdir() is None else None:
+    (tmp_path / "out-rel").mkdir()
+    with _temporaries_in(Path("out-rel") / "work"):
         assert Path(tempfile.gettempdir()).is_absolute()
         assert Path(tempfile.gettempdir()) == (tmp_path / "out-rel" / "work").resolve()
