@@ -28,7 +28,8 @@ import torch
 
 from lowformer.core.errors import LowformerError
 from lowformer.engines.base import InputSpec, LayerTiming, Runner
-from lowformer.engines.torch_runners import RUN_SCOPE, TorchProfile, _activities, _device_us, _torch_device
+from lowformer.engines.torch_runners import (RUN_SCOPE, TorchProfile, _activities, _device_us, _torch_device,
+                                            run_on_device)
 
 log = logging.getLogger(__name__)
 
@@ -236,11 +237,7 @@ class ExportedProgramRunner(Runner):
         return cls(program, input_spec, device, threads, path)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            out = self.module(x.to(self._device))
-        if self._device.type == "cuda":
-            torch.cuda.synchronize()
-        return out.float().cpu()
+        return run_on_device(self.module, x, self._device)
 
     def profile_run(self, batch, iterations: int = 10, warmup: int = 2) -> TorchProfile:
         """Time of every op node of the exported graph: one profiler scope per node, its time the

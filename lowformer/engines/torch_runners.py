@@ -68,6 +68,15 @@ def _torch_device(device: str) -> torch.device:
     return torch.device("cuda" if device == "cuda" else "cpu")
 
 
+def run_on_device(module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Float CPU logits of `module` on `x`, computed on `device` (synchronised, so timings are whole)."""
+    with torch.inference_mode():
+        out = module(x.to(device))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return out.float().cpu()
+
+
 class _TorchModuleRunner(Runner):
     native = "torch"
 
@@ -81,11 +90,7 @@ class _TorchModuleRunner(Runner):
         self.provider = self._device.type
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            out = self.module(x.to(self._device))
-        if self._device.type == "cuda":
-            torch.cuda.synchronize()
-        return out.float().cpu()
+        return run_on_device(self.module, x, self._device)
 
 
     def _as_input(self, batch) -> torch.Tensor:
