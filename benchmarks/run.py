@@ -1,10 +1,13 @@
 #!/usr/bin/env python
 """Regenerate benchmarks/RESULTS.md and benchmarks/results.json on this machine's CPU.
 
-LowFormer B0/B1/B1.5/B3/E1/E2/E3 and the paper's peers that timm has, each as eager PyTorch,
-TorchScript (optimize_for_inference), ONNX FP32, ONNX FP16 and ONNX INT8 (Q/DQ, when the calibration
-images are there), at batch 1 (latency) and 16 (throughput); plus the physical-limit line: achieved
-GFLOP/s of the best artifact against this CPU's measured FP32 and INT8 matmul peaks.
+LowFormer B0/B1/B1.5/B3/E1/E2/E3 and the paper's 17 peers (timm's and the six in lowformer.models.peers),
+each as eager PyTorch, TorchScript (optimize_for_inference), ONNX FP32 and ONNX INT8 (Q/DQ, when the
+calibration images are there) in ONNX Runtime, torch.export (`model.pt2`) and AOTInductor
+(`model_aoti_cpu.pt2`), and OpenVINO on the FP32 ONNX (f32 and bf16 inference precision) and on the INT8
+ONNX of the `openvino` target, at batch 1 (latency) and 16 (throughput); plus the physical-limit line:
+achieved GFLOP/s of the best artifact against this CPU's measured FP32 and INT8 matmul peaks. ONNX FP16
+is built and parity-checked but not timed: on a CPU it runs FP32 kernels plus casts (a GPU format).
 
 Bounded: every cell is timed for about --cell-seconds (at least 3 calls) after one warm-up call, and
 --budget-minutes stops starting new models (results so far are written; --resume goes on from them).
@@ -12,6 +15,7 @@ Artifacts are built once into --cache and reused. Weights are random: speed does
 
     python benchmarks/run.py --quick          # b1 and MobileNetV3-L only, a few minutes
     python benchmarks/run.py                  # the whole table (tens of minutes on 2 cores)
+    python benchmarks/run.py --build-only     # only write and check the artifacts (no timing: any load)
     python benchmarks/run.py --report-only    # rewrite RESULTS.md from results.json
     python benchmarks/run.py --resume --retry-failed   # measure again only what failed (after a fix)
 """
@@ -42,10 +46,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 LOWFORMERS = ["b0", "b1", "b15", "b3", "e1", "e2", "e3"]
 QUICK_MODELS = ["b1", "timm:mobilenetv3_large_100"]
-FORMATS = ["eager", "torchscript", "onnx-fp32", "onnx-fp16", "onnx-int8"]
-FORMAT_TITLES = {"eager": "eager", "torchscript": "TorchScript", "onnx-fp32": "ONNX FP32",
-                 "onnx-fp16": "ONNX FP16", "onnx-int8": "ONNX INT8"}
-FP32_FORMATS = ("eager", "torchscript", "onnx-fp32")
+FORMATS = ["eager", "torchscript", "pt2", "aoti", "onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-bf16",
+           "openvino-int8"]
+FORMAT_TITLES = {"eager": "eager", "torchscript": "TorchScript", "pt2": "torch.export", "aoti": "AOTInductor",
+                 "onnx-fp32": "ORT FP32", "onnx-fp16": "ORT FP16", "onnx-int8": "ORT INT8",
+                 "openvino-fp32": "OV FP32", "openvino-bf16": "OV BF16", "openvino-int8": "OV INT8"}
+FP32_FORMATS = ("eager", "torchscript", "pt2", "aoti", "onnx-fp32", "openvino-fp32")
+INT8_FORMATS = ("onnx-int8", "openvino-int8")
+FILES = {"torchscript": "model.ts", "pt2": "model.pt2", "aoti": "model_aoti_cpu.pt2", "onnx-fp32": "model.onnx",
+         "onnx-fp16": "model_fp16.onnx", "onnx-int8": "model_int8.onnx", "openvino-fp32": "model.onnx",
+         "openvino-bf16": "model.onnx", "openvino-int8": "model_int8_openvino.onnx"}
+NEEDS_ONNX = ("onnx-fp16", "onnx-int8", "openvino-fp32", "openvino-bf16", "openvino-int8")
 SHARED = Path(os.environ.get("LOWFORMER_SHARED", REPO.parent / "shared"))
 DEFAULT_CALIB = SHARED / "data" / "imagenet-val-1300" / "val"
 
@@ -87,12 +98,14 @@ def inference_model(name: str):
 
 
 def build(name: str, folder: Path, size: int, calib: Optional[Path]) -> Dict[str, Any]:
-    """Write model.ts, model.onnx, model_fp16.onnx (and model_int8.onnx) into `folder` with the
-    pipeline's writers; check each against the eager model on two random images."""
+    """Write model.ts, model.pt2, model_aoti_cpu.pt2, model.onnx, model_fp16.onnx (and the INT8 ONNX of
+    the cpu and openvino targets) into `folder` with the pipeline's writers; check each (and the FP32
+    ONNX in OpenVINO at f32 and bf16) against the eager model on two random images."""
     from lowformer.compare import compare_logits, parity_passes
     from lowformer.export.fp16 import convert_fp16
     from lowformer.export.onnx_export import export_onnx
     from lowformer.export.prepare import groupnorm1_paths
+    from lowformer.export.pt2 import compile_aoti, export_program, save_program
     from lowformer.export.torchscript import export_torchscript
     from lowformer.models.registry import resolve
 
@@ -105,26 +118,40 @@ def build(name: str, folder: Path, size: int, calib: Optional[Path]) -> Dict[str
     x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
     with torch.no_grad():
         ref = eager(torch.from_numpy(x)).numpy()
-    files = {"torchscript": "model.ts", "onnx-fp32": "model.onnx", "onnx-fp16": "model_fp16.onnx",
-             "onnx-int8": "model_int8.onnx"}
+    files = FILES
+
+    def pt2(p: Path) -> None:
+        ep, _ = export_program(deploy, torch.zeros(1, 3, size, size))
+        save_program(ep, p)
+
+    def aoti(p: Path) -> None:
+        with open(folder / files["pt2"], "rb") as f:
+            compile_aoti(torch.export.load(f), p)
+
     steps: Dict[str, Callable[[Path], Any]] = {
         "torchscript": lambda p: export_torchscript(deploy, p, torch.zeros(1, 3, size, size)),
+        "pt2": pt2,
+        "aoti": aoti,
         "onnx-fp32": lambda p: export_onnx(deploy, p, size),
         "onnx-fp16": lambda p: convert_fp16(folder / files["onnx-fp32"], p, groupnorm1_paths(deploy)),
+        "openvino-fp32": lambda p: None,  # the FP32 ONNX, read by OpenVINO
+        "openvino-bf16": lambda p: None,
     }
     if calib is not None:
         from lowformer.calibrate.quantize import quantize_onnx
 
-        steps["onnx-int8"] = lambda p: quantize_onnx(folder / files["onnx-fp32"], p, resolve(name).preprocessing(size),
-                                                     calib_data=str(calib), calib_size=16,
-                                                     method="minmax", target="cpu")
+        for fmt, target in (("onnx-int8", "cpu"), ("openvino-int8", "openvino")):
+            steps[fmt] = (lambda t: lambda p: quantize_onnx(
+                folder / files["onnx-fp32"], p, resolve(name).preprocessing(size), calib_data=str(calib),
+                calib_size=16, method="minmax", target=t))(target)
     for fmt, step in steps.items():
         path = folder / files[fmt]
         done = record["artifacts"].get(fmt, {})
         if path.is_file() and done.get("status") == "ok":
             continue
-        if fmt in ("onnx-fp16", "onnx-int8") and record["artifacts"].get("onnx-fp32", {}).get("status") != "ok":
-            record["artifacts"][fmt] = {"status": "skipped: no ONNX FP32"}
+        needs = "pt2" if fmt == "aoti" else "onnx-fp32" if fmt in NEEDS_ONNX else None
+        if needs and record["artifacts"].get(needs, {}).get("status") != "ok":
+            record["artifacts"][fmt] = {"status": f"skipped: no {FORMAT_TITLES[needs]} artifact"}
             continue
         t0 = time.perf_counter()
         try:
@@ -133,7 +160,7 @@ def build(name: str, folder: Path, size: int, calib: Optional[Path]) -> Dict[str
                 step(path)
             out = _run_artifact(fmt, path, size, x)
             cmp = compare_logits(ref, out)
-            precision = fmt.split("-")[-1] if fmt.startswith("onnx") else "fp32"
+            precision = {"bf16": "fp16"}.get(fmt.split("-")[-1], fmt.split("-")[-1]) if "-" in fmt else "fp32"
             record["artifacts"][fmt] = {"status": "ok", "path": path.name, "cosine": cmp.cosine,
                                         "rel_l2": cmp.rel_l2, "parity": parity_passes(cmp, precision),
                                         "seconds": round(time.perf_counter() - t0, 1)}
@@ -156,12 +183,21 @@ def _run_artifact(fmt: str, path: Path, size: int, x: np.ndarray) -> np.ndarray:
 def make_runner(fmt: str, path_or_model: Any, size: int, threads: Optional[int]):
     from lowformer.engines import InputSpec, PyTorchRunner, TorchScriptRunner
     from lowformer.engines.onnxrt import OnnxRuntimeRunner
+    from lowformer.engines.pt2 import load_pt2
 
     spec = InputSpec(shape=(None, 3, size, size))
     if fmt == "eager":
         return PyTorchRunner(path_or_model, spec, threads=threads)
     if fmt == "torchscript":
         return TorchScriptRunner.from_file(str(path_or_model), spec, threads=threads)
+    if fmt in ("pt2", "aoti"):
+        return load_pt2(str(path_or_model), spec, threads=threads, fmt=fmt)
+    if fmt.startswith("openvino"):
+        from lowformer.engines.openvino import OpenVINORunner
+
+        hint = {"openvino-bf16": "bf16"}.get(fmt, "f32")
+        return OpenVINORunner(str(path_or_model), "int8" if fmt.endswith("int8") else "fp32", threads=threads,
+                              inference_precision=hint)
     return OnnxRuntimeRunner(str(path_or_model), fmt.split("-")[1], "cpu", threads)
 
 
@@ -250,7 +286,7 @@ def _fmt_cell(c: Optional[Dict[str, Any]], what: str) -> str:
     if c.get("status") != "ok":
         return "n/a"
     # INT8 agreement with random weights says nothing (accuracy is `lowformer validate`'s job).
-    flag = "" if c.get("parity", True) or c["format"] == "onnx-int8" else " ⚠"
+    flag = "" if c.get("parity", True) or c["format"] in INT8_FORMATS else " ⚠"
     return (f"{c['median_ms']:.1f}" if what == "ms" else f"{c['images_per_s']:.1f}") + flag
 
 
@@ -261,7 +297,7 @@ def physical_limits(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     for model in results["models"]:
         ok = [c for c in results["cells"].values() if c["model"] == model and c.get("status") == "ok"]
         fp = [c for c in ok if c["format"] in FP32_FORMATS]
-        q = [c for c in ok if c["format"] == "onnx-int8"]
+        q = [c for c in ok if c["format"] in INT8_FORMATS]
         best = max(fp, key=lambda c: c["gflops"], default=None)
         best8 = max(q, key=lambda c: c["gflops"], default=None)
         rows.append({"model": model, "best_fp32": best and {k: best[k] for k in ("format", "batch_size", "images_per_s", "gflops")},
@@ -326,7 +362,7 @@ def write_report(results: Dict[str, Any], out: Path) -> None:
             reasons.setdefault((model, fmt), st)
         lines += [f"- n/a {results['models'].get(m_, {}).get('display', m_)} {FORMAT_TITLES[f]}: {st}"
                   for (m_, f), st in reasons.items()]
-    if any(not c.get("parity", True) and c["format"] != "onnx-int8" for c in results["cells"].values()):
+    if any(not c.get("parity", True) and c["format"] not in INT8_FORMATS for c in results["cells"].values()):
         lines.append("- ⚠: the artifact missed its parity threshold against the eager model (timed anyway).")
     with atomic_path(out) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
@@ -352,6 +388,8 @@ def parse_args(argv: Optional[List[str]] = None):
     p.add_argument("--resume", action="store_true", help="keep the cells already in results.json")
     p.add_argument("--retry-failed", action="store_true", help="with --resume: measure the n/a cells again")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--build-only", action="store_true",
+                   help="write and check every artifact, time nothing (safe on a busy machine; time later)")
     args = p.parse_args(argv)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     if args.quick:
@@ -372,13 +410,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         models = QUICK_MODELS
     else:
         models = LOWFORMERS + ([] if args.no_peers else peer_models())
-    notes = ["FP16 on this CPU: ONNX Runtime's CPU provider runs the FP16 convolutions through its FP32 kernels, "
-             "with casts it inserts around them (`lowformer profile` shows them as InsertedPrecisionFreeCast_* "
-             "nodes); FP16 is a GPU/TensorRT format.",
+    from lowformer.core.machine import cpu_isa
+
+    isa = cpu_isa()
+    notes = [f"CPU ISA: {isa}.",
+             "ONNX FP16 is built and parity-checked but not timed: ONNX Runtime's CPU provider runs FP16 "
+             "convolutions through its FP32 kernels with casts around them; FP16 is a GPU/TensorRT format.",
              "TorchScript is scripted, frozen and `torch.jit.optimize_for_inference`d when loaded "
-             "(the paper's `--optit`).",
-             "Peers are timm models, reparameterized for inference (`timm.utils.model.reparameterize_model`); "
-             "the paper's peers missing from timm are not in the table."]
+             "(the paper's `--optit`). torch.export runs the exported program's module (eager kernels); "
+             "AOTInductor is that program compiled ahead of time for this CPU (-march=native).",
+             "OpenVINO (CPU plugin, LATENCY hint) reads the FP32 ONNX at f32 and at bf16 inference precision "
+             "(bf16 needs AVX-512-BF16/AMX: n/a elsewhere), and the INT8 Q/DQ ONNX of the `openvino` target "
+             "(symmetric s8).",
+             "Peers are timm models (the six the paper benchmarks that timm lacks are lowformer.models.peers, "
+             "registered in timm), reparameterized for inference (`timm.utils.model.reparameterize_model`)."]
     calib = Path(args.calib_data)
     args.calib = calib if calib.is_dir() else None
     try:
@@ -390,8 +435,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.calib is None:
             notes.append(f"ONNX INT8 skipped: calibration images not found at {calib}.")
     if args.calib is not None:
-        notes.append("ONNX INT8: Q/DQ (u8 activations, s8 weights, min-max ranges from 16 ImageNet images) "
-                     "run by ONNX Runtime's CPU provider; this CPU has no VNNI, so INT8 uses AVX2 u8s8 kernels.")
+        notes.append("ORT INT8: the `cpu` target's Q/DQ (u8 activations, 7-bit s8 weights, min-max ranges from 16 "
+                     f"ImageNet images) run by ONNX Runtime's CPU provider on this {isa} CPU.")
     results: Dict[str, Any] = {"schema": 1, "models": {}, "cells": {}}
     if args.resume and results_path.is_file():
         old = json.loads(results_path.read_text())
@@ -399,6 +444,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.retry_failed:
             results["cells"] = {k: c for k, c in results["cells"].items() if c.get("status") == "ok"}
     torch.set_num_threads(args.threads)
+    if args.build_only:
+        for name in models:
+            from lowformer.models.registry import resolve
+
+            spec = resolve(name)
+            folder = Path(args.cache) / f"{spec.name.replace(':', '_')}-{args.image_size}"
+            log(f"{spec.display}: building artifacts in {folder}")
+            try:
+                record = build(spec.name, folder, args.image_size, args.calib)
+            except Exception as e:
+                log(f"{name}: failed: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
+                continue
+            bad = {k: v["status"] for k, v in record["artifacts"].items() if v.get("status") != "ok"}
+            log(f"  built {sum(v.get('status') == 'ok' for v in record['artifacts'].values())} artifacts"
+                + (f"; not: {bad}" if bad else ""))
+        return 0
     log("measuring matmul peaks")
     results.update(machine=machine_info(), date=_dt.date.today().isoformat(), notes=notes,
                    settings={k: getattr(args, k) for k in ("quick", "image_size", "threads", "cell_seconds",

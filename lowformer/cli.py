@@ -193,7 +193,10 @@ def info_cmd(model: str, checkpoint: Optional[str], image_size: int, as_json: bo
 @click.option("--quantizer", type=click.Choice(["qdq", "nncf"]),
               help="INT8 with --target openvino: qdq (default: our Q/DQ ONNX) or nncf (needs --to openvino).")
 @click.option("--exclude", multiple=True, help="INT8: keep modules matching this glob in float (e.g. 'stages.3.*.attn').")
-@click.option("--auto-exclude", is_flag=True, help="INT8: keep the most harmful blocks in float until the gate holds.")
+@click.option("--auto-exclude", is_flag=True,
+              help="INT8: keep blocks in float until the gate holds, choosing the fastest set found: blocks ranked "
+                   "by accuracy harm per ms their float version costs (ONNX Runtime CPU profile; a stated proxy "
+                   "for --target tensorrt/openvino); prints every candidate tried.")
 @click.option("--gate-top1-drop", type=float, default=1.0, show_default=True, help="INT8 --auto-exclude gate (points).")
 @click.option("--min-batch", type=click.IntRange(1), help="TensorRT profile [default: the ONNX's fixed batch, else 1].")
 @click.option("--opt-batch", type=click.IntRange(1), help="TensorRT profile [default: the fixed batch, else --min-batch].")
@@ -234,6 +237,9 @@ def export_cmd(model, to, fp16, int8, checkpoint, image_size, batch_size, dynami
                     [(a.path, a.format, a.precision, f"{a.parity.rel_l2:.2e}", f"{a.parity.cosine:.6f}",
                       f"{a.parity.top1_agreement:.1%}", "pass" if a.parity.passed else "FAIL")
                      for a in result.artifacts if a.parity is not None])
+        for a in result.artifacts:
+            if a.format == "onnx" and a.int8.get("auto_exclude"):  # OpenVINO's Q/DQ IR repeats it
+                print_auto_exclude(a.int8["auto_exclude"])
         for step in result.next_steps:
             console.print(f"[bold]next step:[/bold] {step}", highlight=False, soft_wrap=True)
     sys.exit(result.exit_code)
@@ -307,11 +313,13 @@ def build_engine_cmd(onnx_file: str, out: Optional[str], fp16: bool, int8: bool,
               help="auto (each format's own), onnxruntime or openvino (ONNX through OpenVINO); repeat for several.")
 @click.option("--precision", "precisions", multiple=True, metavar="PRECISION",
               help="OpenVINO inference precision: f32 (default), bf16 (AMX/AVX-512-BF16 CPUs) or f16; repeat for several.")
+@click.option("--explain", is_flag=True,
+              help="Then compare every block's output with the reference's (SQNR, cosine, ...; CPU): where it diverges.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON to stdout.")
 @handle_errors
 def validate_cmd(artifacts, data, labels, limit, batch_size, workers, reference, checkpoint, gate_top1_drop,
                  gate_agreement, crop_ratio, interpolation, mean, std, skip_bad_images, report, threads, device,
-                 skip_missing, no_record, runtimes, precisions, as_json) -> None:
+                 skip_missing, no_record, runtimes, precisions, explain, as_json) -> None:
     """ImageNet top-1/top-5 of every artifact against the PyTorch reference, on the same images.
 
     \b
@@ -324,17 +332,24 @@ def validate_cmd(artifacts, data, labels, limit, batch_size, workers, reference,
     from lowformer.validate import record_validation, validate
 
     mean, std = parse_triplet(mean, "--mean"), parse_triplet(std, "--std")
+    plan = None
+    if explain:  # its checks first: a refused artifact costs nothing and shows nothing
+        from lowformer.explain import prepare_explain
+
+        plan = prepare_explain(list(artifacts), data, labels=labels, limit=limit, workers=workers, threads=threads,
+                               skip_missing=skip_missing, reference=reference, checkpoint=checkpoint,
+                               runtimes=runtimes, skip_bad_images=skip_bad_images, crop_ratio=crop_ratio,
+                               interpolation=interpolation, mean=mean, std=std)
     result = validate(list(artifacts), data, labels=labels, limit=limit, batch_size=batch_size, workers=workers,
                       reference=reference, checkpoint=checkpoint, gate_top1_drop=gate_top1_drop,
                       gate_agreement=gate_agreement, crop_ratio=crop_ratio, interpolation=interpolation,
-                      mean=mean, std=std, skip_bad_images=skip_bad_images, report=report, threads=threads,
+                      mean=mean, std=std, skip_bad_images=skip_bad_images, report=None if explain else report,
+                      threads=threads,
                       device=device, skip_missing=skip_missing, record=False, runtimes=runtimes,
                       precisions=precisions, progress=RichProgress())
     for w in result.warnings:
         console.print(Text.assemble(("warning:", "yellow"), " ", w), highlight=False, soft_wrap=True)
-    if as_json:
-        emit_json(result.to_dict())
-    else:
+    if not as_json:
         d = result.data
         print_table(f"{d['images']} images, labels: {d['label_source']}", result.COLUMNS, result.rows())
         for a in result.artifacts:
@@ -342,8 +357,31 @@ def validate_cmd(artifacts, data, labels, limit, batch_size, workers, reference,
                 console.print(Text.assemble((f"{a.name}:", "red"), " ", f), highlight=False, soft_wrap=True)
     if not no_record:  # after the table: a folder we cannot write to still shows what was measured
         record_validation(result)
+    out = result.to_dict()
+    if plan is not None:
+        out["explain"] = _explain_and_show(plan, not no_record, as_json)
+        if report:
+            from lowformer.core.files import write_json
+
+            write_json(report, out)
+    if as_json:
+        emit_json(out)
     if not result.passed:
         sys.exit(1)
+
+
+def _explain_and_show(plan, record: bool, as_json: bool) -> dict:
+    """`validate --explain`: the block-by-block pass, a table and the findings per artifact."""
+    ex = plan.run(progress=RichProgress(), record=record)
+    for w in ex.warnings:
+        console.print(Text.assemble(("warning:", "yellow"), " ", w), highlight=False, soft_wrap=True)
+    if not as_json:
+        for a in ex.artifacts:
+            print_table(f"{a.name}: block outputs vs the reference, {a.images} images "
+                        f"({a.precision}, SQNR floor {a.tolerance.get('sqnr_db'):g} dB)", a.COLUMNS, a.rows())
+            for line in a.findings():
+                console.print(Text.assemble((f"{a.name}:", "bold"), " ", line), highlight=False, soft_wrap=True)
+    return ex.to_dict()
 
 
 @main.command("train")
@@ -450,9 +488,10 @@ def train_cmd(model, data, val_data, epochs, batch_size, lr, image_sizes, eval_s
               help="auto (each format's own), onnxruntime or openvino (ONNX through OpenVINO); repeat for several.")
 @click.option("--precision", "precisions", multiple=True, metavar="PRECISION",
               help="OpenVINO inference precision: f32 (default), bf16 (AMX/AVX-512-BF16 CPUs) or f16; repeat for several.")
+@click.option("--no-record", is_flag=True, help="Do not write the per-block times into the artifacts' manifests.")
 @handle_errors
 def profile_cmd(targets, batch_size, iterations, warmup, device, group_by, top, json_path, plot_path, threads,
-                image_size, checkpoint, trt_profile, trt_layers, runtimes, precisions):
+                image_size, checkpoint, trt_profile, trt_layers, runtimes, precisions, no_record):
     """Per-layer latency of ARTIFACT_OR_MANIFEST... (or MODEL names, eager), mapped to LowFormer blocks.
 
     \b
@@ -462,6 +501,7 @@ def profile_cmd(targets, batch_size, iterations, warmup, device, group_by, top, 
     attributed to named layers.
     """
     from lowformer.profiling import profile, report_from_trtexec
+    from lowformer.profiling.api import record_profiles
     from lowformer.profiling.plot import plot_reports
     from lowformer.cli_render import print_reports
 
@@ -471,7 +511,8 @@ def profile_cmd(targets, batch_size, iterations, warmup, device, group_by, top, 
         raise click.UsageError("--trt-layers goes with --trt-profile")
     reports = profile(list(targets), batch_size=batch_size, iterations=iterations, warmup=warmup, device=device,
                       threads=threads, image_size=image_size, checkpoint=checkpoint, runtimes=runtimes,
-                      precisions=precisions, progress=RichProgress()) if targets else []
+                      precisions=precisions, progress=RichProgress(), record=False) if targets else []
+    measured = list(reports)  # the artifacts' own reports (not the trtexec one): what --no-record skips
     if trt_profile:
         reports.append(report_from_trtexec(trt_profile, trt_layers, label=f"TensorRT ({trt_profile})"))
     if json_path:
@@ -486,6 +527,8 @@ def profile_cmd(targets, batch_size, iterations, warmup, device, group_by, top, 
     if plot_path:
         plot_reports(reports, plot_path, group_by if group_by in ("stage", "kind") else "stage")
         console.print(f"chart written to {plot_path}", highlight=False)
+    if not no_record:  # after the table: a folder we cannot write to still shows what was measured
+        record_profiles(measured)
 
 
 @main.command("bench")
@@ -509,9 +552,10 @@ def profile_cmd(targets, batch_size, iterations, warmup, device, group_by, top, 
               help="auto (each format's own), onnxruntime or openvino (ONNX through OpenVINO); repeat for several.")
 @click.option("--precision", "precisions", multiple=True, metavar="PRECISION",
               help="OpenVINO inference precision: f32 (default), bf16 (AMX/AVX-512-BF16 CPUs) or f16; repeat for several.")
+@click.option("--no-record", is_flag=True, help="Do not write the timings into the artifacts' manifests.")
 @handle_errors
 def bench_cmd(targets, batch_size, iterations, duration, warmup, latency, jobs, threads, device, image_size, optit,
-              checkpoint, as_json, runtimes, precisions):
+              checkpoint, as_json, runtimes, precisions, no_record):
     """Throughput (images/s) or latency (ms) of MODEL_OR_ARTIFACT... (b1, timm:resnet50, model.onnx, folders).
 
     \b
@@ -519,15 +563,23 @@ def bench_cmd(targets, batch_size, iterations, duration, warmup, latency, jobs, 
     `--jobs 4` times four processes at once (the paper's multi-process latency).
     """
     from lowformer.bench import bench
+    from lowformer.bench.run import record_latencies
 
     if iterations and duration:
         raise click.UsageError("--iterations and --duration exclude each other")
     report = bench(list(targets), batch_size=batch_size, iterations=iterations, warmup=warmup, latency=latency,
                    jobs=jobs, threads=threads, device=device, image_size=image_size, optit=optit,
                    checkpoint=checkpoint, progress=RichProgress(), duration=duration, runtimes=runtimes,
-                   precisions=precisions)
+                   precisions=precisions, record=False)
     if as_json:
-        return emit_json(report.to_dict())
+        emit_json(report.to_dict())
+    else:
+        _print_bench(report)
+    if not no_record:  # after the table: a folder we cannot write to still shows what was measured
+        record_latencies(report)
+
+
+def _print_bench(report) -> None:
     m = report.machine
     print_table(f"{report.mode} on {m['cpu']} ({m.get('isa', '?')}, {m['cores']} cores), batch {report.batch_size}, "
                 f"{report.jobs} job(s)",
@@ -538,6 +590,29 @@ def bench_cmd(targets, batch_size, iterations, duration, warmup, latency, jobs, 
     for r in report.results:
         for w in r.warnings:
             console.print(Text.assemble(("warning:", "yellow"), f" {r.target}: {w}"), highlight=False, soft_wrap=True)
+
+
+@main.command("report")
+@click.argument("folders", nargs=-1, required=True, type=click.Path())
+@click.option("--out", default="report.html", show_default=True, type=click.Path(dir_okay=False),
+              help="The HTML file to write (self-contained: opens from disk, no network).")
+@click.option("--json", "as_json", is_flag=True, help="Print what the page holds as JSON to stdout.")
+@handle_errors
+def report_cmd(folders, out, as_json):
+    """One self-contained report.html of ARTIFACT_DIR... from their manifests.
+
+    \b
+    Artifact table (size, top-1, delta with its interval, agreement, McNemar p, logit cosine,
+    latency per runtime and batch), per-block divergence (validate --explain), per-block latency
+    (profile), flipped-image gallery (validate), and the machine. Shows only what was recorded.
+    """
+    from lowformer.report import collect, write_html_report
+
+    data = collect(list(folders))
+    path = write_html_report(list(folders), out, data=data)
+    if as_json:
+        return emit_json({"report": str(path), **data.summary()})
+    console.print(f"report: {path}", highlight=False, soft_wrap=True)
 
 
 @main.command("demo")
@@ -559,9 +634,25 @@ def demo_cmd(checkpoint: Optional[str], data: Optional[str], out: str, limit: in
     for m in summary["models"]:
         if m["next_step"]:
             console.print(f"[bold]TensorRT ({m['name']}):[/bold] {m['next_step']}", highlight=False, soft_wrap=True)
-    console.print(f"report: {summary['report']}")
+    console.print(f"report: {summary['report']} and {summary['report_html']}", highlight=False, soft_wrap=True)
     if not summary["passed"]:
         sys.exit(1)
+
+
+def print_auto_exclude(auto) -> None:
+    """The candidates --auto-exclude evaluated (one row each) and its one-line conclusion."""
+    if auto.get("tried"):
+        def ms(v) -> str:
+            return "-" if v is None else f"{v:.3g}"
+        print_table(f"auto-exclude: candidates tried ({auto.get('search', 'harm-order')}; estimates: "
+                    f"{auto.get('latency_source') or 'not profiled'})",
+                    ["phase", "kept in float", "drop (pt)", "agreement", "cosine", "est. ms", "gate"],
+                    [(t["phase"], ", ".join(t["kept_float"]) or "(all INT8)", f"{t['drop']:.2f}",
+                      f"{t['agreement']:.1%}", f"{t['cosine']:.5f}", ms(t.get("estimated_ms")),
+                      "pass" if t["passed"] else "fail") for t in auto["tried"]])
+    verdict = "[green]holds[/green]" if auto["passed"] else "[red]does not hold[/red]"
+    console.print(f"auto-exclude ({verdict}): {auto.get('conclusion') or ', '.join(auto['kept_float'])}",
+                  highlight=False, soft_wrap=True)
 
 
 @main.group("calibrate")
@@ -589,7 +680,10 @@ def calibrate_group() -> None:
 @click.option("--mode", default="quantize-one", show_default=True, type=click.Choice(["quantize-one", "float-one"]),
               help="quantize-one: only the block is INT8; float-one: all blocks but this one are INT8.")
 @click.option("--exclude", multiple=True, help="Keep modules matching this glob in float in every variant.")
-@click.option("--auto-exclude", is_flag=True, help="Also find the blocks to keep in float until the gate holds.")
+@click.option("--auto-exclude", is_flag=True,
+              help="Also find the fastest set of blocks to keep in float that meets the gate: ranked by harm per ms "
+                   "of float cost (ONNX Runtime CPU per-block profile of the FP32 and INT8 models; a proxy for "
+                   "--target tensorrt/openvino), greedy then pruned; prints the candidates tried.")
 @click.option("--gate-top1-drop", type=float, default=1.0, show_default=True,
               help="--auto-exclude gate: top-1 drop vs FP32 in points (disagreement when labels are unknown).")
 @click.option("--out", type=click.Path(file_okay=False), help="Export folder for MODEL's FP32 ONNX and the cache.")
@@ -600,7 +694,10 @@ def calibrate_sensitivity_cmd(model, calib_data, eval_data, checkpoint, image_si
     """Per-block INT8 sensitivity of MODEL (a model name or an export folder) vs FP32 on held-out images.
 
     Calibrates once (cached), then re-quantizes one block at a time and reports top-1 agreement,
-    logit cosine and the top-1 drop (points) of each variant.
+    logit cosine and the top-1 drop (points) of each variant. With --auto-exclude it also profiles
+    the FP32 and INT8 models per block on ONNX Runtime's CPU provider and searches for the fastest
+    set of float blocks that meets --gate-top1-drop (table of candidates tried, estimated and
+    measured latency; --json carries all of it under auto_exclude).
     """
     from lowformer.calibrate.sensitivity import SensitivityConfig, sensitivity_report
     from lowformer.data.preprocess import Preprocessing
@@ -627,6 +724,4 @@ def calibrate_sensitivity_cmd(model, calib_data, eval_data, checkpoint, image_si
     console.print(f"FP32 ONNX: {report['onnx']}; calibration cache: {report['cache']['path']}", highlight=False)
     auto = report["auto_exclude"]
     if auto:
-        verdict = "[green]holds[/green]" if auto["passed"] else "[red]does not hold[/red]"
-        console.print(f"auto-exclude: keep {', '.join(auto['kept_float']) or 'nothing'} in float -> drop "
-                      f"{auto['final']['drop']:.2f} pt, gate {auto['gate_top1_drop']} pt {verdict}", highlight=False)
+        print_auto_exclude(auto)

@@ -22,6 +22,7 @@ from lowformer.verdict import Verdict, decide
 
 log = logging.getLogger(__name__)
 ARTIFACTS = ("model.ts", "model.onnx", "model_fp16.onnx", "model_int8.onnx")
+EXPLAIN_IMAGES = 16  # per-block divergence settles on a few images; validation keeps its own limit
 
 
 @dataclass
@@ -59,13 +60,16 @@ def _weights(out: Path, checkpoint: Optional[str]) -> Dict[str, Any]:
 def run_demo(out: str = "demo-out", checkpoint: Optional[str] = None, data: Optional[str] = None,
              image_size: int = 224, limit: int = 200, calib_size: int = 64,
              progress: Progress = no_progress) -> Dict[str, Any]:
-    """Run the chain and write `out/report.md` (+ PNG charts and `out/summary.json`)."""
+    """Run the chain and write `out/report.md` (+ PNG charts and `out/summary.json`) and
+    `out/report.html` (lowformer.report: self-contained, from the folders' manifests)."""
     from lowformer.bench import bench
     from lowformer.data.synthetic import generate_images
     from lowformer.engines.tensorrt import build_engine
+    from lowformer.explain import explain
     from lowformer.export.pipeline import export_model
     from lowformer.profiling import profile
     from lowformer.profiling.plot import plot_reports
+    from lowformer.report import write_html_report
     from lowformer.validate import validate
 
     root = ensure_dir(out)
@@ -91,6 +95,9 @@ def run_demo(out: str = "demo-out", checkpoint: Optional[str] = None, data: Opti
         log.info("validating every artifact against the PyTorch model...")
         dm.validation = validate([str(dm.folder)], images, limit=limit, batch_size=25, workers=1,
                                  progress=progress).to_dict()
+        log.info("explaining the divergence block by block (%d images)...", min(limit, EXPLAIN_IMAGES))
+        explain([str(dm.folder)], images, limit=min(limit, EXPLAIN_IMAGES), batch_size=25, workers=1,
+                progress=progress)  # recorded in the manifest: report.html charts it
         log.info("profiling per layer...")
         paths = [str(dm.folder / a) for a in ARTIFACTS if (dm.folder / a).is_file()]
         reports = profile(paths, iterations=10, warmup=3, image_size=image_size, progress=progress)
@@ -113,6 +120,7 @@ def run_demo(out: str = "demo-out", checkpoint: Optional[str] = None, data: Opti
     write_json(root / "summary.json", summary)
     report = write_report(root, models, image_note, labelled=labelled)
     summary["report"] = str(report)
+    summary["report_html"] = str(write_html_report([dm.folder for dm in models], root / "report.html"))
     summary["columns"] = columns(labelled)
     summary["rows"] = summary_rows(models, labelled=labelled)
     return summary

@@ -168,10 +168,20 @@ class _Tally:
         self.agree += int(same.sum())
         for i in np.flatnonzero(~same):
             self.flips.append({"path": paths[i], "label": int(labels[i]), "reference": int(ref_pred[i]),
-                               "artifact": int(pred[i])})
+                               "artifact": int(pred[i]),
+                               # softmax probability of each side's predicted class, from its own logits
+                               "reference_prob": _prob(ref[i], int(ref_pred[i])),
+                               "artifact_prob": _prob(out[i], int(pred[i]))})
 
     def pct(self, v: int) -> float:
         return 100.0 * v / self.n if self.n else 0.0
+
+
+def _prob(logits: np.ndarray, cls: int) -> float:
+    """Softmax probability of class `cls` from one image's logits (stable: max subtracted), 4 digits."""
+    z = logits.astype(np.float64)
+    e = np.exp(z - z.max())
+    return round(float(e[cls] / e.sum()), 4)
 
 
 def near_chance(top1: float, num_classes: int, n: int) -> bool:

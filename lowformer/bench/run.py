@@ -252,11 +252,12 @@ def bench(args: Sequence[str], batch_size: Optional[int] = None, iterations: Opt
           warmup: Optional[int] = None, latency: bool = False, jobs: int = 1, threads: Optional[int] = None,
           device: str = "cpu", image_size: int = 224, optit: bool = False, checkpoint: Optional[str] = None,
           progress: Progress = no_progress, duration: Optional[float] = None,
-          runtimes: Sequence[str] = (), precisions: Sequence[str] = ()) -> BenchReport:
+          runtimes: Sequence[str] = (), precisions: Sequence[str] = (), record: bool = True) -> BenchReport:
     """Benchmark each model/artifact in `args` (latency mode forces batch size 1).
 
     Defaults: the paper's batch 200 x 400 iterations on CUDA; on a CPU batch 16 for
     `DEFAULT_CPU_DURATION_S` seconds per target. `duration` (like trtexec) replaces `iterations`.
+    `record`: write each artifact's timing into its manifest entry (`record_latencies`).
     """
     if jobs < 1:
         raise LowformerError("jobs must be at least 1")
@@ -293,7 +294,56 @@ def bench(args: Sequence[str], batch_size: Optional[int] = None, iterations: Opt
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
     warn_slow_int8(report.results)
+    if record:
+        record_latencies(report)
     return report
+
+
+def latency_key(r: BenchResult) -> str:
+    """`<runtime>/<precision>/b<batch>` (`/j<jobs>` added for several processes at once)."""
+    key = f"{r.backend}/{r.precision or 'fp32'}/b{r.batch_size}"
+    return key + (f"/j{r.jobs}" if r.jobs > 1 else "")
+
+
+def latency_record(r: BenchResult, machine: Dict[str, Any], device: str) -> Dict[str, Any]:
+    """What a manifest entry keeps of one timing: the figures, and the machine and date they hold for."""
+    rec = {"date": machine.get("date"), "median_ms": r.median_ms, "p10_ms": r.p10_ms, "p90_ms": r.p90_ms,
+           "mean_ms": r.mean_ms, "images_per_s": r.images_per_s, "isa": machine.get("isa"),
+           "cpu": machine.get("cpu"), "threads": r.threads, "jobs": r.jobs, "batch": r.batch_size,
+           "backend": r.backend, "precision": r.precision, "provider": r.provider, "device": device,
+           "load_average": machine.get("load_average"), "warnings": list(r.warnings)}
+    if device == "cuda":
+        import torch
+
+        rec["gpu"] = torch.cuda.get_device_name(0)
+    return rec
+
+
+def record_latencies(report: BenchReport) -> None:
+    """Write each artifact result whose file has a manifest entry into `facts["latency"][latency_key]`
+    of that entry (one locked update per folder); models and artifacts without a manifest are skipped."""
+    from lowformer import artifacts as _artifacts
+    from lowformer.artifacts import Manifest
+
+    by_folder: Dict[Path, List[Any]] = {}
+    for r in report.results:
+        if r.kind != "artifact" or not r.path:
+            continue
+        mpath = _artifacts.find_manifest_for(r.path)
+        if mpath is None:
+            continue
+        entry = Manifest.load(mpath).entry_for(r.path, mpath.parent)
+        if entry is not None:
+            by_folder.setdefault(mpath.parent, []).append((entry.path, r))
+    for folder, pairs in by_folder.items():
+        def apply(manifest: Manifest, pairs=pairs) -> None:
+            for path, r in pairs:
+                target = manifest.entry(path)
+                if target is not None:
+                    runs = dict(target.facts.get("latency") or {})
+                    runs[latency_key(r)] = latency_record(r, report.machine, report.device)
+                    target.facts["latency"] = runs
+        _artifacts.update(folder, apply)
 
 
 def warn_slow_int8(results: Sequence[BenchResult]) -> None:

@@ -40,9 +40,19 @@ def node_blocks(node_names: Sequence[str]) -> Dict[str, str]:
     """Block of every node that belongs to a module. Modules outside numbered blocks join `stem`
     before the first block; from the first such module after them on (LowFormer's in_conv,
     EfficientNet's conv_head) everything is `head`."""
-    out: Dict[str, str] = {}
     paths = {n: module_path_of_node(n) for n in node_names
              if not n.rsplit("/", 1)[-1].startswith("Constant")}  # exporters hoist Constants to the top
+    return _assign_blocks(paths)
+
+
+def module_blocks(module_paths: Sequence[str]) -> Dict[str, str]:
+    """The same assignment for PyTorch module paths in execution order (leaf modules, as a forward
+    calls them): the torch side of a model and its ONNX export agree on block names."""
+    return _assign_blocks({p: p for p in module_paths})
+
+
+def _assign_blocks(paths: Dict[str, str]) -> Dict[str, str]:
+    out: Dict[str, str] = {}
     containers = _numbered_containers(list(paths.values()))
     seen_block = in_head = False
     for name, path in paths.items():

@@ -122,35 +122,105 @@ def harm_order(rows: List[Dict[str, Any]], mode: str) -> List[str]:
 
 def auto_exclude_blocks(session, data: EvalData, method: str, target: str, base_exclude: Sequence[str],
                         gate_top1_drop: float, rows: Optional[List[Dict[str, Any]]] = None,
-                        max_steps: int = MAX_AUTO_STEPS) -> Dict[str, Any]:
-    """Keep the most harmful blocks in float, one at a time, until the drop is <= the gate
-    (at most `max_steps` blocks: each step is one quantization and one evaluation)."""
+                        max_steps: int = MAX_AUTO_STEPS, latency_aware: bool = True,
+                        threads: Optional[int] = None, latency=None) -> Dict[str, Any]:
+    """The cheapest set of blocks to keep in float so that the drop is <= the gate.
+
+    Latency-aware (the default): profile the FP32 and the all-INT8 model once each on ONNX Runtime's
+    CPU provider (the artifact's runtime for --target cpu; a stated proxy for tensorrt / openvino),
+    rank blocks by harm (quantize-one cosine loss) per ms that keeping them in float costs, then
+    search (calibrate.search: greedy, prune, cheaper harm-order prefixes). `latency_aware=False`: the
+    plain greedy over the harm order (with `latency` given, a `calibrate.latency.BlockLatency` measured
+    before, its sets still get estimates). Every candidate is one quantization and one evaluation; the
+    result's `tried` has one row each, and the chosen model is timed end to end once.
+    """
+    from lowformer.calibrate.latency import measure_block_latency, time_onnx
+    from lowformer.calibrate.search import harm_per_ms_table, search_exclusion
+
     metric = "top1_drop" if data.labels is not None else "disagreement"
     with tempfile.TemporaryDirectory(prefix="lowformer-auto-") as tmp:
-        full = _evaluate(session, data, method, target, base_exclude, Path(tmp), "full")
+        full_path = Path(tmp) / "full.onnx"
+        session.quantize(full_path, method, target, base_exclude)
+        full = data.score(run_onnx(full_path, data.images))
         log.info("INT8 (all blocks): drop %.2f pt (%s); gate %s pt", full["drop"], metric, gate_top1_drop)
         result: Dict[str, Any] = {"gate_top1_drop": gate_top1_drop, "metric": metric, "eval": data.eval_set.facts(),
                                   "initial": full, "kept_float": [], "steps": [], "final": full,
-                                  "passed": full["drop"] <= gate_top1_drop}
+                                  "passed": full["drop"] <= gate_top1_drop, "search": "latency-aware" if latency_aware
+                                  else "harm-order", "latency": None, "latency_source": None,
+                                  "ranking_table": [], "tried": [], "estimated_ms": None, "measured_ms": None}
         if result["passed"]:
+            result["tried"] = [_tried_row([], full, gate_top1_drop, "int8", None)]
+            result["conclusion"] = _conclusion(result)
             return result
         rows = rows if rows is not None else block_sensitivity(session, data, method, target, base_exclude,
                                                                "quantize-one")
-        ranking = harm_order(rows, "quantize-one")
-        result["ranking"] = ranking
-        kept: List[str] = []
-        for block in ranking[:max_steps]:
-            kept.append(block)
+        harm_ranking = harm_order(rows, "quantize-one")
+        lat = latency
+        if latency_aware and lat is None:
+            lat = measure_block_latency(session.prepared, full_path, session.node_names,
+                                        blocks_in_order(session.node_names), target, threads)
+        if lat is not None:
+            result.update(latency=lat.to_dict(), latency_source=lat.source)
+        if latency_aware:
+            table = harm_per_ms_table(rows, lat.float_cost)
+            ranking = [t["block"] for t in table]
+            result.update(ranking_table=[{k: (round(v, 6) if isinstance(v, float) else v) for k, v in t.items()}
+                                         for t in table])
+        else:
+            ranking = harm_ranking
+        result.update(ranking=ranking, harm_ranking=harm_ranking)
+
+        def evaluate(kept: List[str]) -> Dict[str, Any]:
             exclude = list(base_exclude) + nodes_of_blocks(session.node_names, kept)
             metrics = _evaluate(session, data, method, target, exclude, Path(tmp), "auto")
-            result["steps"].append({"kept_float": list(kept), **metrics})
-            log.info("  + %s in float: drop %.2f pt, agreement %.1f%%", block, metrics["drop"], 100 * metrics["agreement"])
-            result.update(kept_float=list(kept), final=metrics, passed=metrics["drop"] <= gate_top1_drop)
-            if result["passed"]:
-                break
+            log.info("  %s in float: drop %.2f pt, agreement %.1f%%", ", ".join(kept) or "nothing",
+                     metrics["drop"], 100 * metrics["agreement"])
+            return metrics
+
+        found = search_exclusion(evaluate, gate_top1_drop, ranking, harm_ranking,
+                                 lat.float_cost if latency_aware else None, lat.int8_ms if latency_aware else 0.0,
+                                 max_steps, initial=full)
+        result["steps"] = [{"kept_float": list(k), **found.metrics_of(k)["metrics"]} for k in found.greedy
+                           if found.metrics_of(k)]
+        kept = found.chosen if found.chosen is not None else (found.greedy[-1] if found.greedy else [])
+        final = found.metrics_of(kept)
+        result.update(kept_float=list(kept), final=final["metrics"] if final else full,
+                      passed=found.chosen is not None, stopped=found.stopped,
+                      tried=[{**{k: v for k, v in t.items() if k != "metrics"},
+                              "estimated_ms": round(lat.estimate(t["kept_float"]), 4) if lat else None}
+                             for t in found.tried])
+        if lat:
+            result["estimated_ms"] = round(lat.estimate(kept), 4)
+            chosen_path = Path(tmp) / "chosen.onnx"
+            session.quantize(chosen_path, method, target,
+                             list(base_exclude) + nodes_of_blocks(session.node_names, kept))
+            result["measured_ms"] = {"chosen": round(time_onnx(chosen_path, threads), 4),
+                                     "int8": round(lat.int8.latency_ms, 4), "fp32": round(lat.fp32.latency_ms, 4),
+                                     "source": lat.source, "batch": 1}
     if not result["passed"]:
         log.warning("the INT8 gate (%s pt) does not hold even with %d blocks in float", gate_top1_drop, len(kept))
+    result["conclusion"] = _conclusion(result)
     return result
+
+
+def _tried_row(kept: List[str], metrics: Dict[str, Any], gate: float, phase: str,
+               est: Optional[float]) -> Dict[str, Any]:
+    return {"phase": phase, "kept_float": list(kept), "drop": metrics["drop"], "agreement": metrics["agreement"],
+            "cosine": metrics["cosine"], "estimated_ms": est, "passed": metrics["drop"] <= gate}
+
+
+def _conclusion(auto: Dict[str, Any]) -> str:
+    """One line: what stays in float, the drop against the gate, the latency (estimated and measured)."""
+    kept = ", ".join(auto["kept_float"]) or "nothing"
+    verdict = "meets" if auto["passed"] else "does not meet"
+    line = (f"keep {kept} in float: drop {auto['final']['drop']:.2f} pt ({auto['metric']}) {verdict} the gate "
+            f"{auto['gate_top1_drop']} pt")
+    measured = auto.get("measured_ms")
+    if auto.get("estimated_ms") is not None and measured:
+        line += (f"; latency {auto['estimated_ms']:.3g} ms estimated, {measured['chosen']:.3g} ms measured "
+                 f"(all INT8 {measured['int8']:.3g} ms, FP32 {measured['fp32']:.3g} ms; {measured['source']}, batch 1)")
+    line += f"; {len(auto.get('tried') or [])} candidate(s) evaluated"
+    return line
 
 
 @dataclass

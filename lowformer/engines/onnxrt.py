@@ -47,6 +47,14 @@ class OrtProfile:
     run_ms: List[float]
     graph: List[Tuple[str, Sequence[str], Sequence[str]]] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
+    per_run: List[Dict[str, float]] = field(default_factory=list)  # node -> kernel ms, one dict per run
+
+    def median_node_ms(self) -> Dict[str, float]:
+        """Each node's median kernel time over the profiled runs (ms; 0 in runs that skipped it)."""
+        if not self.per_run:
+            n = max(len(self.run_ms), 1)
+            return {t.name: t.total_ms / n for t in self.timings}
+        return {t.name: float(np.median([run.get(t.name, 0.0) for run in self.per_run])) for t in self.timings}
 
 
 def parse_ort_profile(events: List[Dict[str, Any]], iterations: int) -> Tuple[List[LayerTiming], List[float]]:
@@ -69,6 +77,23 @@ def parse_ort_profile(events: List[Dict[str, Any]], iterations: int) -> Tuple[Li
         ops.setdefault(node, str((e.get("args") or {}).get("op_name", "")))
     timings = [LayerTiming(n, ops[n], total[n], calls[n]) for n in total]
     return timings, [r["dur"] / 1000.0 for r in runs]
+
+
+def node_ms_by_run(events: List[Dict[str, Any]], iterations: int) -> List[Dict[str, float]]:
+    """Per-node kernel ms of each of the last `iterations` `model_run`s (one dict per run, in order)."""
+    runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
+                  key=lambda e: e["ts"])[-iterations:]
+    out: List[Dict[str, float]] = [{} for _ in runs]
+    for e in events:
+        name = e.get("name", "")
+        if e.get("cat") != "Node" or not name.endswith("_kernel_time"):
+            continue
+        for i, r in enumerate(runs):
+            if r["ts"] <= e["ts"] <= r["ts"] + r["dur"]:
+                node = name[: -len("_kernel_time")]
+                out[i][node] = out[i].get(node, 0.0) + e["dur"] / 1000.0
+                break
+    return out
 
 
 def input_spec_of(session) -> InputSpec:
@@ -132,13 +157,14 @@ class OnnxRuntimeRunner(Runner):
             with open(session.end_profiling()) as f:
                 events = json.load(f)
             timings, run_ms = parse_ort_profile(events, max(iterations, 1))
+            per_run = node_ms_by_run(events, max(iterations, 1))
             graph: List[Tuple[str, Sequence[str], Sequence[str]]] = []
             try:
                 proto = onnx.load(so.optimized_model_filepath, load_external_data=False)
                 graph = [(n.name, list(n.input), list(n.output)) for n in proto.graph.node]
             except Exception as e:  # the profile stands without it; unscoped nodes go by order
                 notes.append(f"optimized graph unavailable ({type(e).__name__}); unscoped nodes placed by order")
-            return OrtProfile(timings, run_ms, graph, notes)
+            return OrtProfile(timings, run_ms, graph, notes, per_run)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -19,7 +19,7 @@ from lowformer.profiling.collect import (rows_from_fused, rows_from_graph, rows_
                                          rows_from_nodes)
 from lowformer.profiling.names import GraphNeighbours
 from lowformer.profiling.report import ProfileReport
-from lowformer.profiling.structure import ModelStructure, structure_of
+from lowformer.profiling.structure import UNATTRIBUTED, ModelStructure, structure_of
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +146,13 @@ def profile(targets: Sequence[str], batch_size: int = 1, iterations: int = 100, 
             device: str = "cpu", threads: Optional[int] = None, image_size: int = 224,
             checkpoint: Optional[str] = None, model: Optional[nn.Module] = None,
             runtimes: Sequence[str] = (), precisions: Sequence[str] = (),
-            progress: Progress = no_progress) -> List[ProfileReport]:
+            progress: Progress = no_progress, record: bool = True) -> List[ProfileReport]:
     """Profile artifacts (files, export folders, manifests) and model names (eager).
 
     An artifact's layers are named after the model its manifest describes; `model` (the module
     the artifacts were exported from, BN-fused as exported) stands in for artifacts without one.
+    `record`: write each artifact's per-block and per-stage times into its manifest entry
+    (`facts["profile"]["<runtime>/<precision>/b<batch>"]`, see `profile_record`).
     """
     if iterations < 1:
         raise LowformerError("iterations must be at least 1")
@@ -163,7 +165,72 @@ def profile(targets: Sequence[str], batch_size: int = 1, iterations: int = 100, 
             log.info("profiling %s", target.label or target.spec)
             reports.append(_profile_target(target, refs, batch_size, iterations, warmup, image_size))
             task.advance()
+    if record:
+        record_profiles(reports)
     return reports
+
+
+def _model_order(key: str) -> tuple:
+    """stem, stages.0.0, stages.0.1, ..., stages.10.0, head, (unattributed): numbers compared as numbers."""
+    head = key.split(".", 1)[0]
+    rank = {"stem": 0, "stages": 1, "head": 3, UNATTRIBUTED: 5}.get(head, 4)
+    return (rank, tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in key.split(".")))
+
+
+def profile_key(report: ProfileReport) -> str:
+    """`<runtime>/<precision>/b<batch>`: one profile of an artifact per runtime, precision and batch."""
+    return f"{report.backend}/{report.precision or 'fp32'}/b{report.batch_size}"
+
+
+def profile_record(report: ProfileReport, cpu: Optional[str] = None) -> Dict[str, Any]:
+    """What a manifest entry keeps of one profile: the block and stage times, where and when measured
+    (`cpu`: the CPU model, when the caller has it; blocks and stages in model order)."""
+    import datetime as _dt
+
+    from lowformer.core.machine import cpu_isa, cpu_model
+
+    def groups(by: str) -> List[Dict[str, Any]]:
+        rows = sorted(report.group(by), key=lambda g: _model_order(g.key))
+        return [{"key": g.key, "ms": round(g.ms, 6), "share": round(g.share, 6)} for g in rows]
+
+    rec: Dict[str, Any] = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "backend": report.backend,
+        "precision": report.precision, "batch": report.batch_size, "device": report.device,
+        "isa": cpu_isa(), "cpu": cpu or cpu_model(), "threads": report.threads, "iterations": report.iterations,
+        "coverage": round(report.coverage, 6), "total_ms": round(report.layer_total_ms, 6),
+        "latency_median_ms": report.latency.get("median_ms"),
+        "blocks": groups("block"), "stages": groups("stage"), "warnings": list(report.warnings)}
+    if report.device == "cuda" and torch.cuda.is_available():
+        rec["gpu"] = torch.cuda.get_device_name(0)
+    return rec
+
+
+def record_profiles(reports: Sequence[ProfileReport]) -> None:
+    """Write each report of an artifact with a manifest entry into that entry (one locked update per
+    folder); artifacts without a manifest beside them are left alone."""
+    from lowformer import artifacts as _artifacts
+    from lowformer.core.machine import cpu_model
+
+    by_folder: Dict[Path, List[Tuple[str, ProfileReport]]] = {}
+    for r in reports:
+        if r.backend == "pytorch" or not Path(r.artifact).is_file():  # an eager model: nothing on disk
+            continue
+        mpath = _artifacts.find_manifest_for(r.artifact)
+        if mpath is None:
+            continue
+        entry = Manifest.load(mpath).entry_for(r.artifact, mpath.parent)
+        if entry is not None:
+            by_folder.setdefault(mpath.parent, []).append((entry.path, r))
+    cpu = cpu_model() if by_folder else None
+    for folder, pairs in by_folder.items():
+        def apply(manifest: Manifest, pairs=pairs) -> None:
+            for path, r in pairs:
+                target = manifest.entry(path)
+                if target is not None:
+                    runs = dict(target.facts.get("profile") or {})
+                    runs[profile_key(r)] = profile_record(r, cpu)
+                    target.facts["profile"] = runs
+        _artifacts.update(folder, apply)
 
 
 def _profile_target(target: Target, refs: _References, batch_size: int, iterations: int, warmup: int,
