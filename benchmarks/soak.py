@@ -4,7 +4,10 @@ After every operation, every manifest entry's file must exist with its recorded 
 (`Manifest.verify`), and no command may print a traceback. Refusals (one `error:` line, exit 1) are
 allowed outcomes: e.g. random weights refused in a folder exported from a checkpoint.
 
-    python benchmarks/soak.py --ops 200 --json benchmarks/soak.json      # b0 at 64 px, about 10 minutes
+    python benchmarks/soak.py --ops 200 --json benchmarks/soak.json      # b0 at 64 px, two streams
+
+Two streams (`--streams`) run at once, each on its own export folder, so every check after an
+operation reads a folder nobody is writing; the pairs put two writers into one folder.
 """
 from __future__ import annotations
 
@@ -15,10 +18,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
@@ -49,23 +53,28 @@ def validate_cmd(folder: Path, images: Path) -> List[str]:
     return CLI + ["validate", str(folder), "--data", str(images), "--limit", "8", "--workers", "0", "--skip-missing"]
 
 
-def run(cmd: List[str], kill_after: float = None) -> str:
-    """Outcome of one command: ok, refused (one error line), killed, or broken (a traceback)."""
+def outcome(returncode: int, err: str) -> str:
+    """ok, refused (one `error:` line), or broken (a traceback, or a failure without one clear line)."""
+    if "Traceback" in err:
+        return "broken: " + err.strip().splitlines()[-1][:200]
+    if returncode == 0:
+        return "ok"
+    last = err.strip().splitlines()[-1] if err.strip() else ""
+    return "refused" if last.startswith("error:") else f"broken: exit {returncode}: {last[:200]}"
+
+
+def run(cmd: List[str], kill_after: Optional[float] = None, rng: Optional[random.Random] = None) -> str:
+    """Outcome of one command: ok, refused, killed (SIGKILL or SIGTERM after `kill_after` s), or broken."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if kill_after is not None:
         try:
             proc.wait(kill_after)
         except subprocess.TimeoutExpired:
-            proc.send_signal(random.choice([signal.SIGKILL, signal.SIGTERM]))
+            proc.send_signal((rng or random).choice([signal.SIGKILL, signal.SIGTERM]))
             proc.wait(60)
             return "killed"
     _, err = proc.communicate(timeout=600)
-    if "Traceback" in err:
-        return "broken: " + err.strip().splitlines()[-1][:200]
-    if proc.returncode == 0:
-        return "ok"
-    last = err.strip().splitlines()[-1] if err.strip() else ""
-    return "refused" if last.startswith("error:") else f"broken: exit {proc.returncode}: {last[:200]}"
+    return outcome(proc.returncode, err)
 
 
 def check(folders: List[Path]) -> List[str]:
@@ -80,51 +89,73 @@ def check(folders: List[Path]) -> List[str]:
     return problems
 
 
+def plan(rng: random.Random, ops: int) -> List[str]:
+    """The operations, drawn once from the seed (export 4 : validate 3 : kill 2 : pair 1)."""
+    return rng.choices(["export", "validate", "kill", "pair"], weights=[4, 3, 2, 1], k=ops)
+
+
+def run_op(op: str, rng: random.Random, folder: Path, checkpoint: str, images: Path) -> List[str]:
+    """One operation on `folder`; the outcome of each process it started."""
+    if op == "export":
+        return [run(export_cmd(rng, folder, checkpoint))]
+    if op == "validate":
+        return [run(validate_cmd(folder, images))] if (folder / "manifest.json").is_file() else ["skipped"]
+    if op == "kill":
+        return [run(export_cmd(rng, folder, checkpoint), kill_after=rng.uniform(0.5, 6.0), rng=rng)]
+    # two writers at once into one folder
+    cmds = [export_cmd(rng, folder, checkpoint),
+            validate_cmd(folder, images) if (folder / "manifest.json").is_file() else export_cmd(rng, folder, checkpoint)]
+    procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for c in cmds]
+    results = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        results.append(outcome(proc.returncode, err))
+    return results
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ops", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--streams", type=int, default=2,
+                    help="concurrent streams of operations, each on its own export folder")
     ap.add_argument("--json", help="write the summary here")
     args = ap.parse_args(argv)
-    rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="lowformer-soak-"))
     torch.manual_seed(args.seed)
     checkpoint = work / "trained.pt"
     torch.save(create_model(MODEL).state_dict(), checkpoint)
     images = generate_images(work / "images", count=16)
-    folders = [work / "a", work / "b"]
+    ops = plan(random.Random(args.seed), args.ops)
+    streams = max(1, args.streams)
     outcomes: Counter = Counter()
     failures: List[Dict[str, str]] = []
+    done = [0]
+    lock = threading.Lock()
     t0 = time.monotonic()
-    for i in range(args.ops):
-        folder = rng.choice(folders)
-        op = rng.choices(["export", "validate", "kill", "pair"], weights=[4, 3, 2, 1])[0]
-        if op == "export":
-            results = [run(export_cmd(rng, folder, str(checkpoint)))]
-        elif op == "validate":
-            results = [run(validate_cmd(folder, images))] if (folder / "manifest.json").is_file() else ["skipped"]
-        elif op == "kill":
-            results = [run(export_cmd(rng, folder, str(checkpoint)), kill_after=rng.uniform(0.5, 6.0))]
-        else:  # two writers at once into one folder
-            cmds = [export_cmd(rng, folder, str(checkpoint)),
-                    validate_cmd(folder, images) if (folder / "manifest.json").is_file()
-                    else export_cmd(rng, folder, str(checkpoint))]
-            procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for c in cmds]
-            results = []
-            for p in procs:
-                _, err = p.communicate(timeout=600)
-                last = err.strip().splitlines()[-1] if err.strip() else ""
-                results.append("broken: traceback" if "Traceback" in err else "ok" if p.returncode == 0
-                               else "refused" if last.startswith("error:") else f"broken: exit {p.returncode}")
-        problems = check(folders)
-        for r in results:
-            outcomes[f"{op}: {r.split(':')[0]}"] += 1
-            if r.startswith("broken"):
-                failures.append({"op": str(i), "kind": op, "what": r})
-        failures += [{"op": str(i), "kind": op, "what": f"manifest: {p}"} for p in problems]
-        print(f"[{i + 1:3d}/{args.ops}] {op:<8} {', '.join(results):<30} "
-              f"{'OK' if not problems else 'MANIFEST BROKEN: ' + problems[0]}", file=sys.stderr, flush=True)
-    summary = {"ops": args.ops, "seed": args.seed, "model": MODEL, "image_size": SIZE,
+
+    def stream(k: int) -> None:
+        rng = random.Random(args.seed * 1000 + k)  # each stream draws its commands and kill times alone
+        folder = work / f"stream{k}"
+        for i in range(k, len(ops), streams):
+            results = run_op(ops[i], rng, folder, str(checkpoint), images)
+            problems = check([folder])  # only this stream writes this folder: nothing is in flight
+            with lock:
+                done[0] += 1
+                for r in results:
+                    outcomes[f"{ops[i]}: {r.split(':')[0]}"] += 1
+                    if r.startswith("broken"):
+                        failures.append({"op": str(i), "kind": ops[i], "what": r})
+                failures.extend({"op": str(i), "kind": ops[i], "what": f"manifest: {p}"} for p in problems)
+                print(f"[{done[0]:3d}/{len(ops)}] stream {k} {ops[i]:<8} {', '.join(results):<30} "
+                      f"{'OK' if not problems else 'MANIFEST BROKEN: ' + problems[0]}", file=sys.stderr, flush=True)
+
+    threads = [threading.Thread(target=stream, args=(k,)) for k in range(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    summary = {"ops": args.ops, "streams": streams, "seed": args.seed, "model": MODEL, "image_size": SIZE,
                "seconds": round(time.monotonic() - t0, 1), "outcomes": dict(sorted(outcomes.items())),
                "failures": failures, "passed": not failures, "machine": machine_info()}
     print(json.dumps({k: v for k, v in summary.items() if k != "machine"}, indent=2))

@@ -16,7 +16,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from filelock import FileLock, Timeout
 
@@ -400,6 +400,27 @@ def update(folder: PathLike, fn: Callable[[Manifest], Optional[Manifest]],
         manifest = fn(manifest) or manifest
         manifest.save(folder)
         return manifest
+
+
+def record_runs(runs: Iterable[Tuple[PathLike, str, Dict[str, Any]]], fact: str) -> int:
+    """Record measurements of artifact files: each (file, key, record) goes into
+    `facts[fact][key]` of the file's manifest entry, one locked update per folder. Files without a
+    manifest (or an entry) beside them are skipped; returns how many were recorded."""
+    by_folder: Dict[Path, List[Tuple[str, str, Dict[str, Any]]]] = {}
+    for path, key, record in runs:
+        mpath = find_manifest_for(path)
+        entry = Manifest.load(mpath).entry_for(path, mpath.parent) if mpath else None
+        if entry is not None:
+            by_folder.setdefault(mpath.parent, []).append((entry.path, key, record))  # type: ignore[union-attr]
+
+    for folder, items in by_folder.items():
+        def apply(manifest: Manifest, items=items) -> None:
+            for rel, key, record in items:
+                target = manifest.entry(rel)
+                if target is not None:
+                    target.facts[fact] = {**(target.facts.get(fact) or {}), key: record}
+        update(folder, apply)
+    return sum(len(v) for v in by_folder.values())
 
 
 def find_manifest_for(artifact: PathLike) -> Optional[Path]:

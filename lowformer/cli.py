@@ -314,7 +314,8 @@ def build_engine_cmd(onnx_file: str, out: Optional[str], fp16: bool, int8: bool,
 @click.option("--precision", "precisions", multiple=True, metavar="PRECISION",
               help="OpenVINO inference precision: f32 (default), bf16 (AMX/AVX-512-BF16 CPUs) or f16; repeat for several.")
 @click.option("--explain", is_flag=True,
-              help="Then compare every block's output with the reference's (SQNR, cosine, ...; CPU): where it diverges.")
+              help="Then compare every block's output with the reference's (SQNR, cosine, ...; CPU): where it diverges; "
+                   "INT8: the blocks to --exclude (largest SQNR loss first, >= 90% of it).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON to stdout.")
 @handle_errors
 def validate_cmd(artifacts, data, labels, limit, batch_size, workers, reference, checkpoint, gate_top1_drop,

@@ -459,9 +459,8 @@ class ArtifactExplanation:
         s = self.suggestion or {}
         if not s.get("loss_db"):
             return "the first block, below the floor"
-        return (f"the blocks losing the most SQNR, largest first, until they account for "
-                f">= {100 * s['share']:.0f}% of the {s['loss_db']:.1f} dB the blocks lose: each loses "
-                f">= {s['min_added_db']:.2f} dB; together {100 * s['covered']:.0f}% of the loss")
+        return (f"blocks that lose >= {s['min_added_db']:.2f} dB, largest first until >= {100 * s['share']:.0f}% "
+                f"of the {s['loss_db']:.1f} dB the blocks lose; together {100 * s['covered']:.0f}% of the loss")
 
     def findings(self) -> List[str]:
         floor = self.tolerance.get("sqnr_db")

@@ -20,13 +20,14 @@ TINY = "timm:test_efficientnet"  # a timm model, not LowFormer: blocks from its 
 TINY_BLOCKS = ["stem", "blocks.0.0", "blocks.1.0", "blocks.2.0", "blocks.3.0", "blocks.4.0", "head"]
 
 
-def _export(out: Path, model: str, image_size: int, to=("onnx",), checkpoint=None, **calib) -> Path:
-    """Export (with `calib`: also the INT8 ONNX, calibrated as `calib` says: calib_data, method, ...)."""
+def _export(out: Path, model: str, image_size: int, to=("onnx",), checkpoint=None, parity=True, **calib) -> Path:
+    """Export (with `calib`: also the INT8 ONNX, calibrated as `calib` says: calib_data, method, ...).
+    `parity=False`: an artifact may fail the export's parity check (the INT8 one whose drop is studied)."""
     from lowformer.export.pipeline import export_model
 
     result = export_model(model, to=to, image_size=image_size, out=str(out), checkpoint=checkpoint,
                           int8=bool(calib), calib=calib or None)
-    assert not result.failed
+    assert not result.failed or (not parity and result.failed == ["model_int8.onnx"]), result.failed
     return out
 
 
@@ -215,7 +216,7 @@ def test_lite0_int8_entropy_explain_names_the_blocks_to_exclude(tmp_path, imagen
 
     kw = dict(checkpoint=effnet_lite0_checkpoint, calib_data=str(imagenet_val), calib_size=256,
               method="entropy", target="cpu")
-    base = _export(tmp_path / "base", "timm:tf_efficientnet_lite0", 224, **kw)
+    base = _export(tmp_path / "base", "timm:tf_efficientnet_lite0", 224, parity=False, **kw)  # fails parity
     v = validate([str(base / "model_int8.onnx")], imagenet_val, batch_size=25, workers=1, record=False)
     before = v.artifacts[0]
     assert before.top1_delta < -2.0, before  # the problem is there (measured: -3.26 pt on 1,044 images)

@@ -323,27 +323,9 @@ def record_latencies(report: BenchReport) -> None:
     """Write each artifact result whose file has a manifest entry into `facts["latency"][latency_key]`
     of that entry (one locked update per folder); models and artifacts without a manifest are skipped."""
     from lowformer import artifacts as _artifacts
-    from lowformer.artifacts import Manifest
 
-    by_folder: Dict[Path, List[Any]] = {}
-    for r in report.results:
-        if r.kind != "artifact" or not r.path:
-            continue
-        mpath = _artifacts.find_manifest_for(r.path)
-        if mpath is None:
-            continue
-        entry = Manifest.load(mpath).entry_for(r.path, mpath.parent)
-        if entry is not None:
-            by_folder.setdefault(mpath.parent, []).append((entry.path, r))
-    for folder, pairs in by_folder.items():
-        def apply(manifest: Manifest, pairs=pairs) -> None:
-            for path, r in pairs:
-                target = manifest.entry(path)
-                if target is not None:
-                    runs = dict(target.facts.get("latency") or {})
-                    runs[latency_key(r)] = latency_record(r, report.machine, report.device)
-                    target.facts["latency"] = runs
-        _artifacts.update(folder, apply)
+    _artifacts.record_runs(((r.path, latency_key(r), latency_record(r, report.machine, report.device))
+                            for r in report.results if r.kind == "artifact" and r.path), "latency")
 
 
 def warn_slow_int8(results: Sequence[BenchResult]) -> None:

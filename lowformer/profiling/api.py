@@ -211,26 +211,9 @@ def record_profiles(reports: Sequence[ProfileReport]) -> None:
     from lowformer import artifacts as _artifacts
     from lowformer.core.machine import cpu_model
 
-    by_folder: Dict[Path, List[Tuple[str, ProfileReport]]] = {}
-    for r in reports:
-        if r.backend == "pytorch" or not Path(r.artifact).is_file():  # an eager model: nothing on disk
-            continue
-        mpath = _artifacts.find_manifest_for(r.artifact)
-        if mpath is None:
-            continue
-        entry = Manifest.load(mpath).entry_for(r.artifact, mpath.parent)
-        if entry is not None:
-            by_folder.setdefault(mpath.parent, []).append((entry.path, r))
-    cpu = cpu_model() if by_folder else None
-    for folder, pairs in by_folder.items():
-        def apply(manifest: Manifest, pairs=pairs) -> None:
-            for path, r in pairs:
-                target = manifest.entry(path)
-                if target is not None:
-                    runs = dict(target.facts.get("profile") or {})
-                    runs[profile_key(r)] = profile_record(r, cpu)
-                    target.facts["profile"] = runs
-        _artifacts.update(folder, apply)
+    on_disk = [r for r in reports if r.backend != "pytorch" and Path(r.artifact).is_file()]  # eager: no file
+    cpu = cpu_model() if on_disk else None
+    _artifacts.record_runs(((r.artifact, profile_key(r), profile_record(r, cpu)) for r in on_disk), "profile")
 
 
 def _profile_target(target: Target, refs: _References, batch_size: int, iterations: int, warmup: int,
