@@ -47,8 +47,7 @@ from lowformer.calibrate.blocks import module_blocks, node_blocks
 from lowformer.core.errors import LowformerError
 from lowformer.core.files import PathLike
 from lowformer.core.progress import Progress, no_progress
-from lowformer.data.preprocess import Preprocessing
-from lowformer.validate import (Item, _folder_of, _reference_from_manifests, _unique_names, calibration_images,
+from lowformer.validate import (Item, _folder_of, _unique_names, calibration_images, resolve_reference,
                                 default_workers)
 
 log = logging.getLogger(__name__)
@@ -61,7 +60,7 @@ log = logging.getLogger(__name__)
 DEFAULT_SQNR_FLOOR_DB: Dict[str, float] = {"fp32": 60.0, "fp16": 35.0, "bf16": 25.0, "int8": 20.0}
 SQNR_CAP_DB = 150.0  # an exact match (no error at all) reads as this, never as infinity (JSON)
 MAX_FLIPS = 50
-SUGGEST_SHARE = 0.9  # blocks named as --exclude account for at least this share of the SQNR lost (see exclude_suggestion)
+SUGGEST_SHARE = 0.9  # the blocks named for --exclude lose at least this share of the SQNR (exclude_suggestion)
 MIN_LOSS_DB = 1.0  # under this much SQNR lost in all, nothing is worth keeping in float
 MIN_MATCHED_FRACTION = 0.5  # below it the artifact's node names are not ours: refused
 UNEXPLAINABLE = {"tensorrt", "torchscript", "pt2", "aoti"}
@@ -562,8 +561,6 @@ def prepare_explain(artifacts: Sequence[str], data: PathLike, *, labels: Optiona
     from lowformer.data.imagenet import list_samples, stratified_subset
     from lowformer.engines import resolve_artifacts
     from lowformer.engines.runtimes import normalize_runtimes
-    from lowformer.models.factory import create_model
-    from lowformer.models.registry import resolve
 
     if batch_size < 1:
         raise LowformerError("batch size must be at least 1")
@@ -591,20 +588,8 @@ def prepare_explain(artifacts: Sequence[str], data: PathLike, *, labels: Optiona
     if not samples:
         raise LowformerError(f"no images to explain in {data}" + (" (every image calibrated an INT8 artifact)"
                                                                    if held_out else ""))
-    if reference is not None:
-        ref_model = create_model(reference, checkpoint)
-        manifest: Optional[Manifest] = next((m for _, _, m in items if m is not None), None)
-        ref_name = resolve(reference).display
-    else:
-        if checkpoint is not None:
-            raise LowformerError("a checkpoint goes with a reference model")
-        ref_model, manifest, _, _ = _reference_from_manifests(items)
-        ref_name = manifest.display_name
-    if manifest is not None:
-        pre = Preprocessing.from_dict(manifest.preprocessing)
-    else:
-        pre = resolve(reference).preprocessing(224)  # type: ignore[arg-type]
-    pre = pre.override(crop_ratio, interpolation, mean, std)
+    ref_model, manifest, ref_name, _, pre = resolve_reference(items, reference, checkpoint, 224, crop_ratio,
+                                                              interpolation, mean, std)
     ref_model.eval()
     ref_blocks = reference_blocks(ref_model, pre.crop)
 
@@ -736,7 +721,8 @@ class _Accumulator:
             tolerance={"sqnr_db": floor, "metric": "sqnr_db", "per_precision": dict(DEFAULT_SQNR_FLOOR_DB)},
             blocks=rows, first_diverging=first, flip_blocks=dict(sorted(flip_blocks.items(), key=lambda kv: -kv[1])),
             flips=self.flips, flipped=len(self.flips), matched=len(kept), total=p.total, unmatched=unmatched,
-            suggested_exclude=suggestion["blocks"], suggestion=suggestion, top1=round(100.0 * self.correct / self.n, 4) if self.n else None,
+            suggested_exclude=suggestion["blocks"], suggestion=suggestion,
+            top1=round(100.0 * self.correct / self.n, 4) if self.n else None,
             reference_top1=round(100.0 * self.ref_correct / self.n, 4) if self.n else None,
             logits_max_abs_vs_artifact=self.logits_vs_artifact, runtime=p.runtime, date=date)
 
@@ -845,7 +831,7 @@ def added_db(sqnrs: Sequence[float]) -> List[float]:
 
 
 def exclude_suggestion(rows: Sequence[Dict[str, Any]], floor: float, precision: str,
-                       share: float = None) -> Dict[str, Any]:
+                       share: Optional[float] = None) -> Dict[str, Any]:
     """INT8 only (what `export --int8 --exclude` keeps in float). The rule: the *loss* is the SQNR the
     lossy blocks lose, the sum of every positive `added_db` (input to logits; a block that attenuates
     the error, negative `added_db`, takes nothing off it). Blocks are named greedily, the one that

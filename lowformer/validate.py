@@ -237,6 +237,32 @@ def _reference_from_manifests(items: Sequence[Item]) -> Tuple[Any, Manifest, Pat
     return reference_model(manifest, folder), manifest, folder, trained
 
 
+def resolve_reference(items: Sequence[Item], reference: Optional[str], checkpoint: Optional[str],
+                      image_size: int = 224, crop_ratio: Optional[float] = None, interpolation: Optional[str] = None,
+                      mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None
+                      ) -> Tuple[Any, Optional[Manifest], str, bool, Preprocessing]:
+    """(reference model, manifest, its name, whether its weights are real, preprocessing) of a run:
+    the model named by `reference` (with `checkpoint`), else the one the artifacts' manifests came
+    from; preprocessing from the manifest (else the reference's own at `image_size`), overridden."""
+    from lowformer.models.factory import create_model
+    from lowformer.models.registry import resolve
+
+    if reference is not None:
+        ref_model = create_model(reference, checkpoint)
+        manifest = next((m for _, _, m in items if m is not None), None)
+        real_checkpoint, ref_name = checkpoint is not None, resolve(reference).display
+    else:
+        if checkpoint is not None:
+            raise LowformerError("a checkpoint goes with a reference model")
+        ref_model, manifest, _, real_checkpoint = _reference_from_manifests(items)
+        ref_name = manifest.display_name
+    if manifest is not None:
+        pre = Preprocessing.from_dict(manifest.preprocessing)
+    else:
+        pre = resolve(reference).preprocessing(image_size)  # type: ignore[arg-type]
+    return ref_model, manifest, ref_name, real_checkpoint, pre.override(crop_ratio, interpolation, mean, std)
+
+
 def _validation_record(s: ModelScore, result: ValidationResult) -> ValidationRecord:
     return ValidationRecord(
         date=result.date, passed=bool(s.passed), error=s.error, data=result.data["root"], images=s.images,
@@ -289,8 +315,6 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
     from lowformer.data.imagenet import list_samples, stratified_subset
     from lowformer.engines import PyTorchRunner, load_artifacts
     from lowformer.engines.base import InputSpec
-    from lowformer.models.factory import create_model
-    from lowformer.models.registry import resolve
 
     if batch_size < 1:
         raise LowformerError("batch size must be at least 1")
@@ -318,22 +342,9 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
         warnings.append(f"held out {len(held_out)} image(s) of {data} that calibrated an INT8 artifact: "
                         f"evaluating on the other {len(samples)}")
 
-    if reference is not None:
-        ref_model = create_model(reference, checkpoint)
-        manifest = next((m for _, _, m in items if m is not None), None)
-        real_checkpoint = checkpoint is not None
-        ref_name = resolve(reference).display
-    else:
-        if checkpoint is not None:
-            raise LowformerError("a checkpoint goes with a reference model")
-        ref_model, manifest, _, real_checkpoint = _reference_from_manifests(items)
-        ref_name = manifest.display_name
-    if manifest is not None:
-        pre = Preprocessing.from_dict(manifest.preprocessing)
-    else:
-        size = next((r.input_spec.shape[-1] for r in runners if isinstance(r.input_spec.shape[-1], int)), 224)
-        pre = resolve(reference).preprocessing(int(size))  # type: ignore[arg-type]
-    pre = pre.override(crop_ratio, interpolation, mean, std)
+    size = next((r.input_spec.shape[-1] for r in runners if isinstance(r.input_spec.shape[-1], int)), 224)
+    ref_model, manifest, ref_name, real_checkpoint, pre = resolve_reference(
+        items, reference, checkpoint, int(size), crop_ratio, interpolation, mean, std)
     paths = list(dict.fromkeys(p for p, _, _ in items))  # one artifact may run in several runtimes/precisions
     short = dict(zip(paths, _unique_names(paths)))
     names = [f"{short[p]} ({r.variant})" if getattr(r, "variant", None) else short[p]
