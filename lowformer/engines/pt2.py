@@ -149,6 +149,23 @@ def _kineto_quiet(device: torch.device) -> Iterator[None]:
     yield
 
 
+def _profiled_runs(fn, x: torch.Tensor, device: torch.device, iterations: int, warmup: int):
+    """`warmup` untimed calls of `fn(x)`, then `iterations` under torch.profiler, each in a RUN_SCOPE
+    record (finished on the GPU before the next); returns the profiler."""
+    from torch.profiler import profile, record_function
+
+    with _kineto_quiet(device), torch.inference_mode():
+        for _ in range(max(warmup, 0)):
+            fn(x)
+        with profile(activities=_activities(device)) as prof:
+            for _ in range(max(iterations, 1)):
+                with record_function(RUN_SCOPE):
+                    fn(x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+    return prof
+
+
 @contextlib.contextmanager
 def quiet_torch_logs(*names: str) -> Iterator[None]:
     """torch loggers raised to ERROR for the duration (their warnings restate ours, or mislead)."""
@@ -243,7 +260,7 @@ class ExportedProgramRunner(Runner):
         """Time of every op node of the exported graph: one profiler scope per node, its time the
         time of the aten ops inside (the interpreter's own Python time left out); each node names
         its module by its nn_module_stack (exact)."""
-        from torch.profiler import profile, record_function
+        from torch.profiler import record_function
 
         class Scoped(torch.fx.Interpreter):
             def run_node(self, n):
@@ -254,17 +271,8 @@ class ExportedProgramRunner(Runner):
 
         interp = Scoped(self.module)
         ops = {n.name: str(n.target) for n in self.module.graph.nodes if n.op == "call_function"}
-        x = _as_input(batch, self._device)
+        prof = _profiled_runs(interp.run, _as_input(batch, self._device), self._device, iterations, warmup)
         cuda = self._device.type == "cuda"
-        with _kineto_quiet(self._device), torch.inference_mode():
-            for _ in range(max(warmup, 0)):
-                interp.run(x)
-            with profile(activities=_activities(self._device)) as prof:
-                for _ in range(max(iterations, 1)):
-                    with record_function(RUN_SCOPE):
-                        interp.run(x)
-                    if cuda:
-                        torch.cuda.synchronize()
         total: Dict[str, float] = {}
         calls: Dict[str, int] = {}
         order: List[str] = []
@@ -378,18 +386,10 @@ class AOTIRunner(Runner):
     def profile_run(self, batch, iterations: int = 10, warmup: int = 2) -> TorchProfile:
         """Time of every kernel call (the profiler events directly under each call), matched in
         order to the package's kernel list and, through its source nodes, to modules."""
-        from torch.profiler import profile, record_function
 
         if self._device.type != "cpu":
             raise LowformerError("per-layer profiling of an AOTInductor CUDA package is not available yet")
-        x = _as_input(batch, self._device)
-        with _kineto_quiet(self._device), torch.inference_mode():
-            for _ in range(max(warmup, 0)):
-                self.model(x)
-            with profile(activities=_activities(self._device)) as prof:
-                for _ in range(max(iterations, 1)):
-                    with record_function(RUN_SCOPE):
-                        self.model(x)
+        prof = _profiled_runs(self.model, _as_input(batch, self._device), self._device, iterations, warmup)
         events = prof.events()
         runs = sorted((e for e in events if e.name == RUN_SCOPE), key=lambda e: e.time_range.start)
         sequence = self._kernel_sequence()
