@@ -11,7 +11,6 @@ import functools
 import hashlib
 import logging
 import math
-import os
 import re
 import warnings
 from collections import defaultdict
@@ -23,7 +22,7 @@ import numpy as np
 from torchvision.datasets.folder import IMG_EXTENSIONS as IMAGE_EXTENSIONS
 import torch.utils.data
 
-from lowformer.core.errors import LowformerError
+from lowformer.core.errors import LowformerError, env_int
 from lowformer.core.files import PathLike
 from lowformer.data.preprocess import Preprocessing
 
@@ -294,11 +293,7 @@ _EIGHT_BIT_MODES = {"1", "L", "P", "PA", "LA", "RGBA", "RGBa", "RGBX", "CMYK", "
 
 def max_image_pixels() -> int:
     """The decode cap: `LOWFORMER_MAX_IMAGE_PIXELS` when set, else DEFAULT_MAX_IMAGE_PIXELS."""
-    text = os.environ.get("LOWFORMER_MAX_IMAGE_PIXELS", "").strip()
-    try:
-        return int(text) if text else DEFAULT_MAX_IMAGE_PIXELS
-    except ValueError:
-        raise LowformerError(f"LOWFORMER_MAX_IMAGE_PIXELS must be a whole number, not {text!r}") from None
+    return env_int("LOWFORMER_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS)
 
 
 @functools.lru_cache(maxsize=1)

@@ -8,7 +8,7 @@ from typing import Dict, Mapping, Optional, Union
 import torch
 from torch import nn
 
-from lowformer.core.errors import LowformerError
+from lowformer.core.errors import LowformerError, env_int
 from lowformer.core.files import sha256_file  # noqa: F401  (re-exported: callers hash checkpoints)
 
 StateDict = Dict[str, torch.Tensor]
@@ -24,11 +24,7 @@ _RATIO_CHECKED_ABOVE = 64 * 1024 ** 2
 
 def max_checkpoint_bytes() -> int:
     """The bound on a checkpoint's uncompressed size: `LOWFORMER_MAX_CHECKPOINT_BYTES` when set."""
-    text = os.environ.get("LOWFORMER_MAX_CHECKPOINT_BYTES", "").strip()
-    try:
-        return int(text) if text else DEFAULT_MAX_CHECKPOINT_BYTES
-    except ValueError:
-        raise LowformerError(f"LOWFORMER_MAX_CHECKPOINT_BYTES must be a whole number of bytes, not {text!r}") from None
+    return env_int("LOWFORMER_MAX_CHECKPOINT_BYTES", DEFAULT_MAX_CHECKPOINT_BYTES, "bytes")
 
 
 def check_archive(path: Union[str, os.PathLike]) -> None:
