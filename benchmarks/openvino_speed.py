@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The fastest CPU path: ONNX Runtime vs OpenVINO (FP32, BF16, INT8 ours and NNCF's), one process.
+"""The fastest CPU path: ONNX Runtime vs OpenVINO (FP32, BF16, INT8 ours and NNCF's), one run.
 
     python benchmarks/openvino_speed.py --calib-data ../shared/data/imagenet-val-1300/val
     python benchmarks/openvino_speed.py --calib-data DIR --quick          # a short sanity run
@@ -7,11 +7,12 @@
 
 LowFormer-B1 at 224 with random weights (speed does not depend on them) is exported once into --out
 (model.onnx, the ORT INT8 `--target cpu` Q/DQ ONNX, the IRs, NNCF's INT8 IR, and our `--target
-openvino` Q/DQ INT8 converted to IR); then every variant runs at batch 1 and 16 with --threads
-threads, round-robin (every round times each variant once, after a short pause that lets the previous
-runtime's spinning threads settle), so that load from other processes hits all of them alike. The
-table shows medians with p10/p90 of wall time and the median process CPU time (steadier on a shared
-machine). Writes benchmarks/openvino_speed.json with the machine (CPU, ISA flags, load average).
+openvino` Q/DQ INT8 converted to IR); then every variant is timed at batch 1 and 16 with --threads
+threads, each in its own worker process, in --rounds short rounds interleaved across the variants
+(benchmarks/isolated.py says why), so that no runtime's threads disturb another's and a slow stretch
+of the machine hits all of them alike. The table shows the median over all timed calls with p10/p90,
+the slowest/fastest round median (drift) and the median process CPU time. Writes
+benchmarks/openvino_speed-<isa>.json with the machine (CPU, ISA flags, load average).
 
 Goals (issue #15): best CPU artifact >= 2.5x ORT FP32 at batch 1 and >= 4.5x at batch 16; our best
 INT8 >= 1.3x OpenVINO's BF16 run of the FP32 ONNX. `--accuracy` adds the OpenVINO BF16 and INT8
@@ -22,16 +23,17 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
+import re
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from isolated import JobFailed, combine, drift_note, interleaved
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LOWFORMER_SHARED", REPO.parent / "shared"))
-SETTLE_S = 0.05
 
 # (name, file in --out, runtime, OpenVINO precision, kind); kind: fp32 | bf16 | int8 (for the goals)
 VARIANTS: List[Tuple[str, str, Optional[str], Optional[str], str]] = [
@@ -79,38 +81,45 @@ def prepare(out: Path, calib_data: str, calib_size: int, image_size: int) -> Non
     convert_onnx(qdq, out / "model_int8_ovqdq.xml")
 
 
-def time_variants(out: Path, batch: int, threads: int, rounds: int, image_size: int,
-                  names: List[str]) -> Dict[str, Dict[str, Any]]:
+def open_variant(path: str, runtime: Optional[str], precision: Optional[str], threads: int, image_size: int):
+    """One variant's runner, loaded in its own worker process: (call for a batch size, facts)."""
     from lowformer.engines import load
     from lowformer.engines.timing import call_once
 
-    x = np.random.default_rng(0).standard_normal((batch, 3, image_size, image_size)).astype(np.float32)
-    runners, calls = {}, {}
-    for name, f, runtime, precision, _ in VARIANTS:
-        if name not in names:
-            continue
-        r = load(str(out / f), "cpu", threads, runtime=runtime, inference_precision=precision)
-        runners[name], calls[name] = r, call_once(r, x)
-        for _ in range(3):  # warm-up (OpenVINO compiles this batch size on the first call)
-            calls[name]()
-    wall: Dict[str, List[float]] = {n: [] for n in runners}
-    cpu: Dict[str, List[float]] = {n: [] for n in runners}
-    for _ in range(rounds):
-        for n, fn in calls.items():
-            time.sleep(SETTLE_S)
-            t, c = time.perf_counter(), time.process_time()
-            fn()
-            wall[n].append((time.perf_counter() - t) * 1e3)
-            cpu[n].append((time.process_time() - c) * 1e3)
-    out_stats = {}
-    for n, r in runners.items():
-        w = np.asarray(wall[n])
-        out_stats[n] = {"median_ms": float(np.median(w)), "p10_ms": float(np.percentile(w, 10)),
-                        "p90_ms": float(np.percentile(w, 90)), "min_ms": float(w.min()),
-                        "cpu_median_ms": float(np.median(cpu[n])), "rounds": rounds,
-                        "backend": r.backend, "precision": r.precision, "provider": r.provider}
-        r.close()
-    return out_stats
+    r = load(path, "cpu", threads, runtime=runtime, inference_precision=precision)
+
+    def call_for(batch: int):
+        x = np.random.default_rng(0).standard_normal((batch, 3, image_size, image_size)).astype(np.float32)
+        return call_once(r, x)
+    return call_for, {"backend": r.backend, "precision": r.precision, "provider": r.provider}
+
+
+def time_variants(out: Path, batches: List[int], threads: int, rounds: int, seconds: Dict[int, float],
+                  image_size: int, names: List[str]) -> Dict[str, Dict[str, Dict[str, Any]]]:
+    """Every variant in its own worker process, timed in `rounds` interleaved rounds per batch size
+    (benchmarks/isolated.py); batch -> variant -> stats."""
+    from lowformer.core.errors import LowformerError
+
+    jobs = [(name, "openvino_speed:open_variant",
+             dict(path=str(out / f), runtime=runtime, precision=precision, threads=threads, image_size=image_size))
+            for name, f, runtime, precision, _ in VARIANTS if name in names]
+    log(f"timing {len(jobs)} variants at batch {', '.join(map(str, batches))}, {threads} threads: {rounds} "
+        f"interleaved rounds per batch size, each variant in its own process ...")
+    done = interleaved(jobs, batches, rounds, seconds, max_calls=400)
+    results: Dict[str, Dict[str, Dict[str, Any]]] = {str(b): {} for b in batches}
+    for name, value in done.items():
+        if isinstance(value, JobFailed):
+            raise LowformerError(f"{name}: {value}")
+        for b in batches:
+            stats = combine([v["wall_ms"] for v in value[b]])
+            cpu = np.concatenate([v["cpu_ms"] for v in value[b]])
+            results[str(b)][name] = {**stats, "cpu_median_ms": float(np.median(cpu)), **value["facts"]}
+            note = drift_note(stats)
+            if note:
+                results[str(b)][name]["warning"] = note
+            log(f"  batch {b} {name}: {stats['median_ms']:.2f} ms median of {stats['n']} calls"
+                + (f" ({note})" if note else ""))
+    return results
 
 
 def goals(results: Dict[str, Dict[str, Dict[str, Any]]]) -> Dict[str, Any]:
@@ -180,20 +189,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--calib-data", default=str(SHARED / "data" / "imagenet-val-1300" / "val"))
     p.add_argument("--calib-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=40, help="timed calls per variant and batch size")
+    p.add_argument("--rounds", type=int, default=20, help="interleaved rounds per batch size")
+    p.add_argument("--seconds", type=float, default=6.0,
+                   help="timed calls per variant at batch 1, over all rounds (twice that at larger batches)")
     p.add_argument("--batches", default="1,16")
     p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--quick", action="store_true", help="a short sanity run (5 rounds, 3 at batch 16)")
+    p.add_argument("--quick", action="store_true", help="a short sanity run (2 rounds, 1 s per variant)")
     p.add_argument("--only", default="", help="comma-separated variant names (default: all)")
     p.add_argument("--accuracy", action="store_true", help="also the EfficientNet-Lite0 accuracy check")
     p.add_argument("--accuracy-limit", type=int, default=None, help="validate at most N images")
     p.add_argument("--out", default=str(REPO / "artifacts" / "openvino-speed"))
-    p.add_argument("--json-out", default=str(REPO / "benchmarks" / "openvino_speed.json"))
+    p.add_argument("--json-out", default=None,
+                   help="default: benchmarks/openvino_speed-<isa>.json (one file per CPU ISA)")
     args = p.parse_args(argv)
 
     from lowformer.core.errors import LowformerError
     from lowformer.core.files import write_json
-    from lowformer.core.machine import machine_info
+    from lowformer.core.machine import cpu_isa, machine_info
 
     if not Path(args.calib_data).is_dir():
         print(f"error: no image folder at {args.calib_data} (give --calib-data)", file=sys.stderr)
@@ -209,11 +221,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = Path(args.out)
     try:
         prepare(out, args.calib_data, args.calib_size, args.image_size)
-        results: Dict[str, Dict[str, Dict[str, Any]]] = {}
-        for b in (int(v) for v in args.batches.split(",")):
-            rounds = (3 if b > 1 else 5) if args.quick else args.rounds
-            log(f"timing {len(names)} variants at batch {b}, {args.threads} threads, {rounds} rounds ...")
-            results[str(b)] = time_variants(out, b, args.threads, rounds, args.image_size, names)
+        batches = [int(v) for v in args.batches.split(",")]
+        rounds = 2 if args.quick else args.rounds
+        seconds = {b: (1.0 if args.quick else args.seconds) * (2 if b > 1 else 1) for b in batches}
+        results = time_variants(out, batches, args.threads, rounds, seconds, args.image_size, names)
         doc: Dict[str, Any] = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                                "model": "LowFormer-B1 (random weights)", "image_size": args.image_size,
                                "threads": args.threads, "quick": args.quick, "machine": machine_info(),
@@ -223,7 +234,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except LowformerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    write_json(args.json_out, doc)
+    slug = re.sub(r"[^a-z0-9]+", "-", cpu_isa().lower()).strip("-")
+    write_json(args.json_out or REPO / "benchmarks" / f"openvino_speed-{slug}.json", doc)
     _print(doc)
     return 0
 
@@ -234,11 +246,13 @@ def _print(doc: Dict[str, Any]) -> None:
           f"load average {m.get('load_average')}{' (QUICK RUN: not for the record)' if doc['quick'] else ''}\n")
     for b, stats in doc["results"].items():
         ort = stats.get("ORT FP32", {}).get("median_ms")
-        print(f"batch {b}\n| variant | median ms | p10 | p90 | CPU ms | vs ORT FP32 |\n|---|---:|---:|---:|---:|---:|")
+        print(f"batch {b}\n| variant | median ms | p10 | p90 | rounds (slowest/fastest) | CPU ms | vs ORT FP32 |\n"
+              "|---|---:|---:|---:|---:|---:|---:|")
         for n, s in stats.items():
             speed = f"{ort / s['median_ms']:.2f}x" if ort else "-"
-            print(f"| {n} | {s['median_ms']:.2f} | {s['p10_ms']:.2f} | {s['p90_ms']:.2f} | {s['cpu_median_ms']:.2f} "
-                  f"| {speed} |")
+            drift = f"{s['rounds']} ({s['round_spread']:.2f}x)" if s.get("round_spread") else "-"
+            print(f"| {n} | {s['median_ms']:.2f} | {s['p10_ms']:.2f} | {s['p90_ms']:.2f} | {drift} | "
+                  f"{s['cpu_median_ms']:.2f} | {speed} |")
         print()
     for b, g in doc.get("goals", {}).items():
         line = (f"batch {b}: best {g['best']} {g['speedup_vs_ort_fp32']:.2f}x ORT FP32 (goal {g['goal_speedup']}x: "

@@ -39,8 +39,9 @@ import torch
 from lowformer.bench import int8_peak_gops, matmul_peak_gflops
 from lowformer.core.files import atomic_path, write_json
 from lowformer.core.machine import machine_info
-from lowformer.core.timing import TimingStats, time_for
 from lowformer.engines.timing import call_once
+
+from isolated import UNSTEADY_ROUNDS, JobFailed, combine, drift_note, interleaved
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -204,32 +205,15 @@ def make_runner(fmt: str, path_or_model: Any, size: int, threads: Optional[int])
 # --------------------------------------------------------------------------- timing
 
 
-def time_cell(runner, batch_size: int, seconds: float, max_iterations: int) -> TimingStats:
-    """One warm-up call, then as many timed calls as fit in `seconds` (at least 3)."""
-    return time_for(call_once(runner, runner.input_spec.example(batch_size)), seconds, max_iterations)
-
-
-def measure(name: str, fmt: str, target: Optional[str], size: int, threads: Optional[int],
-            batch_sizes: List[int], seconds: float, max_iterations: int) -> Dict[int, Dict[str, Any]]:
-    """Time one (model, format) at every batch size; runs alone in a spawned process."""
+def open_format(name: str, fmt: str, target: Optional[str], size: int, threads: Optional[int]):
+    """One (model, format)'s runner, loaded in its own worker process (benchmarks/isolated.py):
+    (one inference call for a batch size, facts)."""
     if threads:
         torch.set_num_threads(threads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         runner = make_runner(fmt, inference_model(name)[0] if fmt == "eager" else target, size, threads)
-    out = {}
-    for bs in batch_sizes:
-        out[bs] = time_cell(runner, bs, seconds, max_iterations).to_dict()
-    return out
-
-
-def measure_isolated(*args, timeout_s: float = 1800.0) -> Dict[int, Dict[str, Any]]:
-    """`measure` in a fresh process: no other runtime's thread pool spins beside the one timed."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as ex:
-        return ex.submit(measure, *args).result(timeout=timeout_s)
+    return (lambda bs: call_once(runner, runner.input_spec.example(bs))), {"backend": runner.backend}
 
 
 def bench_model(name: str, args, results: Dict[str, Any], save: Callable[[], None]) -> None:
@@ -246,31 +230,48 @@ def bench_model(name: str, args, results: Dict[str, Any], save: Callable[[], Non
         "macs": int(count_macs(eager, args.image_size)), "artifacts": record["artifacts"]}
     del eager
     macs = results["models"][spec.name]["macs"]
+    todo: Dict[str, List[int]] = {}
+    jobs = []
     for fmt in FORMATS:
-        todo = [bs for bs in args.batch_sizes if f"{spec.name}|{fmt}|{bs}" not in results["cells"]]
-        if not todo:
-            continue
+        bss = [bs for bs in args.batch_sizes if f"{spec.name}|{fmt}|{bs}" not in results["cells"]]
         art = record["artifacts"].get(fmt, {})
         status = "ok" if fmt == "eager" else art.get("status", "not built")
-        if status == "ok":
-            target = None if fmt == "eager" else str(folder / art["path"])
-            try:
-                timed = measure_isolated(spec.name, fmt, target, args.image_size, args.threads, todo,
-                                         args.cell_seconds, args.max_iterations)
-            except Exception as e:  # a runtime that cannot run the model is a result, not a crash
-                status = f"failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
-        for bs in todo:
+        if not bss:
+            continue
+        if status != "ok":
+            for bs in bss:
+                results["cells"][f"{spec.name}|{fmt}|{bs}"] = {"model": spec.name, "format": fmt, "batch_size": bs,
+                                                              "status": status}
+            continue
+        todo[fmt] = bss
+        jobs.append((fmt, "run:open_format", dict(name=spec.name, fmt=fmt, size=args.image_size, threads=args.threads,
+                                                  target=None if fmt == "eager" else str(folder / art["path"]))))
+
+    def progress(fmt: str, bs: int, r: int, samples: Dict[str, List[float]]) -> None:
+        log(f"  {fmt:13s} batch {bs:3d} round {r + 1}: {np.median(samples['wall_ms']):.2f} ms")
+
+    batch_sizes = sorted({bs for bss in todo.values() for bs in bss})
+    done = interleaved(jobs, batch_sizes, args.rounds, {bs: args.cell_seconds for bs in batch_sizes},
+                       args.max_iterations, progress)
+    for fmt, value in done.items():
+        art = record["artifacts"].get(fmt, {})
+        for bs in todo[fmt]:
             key = f"{spec.name}|{fmt}|{bs}"
-            if status != "ok":
-                results["cells"][key] = {"model": spec.name, "format": fmt, "batch_size": bs, "status": status}
+            if isinstance(value, JobFailed) or bs not in value:  # a runtime that cannot run it: a result
+                results["cells"][key] = {"model": spec.name, "format": fmt, "batch_size": bs,
+                                         "status": f"failed: {value}" if isinstance(value, JobFailed) else "failed"}
                 continue
-            stats = timed[bs]
+            stats = combine([v["wall_ms"] for v in value[bs]])
             ips = bs * 1000.0 / stats["mean_ms"]
             results["cells"][key] = {"model": spec.name, "format": fmt, "batch_size": bs, "status": "ok", **stats,
                                      "images_per_s": ips, "gflops": macs * 2 * ips / 1e9,
                                      "parity": art.get("parity", True), "cosine": art.get("cosine")}
-            log(f"  {fmt:12s} batch {bs:3d}: {stats['median_ms']:9.2f} ms median, {ips:8.1f} img/s")
-        save()
+            note = drift_note(stats)
+            if note:
+                results["cells"][key]["warning"] = note
+            log(f"  {fmt:13s} batch {bs:3d}: {stats['median_ms']:9.2f} ms median, {ips:8.1f} img/s"
+                + (f" ({note})" if note else ""))
+    save()
 
 
 # --------------------------------------------------------------------------- report
@@ -322,9 +323,10 @@ def write_report(results: Dict[str, Any], out: Path) -> None:
                 > 0.5 * m['cores'] else "."),
              f"- Software: Python {m['python']}, " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
              f"- Settings: {s['image_size']}×{s['image_size']} input, threads: {s['threads'] or 'runtime default'}, "
-             "each model × format timed alone in a fresh process, "
-             f"about {s['cell_seconds']} s of timed calls per cell (at least 3, at most {s['max_iterations']}) "
-             "after one warm-up call; random weights (speed does not depend on them).",
+             f"each model × format in its own worker process, timed in {s.get('rounds', 1)} short round(s) interleaved "
+             f"across the formats, about {s['cell_seconds']} s of timed calls per cell in all (per round at least 3, "
+             f"at most {s['max_iterations']}, after a warm-up call); the median is over the calls of all rounds; "
+             "random weights (speed does not depend on them).",
              f"- Peaks measured here (best of n x n and convolution-shaped GEMMs): FP32 matmul (torch, ONNX Runtime) "
              f"{peaks['fp32_gflops']:.1f} GFLOP/s; INT8 "
              + ", ".join(f"{k} {v:.1f} GOP/s" for k, v in peaks.get("int8_gops", {}).items()) + ".", ""]
@@ -362,6 +364,13 @@ def write_report(results: Dict[str, Any], out: Path) -> None:
             reasons.setdefault((model, fmt), st)
         lines += [f"- n/a {results['models'].get(m_, {}).get('display', m_)} {FORMAT_TITLES[f]}: {st}"
                   for (m_, f), st in reasons.items()]
+    drifted = [c for c in results["cells"].values() if c.get("warning")]
+    if drifted:
+        lines.append(f"- {len(drifted)} of {len(results['cells'])} cells' rounds differ by more than "
+                     f"{UNSTEADY_ROUNDS:g}x (the machine's speed drifted; `round_medians_ms` in results.json): "
+                     + ", ".join(f"{results['models'].get(c['model'], {}).get('display', c['model'])} "
+                                 f"{FORMAT_TITLES[c['format']]} b{c['batch_size']} {c['round_spread']:.2f}x"
+                                 for c in drifted) + ".")
     if any(not c.get("parity", True) and c["format"] not in INT8_FORMATS for c in results["cells"].values()):
         lines.append("- ⚠: the artifact missed its parity threshold against the eager model (timed anyway).")
     with atomic_path(out) as tmp:
@@ -379,7 +388,9 @@ def parse_args(argv: Optional[List[str]] = None):
     p.add_argument("--batch-sizes", default="1,16")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--cell-seconds", type=float, default=4.0)
+    p.add_argument("--cell-seconds", type=float, default=4.0, help="timed calls per cell, over all rounds")
+    p.add_argument("--rounds", type=int, default=8,
+                   help="short rounds per cell, interleaved across the formats (benchmarks/isolated.py)")
     p.add_argument("--max-iterations", type=int, default=50)
     p.add_argument("--budget-minutes", type=float, default=120.0, help="stop starting new models after this")
     p.add_argument("--calib-data", default=str(DEFAULT_CALIB), help="INT8 calibration images (16 are used)")
@@ -462,7 +473,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     log("measuring matmul peaks")
     results.update(machine=machine_info(), date=_dt.date.today().isoformat(), notes=notes,
-                   settings={k: getattr(args, k) for k in ("quick", "image_size", "threads", "cell_seconds",
+                   settings={k: getattr(args, k) for k in ("quick", "image_size", "threads", "cell_seconds", "rounds",
                                                           "max_iterations", "batch_sizes")},
                    peaks={"fp32_gflops": matmul_peak_gflops(2048, 5, args.threads),
                           "int8_gops": int8_peak_gops(1024, 5, args.threads)})
