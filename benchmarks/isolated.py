@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-UNSTEADY_ROUNDS = 1.2  # slowest / fastest round median above this: say the machine drifted
+UNSTEADY_ROUNDS = 1.2  # round medians' 75th / 25th percentile above this: say the machine drifted
 SETTLE_S = 0.05  # pause before each round: the previous worker's spinning threads go to sleep
 
 
@@ -124,14 +124,22 @@ def interleaved(jobs: Sequence[Tuple[str, str, Dict[str, Any]]], batch_sizes: Se
 
 def combine(rounds_ms: Sequence[Sequence[float]]) -> Dict[str, Any]:
     """One figure from several rounds of per-call times (ms): median, p10/p90, min, mean over all
-    calls; every round's median; round_spread (slowest / fastest round median)."""
+    calls; every round's median; round_spread, the 75th over the 25th percentile of the round
+    medians (how far the machine drifted, robust to one round caught in a slow stretch)."""
     calls = np.concatenate([np.asarray(r, dtype=np.float64) for r in rounds_ms if len(r)])
     medians = [float(np.median(r)) for r in rounds_ms if len(r)]
     return {"n": int(calls.size), "median_ms": float(np.median(calls)), "mean_ms": float(calls.mean()),
             "p10_ms": float(np.percentile(calls, 10)), "p90_ms": float(np.percentile(calls, 90)),
             "min_ms": float(calls.min()), "max_ms": float(calls.max()), "rounds": len(medians),
             "round_medians_ms": [round(m, 3) for m in medians],
-            "round_spread": max(medians) / min(medians) if medians and min(medians) > 0 else None}
+            "round_spread": _quartile_ratio(medians)}
+
+
+def _quartile_ratio(values: Sequence[float]) -> Optional[float]:
+    if not values or min(values) <= 0:
+        return None
+    q25, q75 = np.percentile(values, [25, 75])
+    return float(q75 / q25)
 
 
 def drift_note(stats: Dict[str, Any]) -> Optional[str]:
@@ -139,7 +147,8 @@ def drift_note(stats: Dict[str, Any]) -> Optional[str]:
     spread = stats.get("round_spread")
     if spread and spread > UNSTEADY_ROUNDS:
         lo, hi = min(stats["round_medians_ms"]), max(stats["round_medians_ms"])
-        return f"round medians {lo:.3g}-{hi:.3g} ms ({spread:.2f}x): the machine's speed drifted"
+        return (f"round medians {lo:.3g}-{hi:.3g} ms, the middle half {spread:.2f}x apart: the machine's speed "
+                "drifted")
     return None
 
 
@@ -156,6 +165,11 @@ def _time_calls(fn: Callable[[], Any], seconds: float, max_calls: int, warmup: i
         wall.append((time.perf_counter() - t) * 1e3)
         cpu.append((time.process_time() - c) * 1e3)
     return {"wall_ms": wall, "cpu_ms": cpu}
+
+
+def sleep_job(ms: float):
+    """A worker whose call sleeps `ms` milliseconds: a known duration to check the harness against."""
+    return (lambda batch_size: (lambda: time.sleep(ms * batch_size / 1000.0))), {"backend": "sleep", "ms": ms}
 
 
 def _one_line(e: BaseException) -> str:

@@ -11,7 +11,7 @@ openvino` Q/DQ INT8 converted to IR); then every variant is timed at batch 1 and
 threads, each in its own worker process, in --rounds short rounds interleaved across the variants
 (benchmarks/isolated.py says why), so that no runtime's threads disturb another's and a slow stretch
 of the machine hits all of them alike. The table shows the median over all timed calls with p10/p90,
-the slowest/fastest round median (drift) and the median process CPU time. Writes
+the drift of the round medians (75th over 25th percentile) and the median process CPU time. Writes
 benchmarks/openvino_speed-<isa>.json with the machine (CPU, ISA flags, load average).
 
 Goals (issue #15): best CPU artifact >= 2.5x ORT FP32 at batch 1 and >= 4.5x at batch 16; our best
@@ -246,7 +246,7 @@ def _print(doc: Dict[str, Any]) -> None:
           f"load average {m.get('load_average')}{' (QUICK RUN: not for the record)' if doc['quick'] else ''}\n")
     for b, stats in doc["results"].items():
         ort = stats.get("ORT FP32", {}).get("median_ms")
-        print(f"batch {b}\n| variant | median ms | p10 | p90 | rounds (slowest/fastest) | CPU ms | vs ORT FP32 |\n"
+        print(f"batch {b}\n| variant | median ms | p10 | p90 | rounds (drift) | CPU ms | vs ORT FP32 |\n"
               "|---|---:|---:|---:|---:|---:|---:|")
         for n, s in stats.items():
             speed = f"{ort / s['median_ms']:.2f}x" if ort else "-"

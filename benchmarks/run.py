@@ -208,7 +208,7 @@ def make_runner(fmt: str, path_or_model: Any, size: int, threads: Optional[int])
 def open_format(name: str, fmt: str, target: Optional[str], size: int, threads: Optional[int]):
     """One (model, format)'s runner, loaded in its own worker process (benchmarks/isolated.py):
     (one inference call for a batch size, facts)."""
-    if threads:
+    if threads and fmt in ("eager", "torchscript", "pt2", "aoti"):  # torch's pool only where torch runs
         torch.set_num_threads(threads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -366,8 +366,9 @@ def write_report(results: Dict[str, Any], out: Path) -> None:
                   for (m_, f), st in reasons.items()]
     drifted = [c for c in results["cells"].values() if c.get("warning")]
     if drifted:
-        lines.append(f"- {len(drifted)} of {len(results['cells'])} cells' rounds differ by more than "
-                     f"{UNSTEADY_ROUNDS:g}x (the machine's speed drifted; `round_medians_ms` in results.json): "
+        lines.append(f"- {len(drifted)} of {len(results['cells'])} cells' round medians are more than "
+                     f"{UNSTEADY_ROUNDS:g}x apart in their middle half (75th / 25th percentile: the machine's speed "
+                     "drifted; `round_medians_ms` in results.json): "
                      + ", ".join(f"{results['models'].get(c['model'], {}).get('display', c['model'])} "
                                  f"{FORMAT_TITLES[c['format']]} b{c['batch_size']} {c['round_spread']:.2f}x"
                                  for c in drifted) + ".")

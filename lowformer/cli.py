@@ -192,6 +192,9 @@ def info_cmd(model: str, checkpoint: Optional[str], image_size: int, as_json: bo
                    "OpenVINO's CPU plugin: symmetric s8 Q/DQ, or NNCF's; with --to openvino also as IR).")
 @click.option("--quantizer", type=click.Choice(["qdq", "nncf"]),
               help="INT8 with --target openvino: qdq (default: our Q/DQ ONNX) or nncf (needs --to openvino).")
+@click.option("--weight-bits", default="auto", show_default=True, type=click.Choice(["auto", "7", "8"]),
+              help="INT8 weights: auto = for --target cpu 7-bit on an x86 CPU without VNNI/AMX (ORT's u8 x s8 "
+                   "kernels saturate there), else 8-bit; give 7 for an artifact bound for such a CPU.")
 @click.option("--exclude", multiple=True, help="INT8: keep modules matching this glob in float (e.g. 'stages.3.*.attn').")
 @click.option("--auto-exclude", is_flag=True,
               help="INT8: keep blocks in float until the gate holds, choosing the fastest set found: blocks ranked "
@@ -207,8 +210,8 @@ def info_cmd(model: str, checkpoint: Optional[str], image_size: int, as_json: bo
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout (human output goes to stderr).")
 @handle_errors
 def export_cmd(model, to, fp16, int8, checkpoint, image_size, batch_size, dynamic_batch, opset, out, no_fuse,
-               data, calib_data, calib_size, calib_method, int8_target, quantizer, exclude, auto_exclude,
-               gate_top1_drop, min_batch, opt_batch, max_batch, workspace_mb, lock_timeout, as_json):
+               data, calib_data, calib_size, calib_method, int8_target, quantizer, weight_bits, exclude,
+               auto_exclude, gate_top1_drop, min_batch, opt_batch, max_batch, workspace_mb, lock_timeout, as_json):
     """Fuse MODEL and export it (TorchScript, ONNX, FP16/INT8 ONNX, TensorRT), checking parity.
 
     \b
@@ -222,7 +225,7 @@ def export_cmd(model, to, fp16, int8, checkpoint, image_size, batch_size, dynami
         raise click.UsageError("--batch-size and --dynamic-batch exclude each other")
     calib = dict(calib_data=calib_data, calib_size=calib_size, method=calib_method, target=int8_target,
                  exclude=list(exclude), auto_exclude=auto_exclude, gate_top1_drop=gate_top1_drop,
-                 quantizer=quantizer) if int8 else None
+                 quantizer=quantizer, weight_bits=weight_bits) if int8 else None
     with console.status(f"exporting {model}..."):
         result = export_model(model, to=to, fp16=fp16, int8=int8, checkpoint=checkpoint, image_size=image_size,
                               batch_size=batch_size, opset=opset, out=out, do_fuse=not no_fuse, data=data,

@@ -147,6 +147,47 @@ def test_cpu_graph_has_uint8_activations_and_runs_close_to_fp32(tiny, images, ca
     assert cmp.cosine > 0.9, cmp
 
 
+def _max_abs_weight(path: Path) -> int:
+    """The largest |int8| of the Q/DQ graph's quantized weights."""
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    ws = [inits[n.input[0]] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+          and inits[n.input[0]].dtype == np.int8]
+    return int(max(np.abs(w.astype(np.int32)).max() for w in ws))
+
+
+@pytest.mark.parametrize("flags, bits", [(["avx", "avx2", "fma"], 7), (["avx2", "avx512f", "avx512_vnni"], 8),
+                                         (["avx2", "avx_vnni"], 8),
+                                         (["avx2", "avx512f", "avx512_vnni", "amx_bf16", "amx_int8"], 8)])
+def test_cpu_target_weight_bits_follow_the_isa(flags, bits, monkeypatch):
+    """--weight-bits auto: 7-bit weights only where ORT's u8 x s8 kernels saturate (x86 without VNNI/AMX)."""
+    import platform
+
+    from lowformer.calibrate.qdq import target_config
+    from lowformer.core import machine
+
+    monkeypatch.setattr(machine, "cpu_flags", lambda: list(flags))  # the CPU we are not on
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    cfg = target_config("cpu")
+    assert cfg.reduce_range is (bits == 7) and cfg.describe()["weight_bits"] == bits
+    assert cfg.weight_bits_reason.startswith("auto: ") and ("7-bit" in cfg.weight_bits_reason) is (bits == 7)
+    assert target_config("cpu", "8").reduce_range is False and target_config("cpu", "7").reduce_range is True
+    assert target_config("tensorrt").reduce_range is False  # fixed by its target, whatever the CPU
+
+
+def test_weight_bits_change_the_written_weights_and_bad_values_are_one_line(tiny, images, cache_dir, tmp_path):
+    seven = _quantize(tiny, images, tmp_path / "w7.onnx", target="cpu", cache_dir=cache_dir, weight_bits="7")
+    eight = _quantize(tiny, images, tmp_path / "w8.onnx", target="cpu", cache_dir=cache_dir, weight_bits="8")
+    assert seven["int8"]["weight_bits"] == 7 and eight["int8"]["weight_bits"] == 8
+    assert seven["int8"]["weight_bits_reason"] == "--weight-bits 7"
+    assert _max_abs_weight(tmp_path / "w7.onnx") <= 64 < _max_abs_weight(tmp_path / "w8.onnx") <= 127
+    with pytest.raises(LowformerError, match="unknown weight bits"):
+        _quantize(tiny, images, tmp_path / "bad.onnx", target="cpu", cache_dir=cache_dir, weight_bits="6")
+    assert not (tmp_path / "bad.onnx").exists()
+
+
 def test_exclusion_by_module_glob_keeps_those_modules_float(tiny, images, cache_dir, tmp_path):
     dst = tmp_path / "ex.onnx"
     facts = _quantize(tiny, images, dst, exclude=["stages.1.*", "head"], cache_dir=cache_dir)
@@ -247,6 +288,27 @@ def test_export_pipeline_writes_and_records_the_int8_model(images, tmp_path):
     report = validate([str(tmp_path / "eff")], images, record=False, workers=0)
     assert report.data["held_out_calibration_images"] == 16 and report.data["images"] == 40 - 16
     assert any("held out 16 image(s)" in w for w in report.warnings)
+
+
+def test_cpu_int8_export_times_int8_against_fp32_and_records_it(images, tmp_path):
+    from helpers import manifest_dict as load_manifest
+    from lowformer.export.pipeline import export_model
+    from lowformer.export.speed import slower_int8_warning
+
+    result = export_model("timm:tf_efficientnet_lite0", int8=True, image_size=SIZE, out=str(tmp_path / "eff"),
+                          calib=dict(calib_data=str(images), calib_size=16, method="minmax", target="cpu"))
+    entry = next(a for a in load_manifest(tmp_path / "eff")["artifacts"] if a["precision"] == "int8")
+    check = entry["speed_check"]
+    assert check["runtime"] == "onnxruntime" and check["batch_size"] == 1 and check["isa"]
+    assert check["fp32_ms"] > 0 and check["int8_ms"] > 0
+    assert abs(check["speedup"] - check["fp32_ms"] / check["int8_ms"]) < 0.01
+    warned = [w for w in result.warnings if w.startswith("INT8 ran slower")]
+    assert bool(warned) is (check["int8_ms"] > check["fp32_ms"])  # the line appears exactly when it is true
+    assert entry["int8"]["weight_bits"] in (7, 8) and entry["int8"]["weight_bits_reason"].startswith("auto: ")
+    line = slower_int8_warning({**check, "int8_ms": 2.0, "fp32_ms": 1.0}, "model.onnx")
+    assert line and "2.00 vs 1.00 ms" in line and "prefer model.onnx" in line and "\n" not in line
+    assert slower_int8_warning({**check, "int8_ms": 1.0, "fp32_ms": 2.0}, "model.onnx") is None
+    assert slower_int8_warning(None, "model.onnx") is None
 
 
 def test_export_int8_without_calib_data_is_one_line():

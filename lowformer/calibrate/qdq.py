@@ -6,10 +6,12 @@ our own histogram cache and it never runs the model.
 """
 from __future__ import annotations
 
+import dataclasses
+import platform
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -18,6 +20,7 @@ from lowformer.core.files import atomic_path
 from lowformer.calibrate.cache import quiet_ort
 
 TARGETS = ("cpu", "tensorrt", "openvino")
+WEIGHT_BITS = ("auto", "7", "8")  # `--weight-bits`: auto = 7 on x86 without VNNI for the cpu target, else 8
 WEIGHTED_OPS = ["Conv", "ConvTranspose", "MatMul", "Gemm"]
 
 
@@ -31,11 +34,15 @@ class TargetConfig:
     op_types: Tuple[str, ...]
     extra_options: Dict[str, Any] = field(default_factory=dict)
     residual_adds_only: bool = True  # quantize Add only where both inputs are activations
-    reduce_range: bool = False  # 7-bit weights: no u8 x s8 pair-sum saturation on AVX2 without VNNI
+    # 7-bit weights: no u8 x s8 pair-sum saturation on AVX2 without VNNI. None: decided by the ISA of
+    # the machine that quantizes (`resolve_weight_bits`).
+    reduce_range: Optional[bool] = False
+    weight_bits_reason: str = ""
 
     def describe(self) -> Dict[str, Any]:
         return {"target": self.name, "format": "QDQ", "activation_type": self.activation_type,
                 "weight_type": self.weight_type, "per_channel": True, "reduce_range": self.reduce_range,
+                "weight_bits": 7 if self.reduce_range else 8, "weight_bits_reason": self.weight_bits_reason,
                 "activation_symmetric":
                 bool(self.extra_options.get("ActivationSymmetric")), "op_types": list(self.op_types),
                 # s8 x s8 runs through ORT CPU's int8 kernels with saturation on x86 without VNNI (EffNet-Lite0:
@@ -59,8 +66,10 @@ TARGET_CONFIGS: Dict[str, TargetConfig] = {
     # kernels matching reference math. Clip/Relu are listed so ORT folds them into the conv's output
     # range instead of quantizing the wide pre-activation range. ConvTranspose stays float: ORT's CPU
     # provider has no int8 ConvTranspose, so its Q/DQ pairs only add work.
+    # With VNNI (or AMX) the kernels sum in int32 and full 8-bit weights are exact, so the default
+    # follows the quantizing machine's ISA (`--weight-bits 7` for an artifact bound for an AVX2 CPU).
     "cpu": TargetConfig("cpu", "QUInt8", "QInt8", ("Conv", "MatMul", "Gemm", "Add", "Clip", "Relu"), {},
-                        reduce_range=True),
+                        reduce_range=None),
     # OpenVINO CPU plugin (the Q/DQ alternative to NNCF, lowformer/export/openvino.py): symmetric s8
     # activations and full 8-bit s8 weights, Q/DQ on the inputs of weighted layers and residual Adds.
     # The `cpu` graph's u8 activations with a zero point make the plugin subtract the zero point in a
@@ -76,10 +85,30 @@ TARGET_CONFIGS: Dict[str, TargetConfig] = {
 }
 
 
-def target_config(target: str) -> TargetConfig:
+def target_config(target: str, weight_bits: "str | int | None" = "auto") -> TargetConfig:
+    """The target's Q/DQ configuration, its weight range resolved (`resolve_weight_bits`)."""
     if target not in TARGET_CONFIGS:
         raise LowformerError(f"unknown INT8 target {target!r} (use {', '.join(TARGETS)})")
-    return TARGET_CONFIGS[target]
+    return resolve_weight_bits(TARGET_CONFIGS[target], weight_bits)
+
+
+def resolve_weight_bits(cfg: TargetConfig, weight_bits: "str | int | None" = "auto") -> TargetConfig:
+    """7- or 8-bit weights: asked for, the target's fixed choice, or (cpu target, auto) by this CPU:
+    7 on x86 without VNNI/AMX-INT8, where ORT's u8 x s8 kernels saturate pair sums in int16."""
+    from lowformer.core.machine import cpu_isa, has_int8_dot_product
+
+    bits = "auto" if weight_bits is None else str(weight_bits).strip().lower()
+    if bits not in WEIGHT_BITS:
+        raise LowformerError(f"unknown weight bits {weight_bits!r} (use {', '.join(WEIGHT_BITS)})")
+    if bits != "auto":
+        return dataclasses.replace(cfg, reduce_range=bits == "7", weight_bits_reason=f"--weight-bits {bits}")
+    if cfg.reduce_range is not None:
+        return dataclasses.replace(cfg, weight_bits_reason=f"fixed by the {cfg.name} target")
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+    reduce = x86 and not has_int8_dot_product()
+    why = (f"auto: {cpu_isa()} CPU " + ("without VNNI: 7-bit weights avoid int16 saturation" if reduce
+                                        else "sums u8 x s8 in int32: full 8-bit weights"))
+    return dataclasses.replace(cfg, reduce_range=reduce, weight_bits_reason=why)
 
 
 def _constant_names(model) -> set:
@@ -123,15 +152,18 @@ def _ort_method(method: str):
 
 def quantize_with_ranges(prepared: Path, dst: Path, ranges: Dict[str, Tuple[float, float]], method: str,
                          target: "str | TargetConfig", nodes_to_exclude: Sequence[str] = (),
-                         extra_options: Dict[str, Any] | None = None) -> Dict[str, Any]:
+                         extra_options: Dict[str, Any] | None = None,
+                         weight_bits: "str | int | None" = "auto") -> Dict[str, Any]:
     """Write the Q/DQ model of `prepared` to `dst` (atomically) using the given activation ranges.
 
-    `target`: a target name or an explicit TargetConfig (the speed benchmark tries variants)."""
+    `target`: a target name or an explicit TargetConfig (the speed benchmark tries variants);
+    `weight_bits`: auto, 7 or 8 (`resolve_weight_bits`)."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
 
-    cfg = target if isinstance(target, TargetConfig) else target_config(target)
+    cfg = resolve_weight_bits(target, weight_bits) if isinstance(target, TargetConfig) else \
+        target_config(target, weight_bits)
     model = onnx.load(str(prepared), load_external_data=False)
     exclude = list(dict.fromkeys(list(nodes_to_exclude) + (non_residual_adds(model) if cfg.residual_adds_only else [])))
     options = {**cfg.extra_options, **(extra_options or {})}

@@ -20,7 +20,7 @@ def quantize_onnx(src: Path, dst: Path, preprocessing: Preprocessing, checkpoint
                   target: str = "cpu", exclude: Sequence[str] = (), auto_exclude: bool = False,
                   gate_top1_drop: float = 1.0, eval_data: Optional[str] = None,
                   eval_size: int = DEFAULT_EVAL_SIZE, cache_dir: Optional[Path] = None,
-                  progress: Progress = no_progress) -> Dict[str, Any]:
+                  progress: Progress = no_progress, weight_bits: str = "auto") -> Dict[str, Any]:
     """Write `dst`, the calibrated Q/DQ INT8 version of the FP32 ONNX `src`; return manifest facts.
 
     `preprocessing`: how calibration images are fed (the manifest's); `checkpoint`: the weights' sha256
@@ -28,8 +28,9 @@ def quantize_onnx(src: Path, dst: Path, preprocessing: Preprocessing, checkpoint
     blocks in float until the top-1 drop on a held-out split is <= `gate_top1_drop`, choosing the
     fastest set found (harm per ms of float cost on ONNX Runtime's CPU provider; see
     `sensitivity.auto_exclude_blocks`, whose result, with the table of candidates tried, is recorded).
+    `weight_bits`: auto (the cpu target: 7 on x86 without VNNI, else 8), 7 or 8; recorded with why.
     """
-    check_calibration_args(method, target, calib_data)
+    check_calibration_args(method, target, calib_data, weight_bits)
     src, dst = Path(src), Path(dst)
     eval_set = None
     if auto_exclude:
@@ -37,6 +38,7 @@ def quantize_onnx(src: Path, dst: Path, preprocessing: Preprocessing, checkpoint
     else:
         calib = select_calibration(calib_data, calib_size)
     with calibrated(src, calib, preprocessing, checkpoint, cache_dir, progress) as session:
+        session.weight_bits = weight_bits
         excluded = nodes_matching(session.node_names, exclude)
         auto = None
         if auto_exclude:

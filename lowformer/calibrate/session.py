@@ -42,6 +42,7 @@ class CalibratedModel:
     calib: ImageSet
     preprocessing: Preprocessing
     graph_io: List[tuple]  # (op_type, inputs, outputs) of every node
+    weight_bits: str = "auto"  # every quantization of this session: auto, 7 or 8 (qdq.resolve_weight_bits)
 
     def tensors_for(self, target: str) -> List[str]:
         """Activations the target's op types can quantize: the only ranges ORT needs."""
@@ -51,15 +52,16 @@ class CalibratedModel:
     def quantize(self, dst: Path, method: str, target: str, nodes_to_exclude: Sequence[str] = ()) -> Dict[str, Any]:
         ranges = self.cache.ranges_for(method, self.tensors_for(target))
         self.cache.save_if_dirty()
-        return quantize_with_ranges(self.prepared, dst, ranges, method, target, nodes_to_exclude)
+        return quantize_with_ranges(self.prepared, dst, ranges, method, target, nodes_to_exclude,
+                                    weight_bits=self.weight_bits)
 
 
-def check_calibration_args(method: str, target: str, calib_data: Optional[str]) -> None:
+def check_calibration_args(method: str, target: str, calib_data: Optional[str], weight_bits: str = "auto") -> None:
     if not calib_data:
         raise LowformerError("INT8 needs calibration images (calib_data)")
     if method not in METHODS:
         raise LowformerError(f"unknown calibration method {method!r} (use {', '.join(METHODS)})")
-    target_config(target)
+    target_config(target, weight_bits)
 
 
 @contextlib.contextmanager

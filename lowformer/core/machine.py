@@ -50,6 +50,13 @@ def cpu_flags() -> List[str]:
     return []
 
 
+def has_int8_dot_product(flags: List[str] = None) -> bool:
+    """VNNI (AVX-512 or AVX) or AMX-INT8: u8 x s8 products summed in int32, without the int16 pair-sum
+    saturation of AVX2's vpmaddubsw path."""
+    f = set(cpu_flags() if flags is None else flags)
+    return bool(f & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
 def cpu_isa(flags: List[str] = None) -> str:
     """A short name for the vector ISA, as every speed figure must record it."""
     f = set(cpu_flags() if flags is None else flags)

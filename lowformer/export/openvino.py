@@ -174,6 +174,8 @@ def nncf_quantize(src: Path, xml: Path, preprocessing: Preprocessing, calib_data
         raise LowformerError("INT8 needs calibration images (calib_data)")
     if unused.get("auto_exclude"):
         raise LowformerError("auto_exclude works with the Q/DQ quantizer (quantizer qdq); NNCF takes exclude")
+    if str(unused.get("weight_bits") or "auto") != "auto":
+        raise LowformerError("--weight-bits applies to the Q/DQ quantizer (quantizer qdq); NNCF sets its own weights")
     if unused.get("method") not in (None, "percentile"):
         log.info("NNCF sets its own activation ranges: calibration method %s does not apply", unused["method"])
     calib = select_calibration(calib_data, calib_size)

@@ -24,6 +24,7 @@ from lowformer.models.registry import ModelSpec, resolve
 from lowformer import artifacts
 from lowformer.artifacts import DEFAULT_LOCK_TIMEOUT_S, MANIFEST_NAME, ArtifactEntry, Manifest, ParityRecord
 from lowformer.calibrate.cache import CACHE_DIRNAME
+from lowformer.export.speed import int8_speed_check, slower_int8_warning
 from lowformer.export.staging import Staging
 from lowformer.export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
 from lowformer.export.prepare import groupnorm1_paths
@@ -311,6 +312,10 @@ class Exporter:
         facts = quantize_onnx(src, path, Preprocessing.from_dict(self.manifest.preprocessing),
                               str(self.manifest.checkpoint.get("sha256") or "unknown"),
                               progress=self.progress, **calib)
+        facts["speed_check"] = int8_speed_check(src, path, str(calib.get("target") or "cpu"))
+        slower = slower_int8_warning(facts["speed_check"], src.name)
+        if slower:
+            self.warn(slower)
         return self.check_and_record(path, "onnx", "int8", {"opset": self.opset, **facts})
 
     def pt2(self) -> List[ArtifactEntry]:

@@ -1,0 +1,42 @@
+"""benchmarks/isolated.py: workers in their own processes, interleaved rounds, one-line failures."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import isolated  # noqa: E402
+
+
+def test_interleaved_workers_time_known_durations_per_batch_size():
+    jobs = [("short", "isolated:sleep_job", {"ms": 2.0}), ("long", "isolated:sleep_job", {"ms": 6.0})]
+    seen = []
+    done = isolated.interleaved(jobs, [1, 2], rounds=3, seconds={1: 0.06, 2: 0.06}, max_calls=50,
+                                on_round=lambda key, bs, r, samples: seen.append((key, bs, r)))
+    assert done["short"]["facts"] == {"backend": "sleep", "ms": 2.0}
+    for key, ms in (("short", 2.0), ("long", 6.0)):
+        for bs in (1, 2):
+            stats = isolated.combine([v["wall_ms"] for v in done[key][bs]])
+            assert stats["rounds"] == 3 and stats["n"] >= 3
+            assert ms * bs <= stats["median_ms"] < ms * bs + 4.0, (key, bs, stats)
+    # Rounds alternate between the workers (the start rotates), batch size by batch size.
+    assert [k for k, bs, r in seen if bs == 1] == ["short", "long", "long", "short", "short", "long"]
+    assert seen.index(("short", 2, 0)) > seen.index(("long", 1, 2))
+
+
+def test_a_failing_worker_is_one_line_and_the_others_still_run():
+    jobs = [("bad", "isolated:no_such_job", {}), ("ok", "isolated:sleep_job", {"ms": 1.0})]
+    done = isolated.interleaved(jobs, [1], rounds=2, seconds={1: 0.02}, max_calls=10)
+    assert isinstance(done["bad"], isolated.JobFailed)
+    assert str(done["bad"]).startswith("AttributeError:") and "\n" not in str(done["bad"])
+    assert len(done["ok"][1]) == 2
+
+
+@pytest.mark.parametrize("medians, drifted", [([10, 10.2, 9.9, 10.1], False), ([10, 10, 14, 14], True),
+                                              ([10, 10, 10, 10, 10, 30], False)])
+def test_drift_is_the_middle_half_of_the_round_medians(medians, drifted):
+    stats = isolated.combine([[m, m] for m in medians])
+    assert stats["round_medians_ms"] == [float(m) for m in medians]
+    assert (isolated.drift_note(stats) is not None) is drifted  # one slow round alone is not drift
