@@ -24,6 +24,7 @@ import importlib
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -44,10 +45,16 @@ class Worker:
 
     def __init__(self, func: str, kwargs: Dict[str, Any], timeout_s: float = 1800.0):
         self.func, self.timeout_s = func, timeout_s
+        self.log = tempfile.TemporaryFile(mode="w+")  # the worker's stderr: its last line names a crash
         self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve())], cwd=str(HERE),
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
                                      text=True, bufsize=1)
         self.facts: Dict[str, Any] = self._ask({"func": func, "kwargs": kwargs})["facts"]
+
+    def _last_error_line(self) -> str:
+        self.log.seek(0)
+        lines = [ln.strip() for ln in self.log.read().splitlines() if ln.strip()]
+        return lines[-1][:200] if lines else "no message"
 
     def _ask(self, request: Dict[str, Any]) -> Dict[str, Any]:
         try:
@@ -57,10 +64,13 @@ class Worker:
         except (BrokenPipeError, OSError):
             line = ""
         if not line:
-            code = self.proc.poll()
             self.close()
-            raise JobFailed(f"{self.func} worker exited ({code if code is not None else 'no answer'})")
-        reply = json.loads(line)
+            raise JobFailed(f"{self.func} worker exited ({self.proc.returncode}): {self._last_error_line()}")
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            self.close()
+            raise JobFailed(f"{self.func} worker answered something else: {line.strip()[:200]}") from None
         if "error" in reply:
             self.close()
             raise JobFailed(reply["error"])
@@ -79,6 +89,8 @@ class Worker:
                 self.proc.wait(timeout=30)
             except (OSError, subprocess.TimeoutExpired):
                 self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
 
 
 def interleaved(jobs: Sequence[Tuple[str, str, Dict[str, Any]]], batch_sizes: Sequence[int], rounds: int,
@@ -179,29 +191,33 @@ def _one_line(e: BaseException) -> str:
 
 def _serve() -> int:
     """The worker's side: load (first request), then one round of timed calls per request."""
-    import contextlib
-    import io
+    import os
+
+    # Replies go to the pipe on a private descriptor; fd 1 (and sys.stdout) point at stderr, so no
+    # print and no native library writing to stdout can break the protocol.
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
 
     def reply(doc: Dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(doc) + "\n")
-        sys.stdout.flush()
+        replies.write(json.dumps(doc) + "\n")
+        replies.flush()
 
     call_for: Optional[Callable[[int], Callable[[], Any]]] = None
     calls: Dict[int, Callable[[], Any]] = {}
     for line in sys.stdin:
         req = json.loads(line)
         try:
-            with contextlib.redirect_stdout(io.StringIO()):  # a library's print must not break the protocol
-                if call_for is None:
-                    module, _, name = req["func"].partition(":")
-                    call_for, facts = getattr(importlib.import_module(module), name)(**req["kwargs"])
-                    doc: Dict[str, Any] = {"facts": facts}
-                else:
-                    bs = int(req["batch_size"])
-                    if bs not in calls:
-                        calls = {bs: call_for(bs)}  # one batch size's input held at a time
-                    doc = _time_calls(calls[bs], float(req["seconds"]), int(req["max_calls"]), int(req["warmup"]),
-                                      int(req.get("min_calls", 3)))
+            if call_for is None:
+                module, _, name = req["func"].partition(":")
+                call_for, facts = getattr(importlib.import_module(module), name)(**req["kwargs"])
+                doc: Dict[str, Any] = {"facts": facts}
+            else:
+                bs = int(req["batch_size"])
+                if bs not in calls:
+                    calls = {bs: call_for(bs)}  # one batch size's input held at a time
+                doc = _time_calls(calls[bs], float(req["seconds"]), int(req["max_calls"]), int(req["warmup"]),
+                                  int(req.get("min_calls", 3)))
         except Exception as e:  # the parent records it as the job's result
             reply({"error": _one_line(e)})
             return 1

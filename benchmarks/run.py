@@ -447,8 +447,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.calib is None:
             notes.append(f"ONNX INT8 skipped: calibration images not found at {calib}.")
     if args.calib is not None:
-        notes.append("ORT INT8: the `cpu` target's Q/DQ (u8 activations, 7-bit s8 weights, min-max ranges from 16 "
-                     f"ImageNet images) run by ONNX Runtime's CPU provider on this {isa} CPU.")
+        from lowformer.calibrate.qdq import target_config
+
+        bits = target_config("cpu").describe()["weight_bits"]  # follows this CPU's ISA (--weight-bits auto)
+        notes.append(f"ORT INT8: the `cpu` target's Q/DQ (u8 activations, {bits}-bit s8 weights, min-max ranges from "
+                     f"16 ImageNet images) run by ONNX Runtime's CPU provider on this {isa} CPU.")
     results: Dict[str, Any] = {"schema": 1, "models": {}, "cells": {}}
     if args.resume and results_path.is_file():
         old = json.loads(results_path.read_text())

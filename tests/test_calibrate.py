@@ -311,6 +311,17 @@ def test_cpu_int8_export_times_int8_against_fp32_and_records_it(images, tmp_path
     assert slower_int8_warning(None, "model.onnx") is None
 
 
+def test_speed_check_that_cannot_load_an_artifact_is_skipped_not_fatal(tiny, tmp_path):
+    from lowformer.export.speed import int8_speed_check, slower_int8_warning
+
+    bad = tmp_path / "model_int8.onnx"
+    bad.write_bytes(b"not an onnx model")
+    check = int8_speed_check(tiny[0], bad, "cpu", calls=2)
+    assert check["runtime"] == "onnxruntime" and check["skipped"] and "fp32_ms" not in check
+    assert slower_int8_warning(check, "model.onnx") is None
+    assert int8_speed_check(tiny[0], bad, "tensorrt") is None  # a GPU format: not timed on the CPU
+
+
 def test_export_int8_without_calib_data_is_one_line():
     assert_one_line_error(run_cli("export", "timm:tf_efficientnet_lite0", "--int8"), "--calib-data")
 

@@ -16,6 +16,8 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
+from lowformer.core.errors import LowformerError
+
 log = logging.getLogger(__name__)
 
 CALLS, WARMUP = 15, 3
@@ -25,7 +27,8 @@ RUNTIME_OF_TARGET = {"cpu": "onnxruntime", "openvino": "openvino"}  # tensorrt: 
 def int8_speed_check(fp32: Path, int8: Path, target: str, threads: Optional[int] = None,
                      calls: int = CALLS) -> Optional[Dict[str, Any]]:
     """Median ms of the FP32 and INT8 ONNX at batch 1 in the target's runtime (None for targets
-    not run on this CPU, or when that runtime is not installed)."""
+    not run on this CPU, or when that runtime is not installed; `skipped` with the reason when the
+    runtime cannot load one of them)."""
     from lowformer.core.machine import cpu_isa
     from lowformer.engines import load
     from lowformer.engines.timing import call_once
@@ -39,19 +42,24 @@ def int8_speed_check(fp32: Path, int8: Path, target: str, threads: Optional[int]
         if not available():
             return None
     option = "openvino" if runtime == "openvino" else None
-    runners = [load(str(p), "cpu", threads, runtime=option) for p in (fp32, int8)]
+    runners: list = []
+    times: list = [[], []]
     try:
+        for p in (fp32, int8):
+            runners.append(load(str(p), "cpu", threads, runtime=option))
         x = runners[0].input_spec.example(1)
         fns = [call_once(r, x) for r in runners]
         for fn in fns:
             for _ in range(WARMUP):
                 fn()
-        times: list = [[], []]
         for _ in range(max(calls, 1)):
             for i, fn in enumerate(fns):
                 t0 = time.perf_counter()
                 fn()
                 times[i].append((time.perf_counter() - t0) * 1000.0)
+    except LowformerError as e:  # a runtime that cannot run the artifact: no figure, not a failed export
+        log.warning("INT8 speed check skipped: %s", e)
+        return {"runtime": runtime, "skipped": str(e)}
     finally:
         for r in runners:
             r.close()
@@ -63,7 +71,7 @@ def int8_speed_check(fp32: Path, int8: Path, target: str, threads: Optional[int]
 
 def slower_int8_warning(check: Optional[Dict[str, Any]], fp32_name: str) -> Optional[str]:
     """One line when the check found INT8 slower than FP32 (None otherwise)."""
-    if not check or check["int8_ms"] <= check["fp32_ms"]:
+    if not check or "skipped" in check or check["int8_ms"] <= check["fp32_ms"]:
         return None
     return (f"INT8 ran slower than FP32 on this CPU ({check['int8_ms']:.2f} vs {check['fp32_ms']:.2f} ms at batch 1 "
             f"in {check['runtime']}, {check['isa']}): prefer {fp32_name} here, or keep the slowest blocks in "
