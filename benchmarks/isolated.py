@@ -95,11 +95,14 @@ class Worker:
 
 def interleaved(jobs: Sequence[Tuple[str, str, Dict[str, Any]]], batch_sizes: Sequence[int], rounds: int,
                 seconds: Dict[int, float], max_calls: int,
-                on_round: Optional[Callable[[str, int, int, Any], None]] = None) -> Dict[str, Any]:
+                on_round: Optional[Callable[[str, int, int, Any], None]] = None,
+                needs: Optional[Dict[str, Sequence[int]]] = None) -> Dict[str, Any]:
     """Start a worker per job (key, func, kwargs); then for each batch size `rounds` rounds, in each
     every worker (in turn, the start rotating each round) times about `seconds[batch size]`/`rounds`
     seconds of calls (at least 3 over all rounds; a round's warm-up call is skipped at batch > 1,
-    where the working set outgrows the caches anyway). Returns key -> {"facts", batch size -> per-round samples}, or key -> JobFailed."""
+    where the working set outgrows the caches anyway). `needs` (key -> batch sizes) limits a job to the
+batch sizes it still lacks (a resumed run). Returns key -> {"facts", batch size -> per-round samples},
+or key -> JobFailed."""
     out: Dict[str, Any] = {}
     workers: Dict[str, Worker] = {}
     min_calls = -(-3 // max(rounds, 1))
@@ -112,7 +115,7 @@ def interleaved(jobs: Sequence[Tuple[str, str, Dict[str, Any]]], batch_sizes: Se
                 out[key] = e
         for bs in batch_sizes:
             for r in range(max(rounds, 1)):
-                keys = [k for k, _, _ in jobs if k in workers]
+                keys = [k for k, _, _ in jobs if k in workers and (needs is None or bs in needs.get(k, ()))]
                 shift = r % max(len(keys), 1)
                 for key in keys[shift:] + keys[:shift]:
                     if key not in workers:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -205,7 +204,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from lowformer.core.errors import LowformerError
     from lowformer.core.files import write_json
-    from lowformer.core.machine import cpu_isa, machine_info
+    from lowformer.core.machine import cpu_isa, machine_info, slug
 
     if not Path(args.calib_data).is_dir():
         print(f"error: no image folder at {args.calib_data} (give --calib-data)", file=sys.stderr)
@@ -234,8 +233,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except LowformerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    slug = re.sub(r"[^a-z0-9]+", "-", cpu_isa().lower()).strip("-")
-    write_json(args.json_out or REPO / "benchmarks" / f"openvino_speed-{slug}.json", doc)
+    write_json(args.json_out or REPO / "benchmarks" / f"openvino_speed-{slug(cpu_isa())}.json", doc)
     _print(doc)
     return 0
 

@@ -40,3 +40,27 @@ def test_drift_is_the_middle_half_of_the_round_medians(medians, drifted):
     stats = isolated.combine([[m, m] for m in medians])
     assert stats["round_medians_ms"] == [float(m) for m in medians]
     assert (isolated.drift_note(stats) is not None) is drifted  # one slow round alone is not drift
+
+
+def test_a_job_is_timed_only_at_the_batch_sizes_it_needs():
+    jobs = [("both", "isolated:sleep_job", {"ms": 1.0}), ("only16", "isolated:sleep_job", {"ms": 1.0})]
+    seen = []
+    done = isolated.interleaved(jobs, [1, 16], rounds=2, seconds={1: 0.01, 16: 0.01}, max_calls=5,
+                                on_round=lambda key, bs, r, samples: seen.append((key, bs)),
+                                needs={"both": [1, 16], "only16": [16]})
+    assert ("only16", 1) not in seen and 1 not in done["only16"]
+    assert len(done["only16"][16]) == 2 and len(done["both"][1]) == len(done["both"][16]) == 2
+
+
+def test_report_only_rewrites_each_isas_table_from_its_own_json(tmp_path):
+    import shutil
+
+    import run
+
+    src = Path(__file__).resolve().parents[1] / "benchmarks" / "results-avx-512-vnni-amx.json"
+    shutil.copy(src, tmp_path / src.name)
+    assert run.main(["--report-only", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "RESULTS-avx-512-vnni-amx.md").read_text()
+    assert "from `results-avx-512-vnni-amx.json`" in text and "amx_int8" in text
+    assert "timed alone in a fresh process" in text  # recorded before the interleaved harness: said so
+    assert run.results_name("AVX-512 VNNI + BF16") == "results-avx-512-vnni-bf16.json"

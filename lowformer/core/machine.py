@@ -5,6 +5,7 @@ import datetime as _dt
 import importlib.metadata as md
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 from typing import Any, Dict, List
@@ -71,6 +72,11 @@ def cpu_isa(flags: List[str] = None) -> str:
     if "avx2" in f:
         return "AVX2 without VNNI"
     return "no AVX2"
+
+
+def slug(isa: str) -> str:
+    """An ISA name (cpu_isa()) as a file-name part, `avx-512-vnni-amx`: one benchmark file per ISA."""
+    return re.sub(r"[^a-z0-9]+", "-", isa.lower()).strip("-")
 
 
 def load_average() -> List[float]:

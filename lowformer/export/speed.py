@@ -2,7 +2,7 @@
 
 INT8 is not always faster on a CPU: without VNNI the u8 x s8 kernels gain little, and in models
 whose float operations between quantized layers dominate, the Q/DQ work can cost more than the
-integer kernels save (benchmarks/RESULTS.md has such models). The export says so in one line
+integer kernels save (benchmarks/RESULTS-avx-512-vnni-amx.md has such models). The export says so in one line
 rather than leave the user to find it in a benchmark table. A short check: both artifacts in the
 runtime the INT8 target is made for, batch 1, calls interleaved so a busy stretch of the machine
 hits both alike; the medians, the runtime and the CPU's ISA are recorded in the INT8 entry.
