@@ -54,6 +54,7 @@ FORMAT_TITLES = {"eager": "eager", "torchscript": "TorchScript", "pt2": "torch.e
                  "openvino-fp32": "OV FP32", "openvino-bf16": "OV BF16", "openvino-int8": "OV INT8"}
 FP32_FORMATS = ("eager", "torchscript", "pt2", "aoti", "onnx-fp32", "openvino-fp32")
 INT8_FORMATS = ("onnx-int8", "openvino-int8")
+DRIFT_LISTED = 10  # drifted cells named in the report
 FILES = {"torchscript": "model.ts", "pt2": "model.pt2", "aoti": "model_aoti_cpu.pt2", "onnx-fp32": "model.onnx",
          "onnx-fp16": "model_fp16.onnx", "onnx-int8": "model_int8.onnx", "openvino-fp32": "model.onnx",
          "openvino-bf16": "model.onnx", "openvino-int8": "model_int8_openvino.onnx"}
@@ -367,14 +368,18 @@ def write_report(results: Dict[str, Any], out: Path) -> None:
             reasons.setdefault((model, fmt), st)
         lines += [f"- n/a {results['models'].get(m_, {}).get('display', m_)} {FORMAT_TITLES[f]}: {st}"
                   for (m_, f), st in reasons.items()]
-    drifted = [c for c in results["cells"].values() if c.get("warning")]
+    drifted = sorted((c for c in results["cells"].values() if c.get("warning")),
+                     key=lambda c: -c["round_spread"])
     if drifted:
+        # The worst few name where to look; the JSON holds every cell's round medians.
+        worst = drifted[:DRIFT_LISTED]
         lines.append(f"- {len(drifted)} of {len(results['cells'])} cells' round medians are more than "
                      f"{UNSTEADY_ROUNDS:g}x apart in their middle half (75th / 25th percentile: the machine's speed "
-                     f"drifted; `round_medians_ms` in {results_name(m.get('isa', ''))}): "
+                     f"drifted; `round_medians_ms` in {results_name(m.get('isa', ''))}); "
+                     f"{'the worst ' + str(len(worst)) if len(drifted) > len(worst) else 'they are'}: "
                      + ", ".join(f"{results['models'].get(c['model'], {}).get('display', c['model'])} "
                                  f"{FORMAT_TITLES[c['format']]} b{c['batch_size']} {c['round_spread']:.2f}x"
-                                 for c in drifted) + ".")
+                                 for c in worst) + ".")
     if any(not c.get("parity", True) and c["format"] not in INT8_FORMATS for c in results["cells"].values()):
         lines.append("- ⚠: the artifact missed its parity threshold against the eager model (timed anyway).")
     with atomic_path(out) as tmp:

@@ -64,3 +64,22 @@ def test_report_only_rewrites_each_isas_table_from_its_own_json(tmp_path):
     assert "from `results-avx-512-vnni-amx.json`" in text and "amx_int8" in text
     assert "timed alone in a fresh process" in text  # recorded before the interleaved harness: said so
     assert run.results_name("AVX-512 VNNI + BF16") == "results-avx-512-vnni-bf16.json"
+
+
+def test_the_report_names_only_the_worst_drifted_cells_worst_first(tmp_path):
+    import json
+    import re
+    import shutil
+
+    import run
+
+    src = Path(__file__).resolve().parents[1] / "benchmarks" / "results-avx-512-vnni-bf16.json"
+    shutil.copy(src, tmp_path / src.name)
+    assert run.main(["--report-only", "--out", str(tmp_path)]) == 0
+    line = next(x for x in (tmp_path / "RESULTS-avx-512-vnni-bf16.md").read_text().splitlines()
+                if "round medians are more than" in x)
+    spreads = [float(s) for s in re.findall(r" b\d+ (\d+\.\d+)x", line)]
+    every = sorted((c["round_spread"] for c in json.loads(src.read_text())["cells"].values()
+                    if c.get("warning")), reverse=True)
+    assert len(every) > run.DRIFT_LISTED and f"{len(every)} of " in line
+    assert spreads == [round(s, 2) for s in every[:run.DRIFT_LISTED]]
