@@ -19,7 +19,8 @@ from lowformer.core.errors import LowformerError, NeedsTargetDevice
 # Library errors name parameters; the user typed flags. Whole-word names only (they have underscores).
 PARAMETER_FLAGS = {"calib_data": "--calib-data", "eval_data": "--eval-data", "skip_bad_images": "--skip-bad-images",
                    "calib_size": "--calib-size", "image_size": "--image-size", "batch_size": "--batch-size",
-                   "lock_timeout": "--lock-timeout", "skip_missing": "--skip-missing", "int8_target": "--target"}
+                   "lock_timeout": "--lock-timeout", "skip_missing": "--skip-missing", "int8_target": "--target",
+                   "keep_f32": "--keep-f32"}
 
 
 def emit_json(data: Any) -> None:
@@ -201,6 +202,9 @@ def info_cmd(model: str, checkpoint: Optional[str], image_size: int, as_json: bo
                    "by accuracy harm per ms their float version costs (ONNX Runtime CPU profile; a stated proxy "
                    "for --target tensorrt/openvino); prints every candidate tried.")
 @click.option("--gate-top1-drop", type=float, default=1.0, show_default=True, help="INT8 --auto-exclude gate (points).")
+@click.option("--keep-f32", "keep_f32", multiple=True, metavar="BLOCK",
+              help="OpenVINO IR: keep these blocks (or module globs, e.g. 'stem', 'blocks.1.*') at f32 when the "
+                   "IR runs at --precision bf16/f16: fewer flips for some speed (README) [default: none].")
 @click.option("--min-batch", type=click.IntRange(1), help="TensorRT profile [default: the ONNX's fixed batch, else 1].")
 @click.option("--opt-batch", type=click.IntRange(1), help="TensorRT profile [default: the fixed batch, else --min-batch].")
 @click.option("--max-batch", type=click.IntRange(1), help="TensorRT profile [default: the fixed batch, else 32].")
@@ -211,7 +215,8 @@ def info_cmd(model: str, checkpoint: Optional[str], image_size: int, as_json: bo
 @handle_errors
 def export_cmd(model, to, fp16, int8, checkpoint, image_size, batch_size, dynamic_batch, opset, out, no_fuse,
                data, calib_data, calib_size, calib_method, int8_target, quantizer, weight_bits, exclude,
-               auto_exclude, gate_top1_drop, min_batch, opt_batch, max_batch, workspace_mb, lock_timeout, as_json):
+               auto_exclude, gate_top1_drop, keep_f32, min_batch, opt_batch, max_batch, workspace_mb, lock_timeout,
+               as_json):
     """Fuse MODEL and export it (TorchScript, ONNX, FP16/INT8 ONNX, TensorRT), checking parity.
 
     \b
@@ -231,7 +236,7 @@ def export_cmd(model, to, fp16, int8, checkpoint, image_size, batch_size, dynami
                               batch_size=batch_size, opset=opset, out=out, do_fuse=not no_fuse, data=data,
                               calib=calib, trt_build=dict(min_batch=min_batch, opt_batch=opt_batch,
                                                           max_batch=max_batch, workspace_mb=workspace_mb),
-                              progress=RichProgress(), lock_timeout=lock_timeout)
+                              progress=RichProgress(), lock_timeout=lock_timeout, keep_f32=keep_f32 or None)
     if as_json:
         emit_json(result.to_dict())
     else:
@@ -342,7 +347,8 @@ def validate_cmd(artifacts, data, labels, limit, batch_size, workers, reference,
 
         plan = prepare_explain(list(artifacts), data, labels=labels, limit=limit, workers=workers, threads=threads,
                                skip_missing=skip_missing, reference=reference, checkpoint=checkpoint,
-                               runtimes=runtimes, skip_bad_images=skip_bad_images, crop_ratio=crop_ratio,
+                               runtimes=runtimes, precisions=precisions, skip_bad_images=skip_bad_images,
+                               crop_ratio=crop_ratio,
                                interpolation=interpolation, mean=mean, std=std)
     result = validate(list(artifacts), data, labels=labels, limit=limit, batch_size=batch_size, workers=workers,
                       reference=reference, checkpoint=checkpoint, gate_top1_drop=gate_top1_drop,

@@ -284,13 +284,14 @@ class _OrtBoundaries(_BoundaryRunner):
 
 
 class _OpenVINOBoundaries(_BoundaryRunner):
-    """OpenVINO (CPU plugin, f32 inference precision): an ONNX via its exposed copy, an IR via
-    `add_outputs` on the ops at the block boundaries."""
+    """OpenVINO (CPU plugin, at the inference precision `hint`, like the run validate scored): an ONNX
+    via its exposed copy, an IR via `add_outputs` on the ops at the block boundaries."""
 
     backend = "openvino"
 
     def __init__(self, path: Path, boundaries: Dict[str, Tuple[str, int]], threads: Optional[int],
-                 onnx_boundaries: Optional[Dict[str, str]] = None, weights: Optional[Dict[str, Any]] = None):
+                 onnx_boundaries: Optional[Dict[str, str]] = None, weights: Optional[Dict[str, Any]] = None,
+                 hint: str = "f32"):
         from lowformer.engines.openvino import check_ir, core, read_model
 
         super().__init__()
@@ -303,7 +304,6 @@ class _OpenVINOBoundaries(_BoundaryRunner):
             by_name = {n: o for o in model.outputs for n in o.get_names()}
             ports = [by_name[outputs[b]] for b in onnx_boundaries]
             self.boundaries = dict(onnx_boundaries)
-            self.variant = "openvino/f32"
         else:
             check_ir(path, weights)
             model = read_model(str(path))
@@ -321,7 +321,7 @@ class _OpenVINOBoundaries(_BoundaryRunner):
             if any(p is None for p in ports) or not added:
                 ports = [logits] + list(model.outputs[1:])
             self.boundaries = dict(boundaries)
-        cfg: Dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        cfg: Dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             cfg["INFERENCE_NUM_THREADS"] = int(threads)
         self._core, self._cfg = core(), cfg
@@ -422,7 +422,17 @@ class ArtifactExplanation:
     reference_top1: Optional[float] = None
     logits_max_abs_vs_artifact: Optional[float] = None
     runtime: Optional[str] = None
+    inference_precision: Optional[str] = None  # OpenVINO's hint for the run (f32 | bf16 | f16)
     date: str = ""
+
+    @property
+    def variant(self) -> Optional[str]:
+        """None for the artifact run as exported; else `openvino/<hint>`, the key it is recorded under
+        (as validate's runs)."""
+        hint = self.inference_precision or "f32"
+        if self.runtime is None and hint == "f32":
+            return None
+        return f"openvino/{hint}"
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON-ready record (the manifest's `facts["explain"]`; lowformer.report reads these keys)."""
@@ -434,7 +444,7 @@ class ArtifactExplanation:
                 "top1": self.top1, "reference_top1": self.reference_top1,
                 "logits_max_abs_vs_artifact": self.logits_max_abs_vs_artifact,
                 "name": self.name, "path": self.path, "backend": self.backend, "precision": self.precision,
-                "runtime": self.runtime}
+                "runtime": self.runtime, "inference_precision": self.inference_precision}
 
     COLUMNS = ["block", "cosine", "rel L2", "SQNR dB", "added dB", "max|Δ|", "flips", "note"]
 
@@ -511,6 +521,7 @@ class _Planned:
     total: int
     unmatched: List[str]
     open: Any  # () -> _BoundaryRunner
+    hint: Optional[str] = None  # OpenVINO's inference precision; None for ONNX Runtime
 
 
 def _refusal(path: Path, entry: Optional[ArtifactEntry], fmt: str) -> str:
@@ -555,12 +566,13 @@ def prepare_explain(artifacts: Sequence[str], data: PathLike, *, labels: Optiona
                     limit: Optional[int] = None, batch_size: int = 25, workers: Optional[int] = None,
                     seed: int = 0, threads: Optional[int] = None, skip_missing: bool = False,
                     reference: Optional[str] = None, checkpoint: Optional[str] = None,
-                    runtimes: Sequence[str] = (), skip_bad_images: bool = False,
+                    runtimes: Sequence[str] = (), precisions: Sequence[str] = (), skip_bad_images: bool = False,
                     crop_ratio: Optional[float] = None, interpolation: Optional[str] = None,
                     mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None) -> ExplainPlan:
     from lowformer.data.imagenet import list_samples, stratified_subset
     from lowformer.engines import resolve_artifacts
-    from lowformer.engines.runtimes import normalize_runtimes
+    from lowformer.engines.openvino import check_precision, effective_precision
+    from lowformer.engines.runtimes import normalize_precisions, normalize_runtimes, run_specs
 
     if batch_size < 1:
         raise LowformerError("batch size must be at least 1")
@@ -572,6 +584,9 @@ def prepare_explain(artifacts: Sequence[str], data: PathLike, *, labels: Optiona
     warnings: List[str] = list(getattr(listed, "warnings", []))
     resolved = resolve_artifacts(list(artifacts), skip_missing, warnings)
     runtimes = normalize_runtimes(runtimes)
+    precisions = normalize_precisions(precisions)
+    for hint in precisions:  # before any work: bf16 / f16 on a CPU without them is refused
+        check_precision(hint)
     refused = []
     items: List[Item] = []
     for p, e, m in resolved:
@@ -601,14 +616,17 @@ def prepare_explain(artifacts: Sequence[str], data: PathLike, *, labels: Optiona
         fmt = e.format if e else _artifacts.format_of(p)
         precision = e.precision if e else "fp32"
         exact = bool(e and e.int8.get("parity_needs_reference_math"))
+        # The runs validate scores: each runtime asked, OpenVINO at each precision asked.
+        specs = [(s.runtime, s.precision or "f32") for s in run_specs(fmt, runtimes, precisions)]
         if fmt == "onnx":
             nodes, logits = _onnx_graph(p)
             bounds, k, unmatched = _match(block_boundaries(nodes, logits), ref_blocks, p, [n for n, _, _ in nodes])
-            for rt in ([r for r in runtimes if r in ("onnxruntime", "openvino")] or ["onnxruntime"]):
+            for rt, hint in specs:
                 if rt == "openvino":
-                    open_ = (lambda p=p, b=bounds: _OpenVINOBoundaries(p, {}, threads, onnx_boundaries=b))
-                    planned.append(_Planned(item, f"{short[p]} (openvino/f32)", precision, "openvino", bounds, k,
-                                            len(ref_blocks), unmatched, open_))
+                    open_ = (lambda p=p, b=bounds, h=hint: _OpenVINOBoundaries(p, {}, threads, onnx_boundaries=b,
+                                                                               hint=h))
+                    planned.append(_Planned(item, f"{short[p]} (openvino/{hint})", effective_precision(precision, hint),
+                                            "openvino", bounds, k, len(ref_blocks), unmatched, open_, hint))
                 else:
                     open_ = (lambda p=p, b=bounds, x=exact: _OrtBoundaries(p, b, threads, x))
                     planned.append(_Planned(item, short[p], precision, None, bounds, k, len(ref_blocks),
@@ -619,8 +637,11 @@ def prepare_explain(artifacts: Sequence[str], data: PathLike, *, labels: Optiona
             ports = {b: (t.rsplit(":", 1)[0], int(t.rsplit(":", 1)[1])) for b, t in raw.items()}
             bounds, k, unmatched = _match(ports, ref_blocks, p, [n for n, _, _ in nodes])
             w = e.fact("weights") if e else None
-            open_ = (lambda p=p, b=bounds, w=w: _OpenVINOBoundaries(p, b, threads, weights=w))
-            planned.append(_Planned(item, short[p], precision, None, bounds, k, len(ref_blocks), unmatched, open_))
+            for _, hint in specs:
+                open_ = (lambda p=p, b=bounds, w=w, h=hint: _OpenVINOBoundaries(p, b, threads, weights=w, hint=h))
+                planned.append(_Planned(item, short[p] if hint == "f32" else f"{short[p]} (openvino/{hint})",
+                                        effective_precision(precision, hint), None, bounds, k, len(ref_blocks),
+                                        unmatched, open_, hint))
     return ExplainPlan(items=items, planned=planned, samples=samples, data=data, listed=listed, held_out=held_out,
                        ref_model=ref_model, ref_name=ref_name, pre=pre, ref_blocks=ref_blocks, warnings=warnings,
                        limit=limit, seed=seed, batch_size=batch_size, threads=threads,
@@ -632,13 +653,15 @@ def explain(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathLi
             limit: Optional[int] = None, batch_size: int = 25, workers: Optional[int] = None, seed: int = 0,
             threads: Optional[int] = None, skip_missing: bool = False, record: bool = True,
             reference: Optional[str] = None, checkpoint: Optional[str] = None, runtimes: Sequence[str] = (),
-            skip_bad_images: bool = False, progress: Progress = no_progress, **preprocessing: Any) -> ExplainResult:
+            precisions: Sequence[str] = (), skip_bad_images: bool = False, progress: Progress = no_progress,
+            **preprocessing: Any) -> ExplainResult:
     """Block-by-block divergence of every artifact from the PyTorch reference, on the images
     `validate` would use (the same stratified subset, calibration images held out). With `record`,
     each artifact's explanation goes into its manifest entry (`facts["explain"]`)."""
     plan = prepare_explain(artifacts, data, labels=labels, limit=limit, batch_size=batch_size, workers=workers,
                            seed=seed, threads=threads, skip_missing=skip_missing, reference=reference,
-                           checkpoint=checkpoint, runtimes=runtimes, skip_bad_images=skip_bad_images, **preprocessing)
+                           checkpoint=checkpoint, runtimes=runtimes, precisions=precisions,
+                           skip_bad_images=skip_bad_images, **preprocessing)
     return plan.run(progress, record)
 
 
@@ -724,7 +747,8 @@ class _Accumulator:
             suggested_exclude=suggestion["blocks"], suggestion=suggestion,
             top1=round(100.0 * self.correct / self.n, 4) if self.n else None,
             reference_top1=round(100.0 * self.ref_correct / self.n, 4) if self.n else None,
-            logits_max_abs_vs_artifact=self.logits_vs_artifact, runtime=p.runtime, date=date)
+            logits_max_abs_vs_artifact=self.logits_vs_artifact, runtime=p.runtime, inference_precision=p.hint,
+            date=date)
 
 
 def _run(plan: ExplainPlan, progress: Progress, record: bool) -> ExplainResult:
@@ -782,8 +806,12 @@ def _run(plan: ExplainPlan, progress: Progress, record: bool) -> ExplainResult:
                         f"{len(plan.samples)}")
     for r in results:
         if r.logits_max_abs_vs_artifact and r.logits_max_abs_vs_artifact > 1e-3:
+            hint = r.inference_precision or "f32"
+            why = ("the runtime fused across a boundary" if hint == "f32" else
+                   f"at {hint}, an exposed tensor changes where OpenVINO rounds; the block figures come from a "
+                   "run that differs that much from the validated one")
             warnings.append(f"{r.name}: exposing the block boundaries changed its logits by up to "
-                            f"{r.logits_max_abs_vs_artifact:.3g}: the runtime fused across a boundary")
+                            f"{r.logits_max_abs_vs_artifact:.3g}: {why}")
     data_info = {**plan.listed.describe(), "images": results[0].images, "limit": plan.limit, "seed": plan.seed,
                  "held_out_calibration_images": len(plan.held_out), "bad_images": bad,
                  "reference": plan.ref_name, "blocks": list(plan.ref_blocks)}
@@ -796,7 +824,7 @@ def _run(plan: ExplainPlan, progress: Progress, record: bool) -> ExplainResult:
 
 def record_explanation(result: ExplainResult) -> None:
     """Each artifact's explanation into its manifest entry: `facts["explain"]` (another runtime's
-    run of it: `facts["explain_runs"]["openvino/f32"]`)."""
+    or precision's run of it: `facts["explain_runs"]["openvino/<hint>"]`)."""
     by_folder: Dict[Path, List[Tuple[ArtifactEntry, ArtifactExplanation]]] = {}
     for (path, entry, _), r in result.items:
         if entry is not None:
@@ -807,9 +835,9 @@ def record_explanation(result: ExplainResult) -> None:
                 target = manifest.entry(entry.path)
                 if target is None:
                     continue
-                if r.runtime:
+                if r.variant:
                     runs = dict(target.facts.get("explain_runs") or {})
-                    runs[f"{r.runtime}/f32"] = r.to_dict()
+                    runs[r.variant] = r.to_dict()
                     target.facts["explain_runs"] = runs
                 else:
                     target.facts["explain"] = r.to_dict()

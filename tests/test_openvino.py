@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_ends_in_error, assert_one_line_error, run_cli
 from lowformer.core.errors import LowformerError
 from lowformer.engines import openvino as ov_engine
 
@@ -342,3 +342,71 @@ def test_cli_export_json_is_pure_with_nncf(tmp_path, images):
     assert int8["int8"]["quantizer"] == "nncf" and int8["int8"]["fake_quantize_nodes"] > 0
     assert int8["calibration"]["count"] == 8 and len(int8["calibration"]["files"]) == 8
     assert int8["parity"]["passed"] and os.path.isfile(tmp_path / "o" / "model_int8.bin")
+
+
+# --- blocks kept at f32 under a bf16 hint, and explain at the precision validated ------------------
+
+
+def _runtime_precisions(xml: Path, hint: str) -> dict:
+    """ONNX node -> the precision OpenVINO's CPU plugin ran the layer made from it in (its runtime model)."""
+    out = {}
+    compiled = ov_engine.core().compile_model(ov_engine.read_model(str(xml)), "CPU",
+                                              {"INFERENCE_PRECISION_HINT": hint})
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        if rt["layerType"].astype(str) in ("Convolution", "Eltwise", "FullyConnected"):
+            for name in rt["originalLayersNames"].astype(str).split(","):
+                out[name] = rt["runtimePrecision"].astype(str)
+    return out
+
+
+@needs_openvino
+def test_keep_f32_marks_the_named_blocks_in_the_ir(tmp_path):
+    from lowformer.export.pipeline import export_model
+
+    result = export_model(TINY, to=("openvino",), image_size=SIZE, out=str(tmp_path / "keep"), keep_f32=["stem"])
+    assert not result.failed
+    entries = {a.path: a for a in _manifest(tmp_path / "keep").artifacts}
+    for name in ("model.xml", "model_fp16.xml"):
+        kept = entries[name].fact("keep_f32")
+        assert kept["blocks"] == ["stem"] and 0 < kept["ops"] <= entries[name].fact("kept_f32_ops")
+    assert entries["model.onnx"].fact("keep_f32") is None
+    if _has("BF16"):  # the mark's effect: the stem's layers run f32 where the unmarked IR's run bf16
+        stem = "/conv_stem/Conv/WithoutBiases"
+        kept = _runtime_precisions(tmp_path / "keep" / "model.xml", "bf16")
+        assert kept[stem] == "f32" and "bf16" in kept.values(), kept
+        plain = _runtime_precisions(tmp_path / "keep" / "model.xml", "f32")
+        assert set(plain.values()) == {"f32"}
+
+
+@needs_openvino
+def test_keep_f32_refusals_are_one_line_and_write_nothing(tmp_path):
+    out = tmp_path / "k"
+    r = run_cli("export", TINY, "--image-size", str(SIZE), "--to", "openvino", "--keep-f32", "stem,nope",
+                "--out", str(out))
+    assert_ends_in_error(r, "--keep-f32 'nope' matches no module")  # after the ONNX it matches against
+    assert not (out / "manifest.json").exists() and not list(out.glob("*.xml"))
+    r = run_cli("export", TINY, "--image-size", str(SIZE), "--keep-f32", "stem", "--out", str(out))
+    assert_one_line_error(r, "--keep-f32 marks blocks of an OpenVINO IR: add --to openvino")
+
+
+@needs_bf16
+def test_explain_runs_at_the_precision_validate_scored(ov_folder, images):
+    from lowformer.explain import explain
+
+    result = explain([str(ov_folder / "model.onnx"), str(ov_folder / "model.xml")], images, workers=0,
+                     runtimes=("openvino",), precisions=("f32", "bf16"))
+    by = {a.name: a for a in result.artifacts}
+    assert set(by) == {"model.onnx (openvino/f32)", "model.onnx (openvino/bf16)", "model.xml",
+                       "model.xml (openvino/bf16)"}, list(by)
+    for name in ("model.onnx", "model.xml"):
+        f32 = by[name if name.endswith(".xml") else f"{name} (openvino/f32)"]
+        bf16 = by[f"{name} (openvino/bf16)"]
+        assert (f32.precision, bf16.precision, bf16.inference_precision) == ("fp32", "bf16", "bf16")
+        assert bf16.tolerance["sqnr_db"] == 25.0  # the bf16 floor, not fp32's
+        # bf16 keeps 8 mantissa bits: its logits sit tens of dB below the f32 run's
+        assert bf16.blocks[-1]["sqnr_db"] < f32.blocks[-1]["sqnr_db"] - 20, (bf16.blocks[-1], f32.blocks[-1])
+    m = _manifest(ov_folder)
+    assert set(m.entry("model.onnx").fact("explain_runs")) == {"openvino/f32", "openvino/bf16"}
+    assert m.entry("model.xml").fact("explain")["precision"] == "fp32"
+    assert set(m.entry("model.xml").fact("explain_runs")) == {"openvino/bf16"}

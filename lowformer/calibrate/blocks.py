@@ -83,8 +83,10 @@ def match_module(path: str, pattern: str) -> bool:
     return fnmatch.fnmatchcase(path, pattern) or fnmatch.fnmatchcase(path, pattern + ".*")
 
 
-def nodes_matching(node_names: Sequence[str], patterns: Iterable[str], strict: bool = True) -> List[str]:
-    """Nodes whose module path matches any glob, or whose block is named (e.g. `head`)."""
+def nodes_matching(node_names: Sequence[str], patterns: Iterable[str], strict: bool = True,
+                   option: str = "--exclude") -> List[str]:
+    """Nodes whose module path matches any glob, or whose block is named (e.g. `head`); with `strict`,
+    a pattern matching nothing is an error naming `option`."""
     patterns = [p.strip() for p in patterns if p and p.strip()]
     if not patterns:
         return []
@@ -99,7 +101,7 @@ def nodes_matching(node_names: Sequence[str], patterns: Iterable[str], strict: b
                 break
     unused = [p for p in patterns if p not in used]
     if strict and unused:
-        raise LowformerError(f"--exclude {unused[0]!r} matches no module of the model "
+        raise LowformerError(f"{option} {unused[0]!r} matches no module of the model "
                              f"(module paths look like {_example(blocks)})")
     return out
 

@@ -84,6 +84,14 @@ def normalize_precision(precision: Optional[str]) -> str:
     return p
 
 
+def effective_precision(artifact_precision: str, hint: str) -> str:
+    """What an artifact's run is gated as: an INT8 model stays int8 under any hint; a float one runs
+    at the hint's precision (bf16, fp16), or its own at f32."""
+    if artifact_precision == "int8":
+        return "int8"
+    return _EFFECTIVE.get(hint, artifact_precision)
+
+
 def cpu_capabilities() -> List[str]:
     """The CPU plugin's OPTIMIZATION_CAPABILITIES here (e.g. FP32, BF16, FP16, INT8)."""
     return [str(c) for c in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
@@ -232,7 +240,7 @@ class OpenVINORunner(Runner):
         self.artifact_precision = precision
         inp = self.model.inputs[0]
         spec = InputSpec(inp.get_any_name(), _dims(inp.get_partial_shape()), "float32")
-        super().__init__(spec, _EFFECTIVE.get(self.hint, precision) if precision != "int8" else "int8",
+        super().__init__(spec, effective_precision(precision, self.hint),
                          device, threads, str(p))
         self.provider = f"cpu/{self.hint}"  # the CPU plugin, at this inference precision
         self._ov_version = ov.get_version()

@@ -31,7 +31,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -43,6 +43,10 @@ from lowformer.engines.openvino import core, openvino_module, read_model, weight
 
 log = logging.getLogger(__name__)
 
+# The rt_info key OpenVINO writes as the IR attribute `DisablePrecisionConversion`, which the CPU
+# plugin honours; set as a string from Python it is only read back as that attribute from an IR.
+KEEP_PRECISION_KEY = "precise_0"
+KEPT_ATTRIBUTE = "DisablePrecisionConversion"
 QUANTIZERS = ("nncf", "qdq")
 DEFAULT_QUANTIZER = "qdq"  # faster than NNCF on LowFormer-B1 and as accurate on EfficientNet-Lite0 (module doc)
 _NNCF_INSTALL = "NNCF is not installed: pip install 'lowformer[openvino]' (or: pip install nncf)"
@@ -61,13 +65,15 @@ def ir_facts(xml: Path) -> Dict[str, Any]:
     bin_path = weights_path(xml)
     model = core().read_model(str(xml))
     ops: Dict[str, int] = {}
+    kept = 0
     for op in model.get_ordered_ops():
         t = op.get_type_name()
         if t not in ("Constant", "Parameter", "Result"):
             ops[t] = ops.get(t, 0) + 1
+        kept += any(str(k).startswith(KEPT_ATTRIBUTE) for k in op.get_rt_info().keys())
     return {"weights": {"path": bin_path.name, "size": bin_path.stat().st_size, "sha256": sha256_file(bin_path)},
             "openvino": str(openvino_module().get_version()), "ops": dict(sorted(ops.items())),
-            "machine": machine_facts()}
+            "kept_f32_ops": kept, "machine": machine_facts()}
 
 
 def save_ir(model: Any, xml: Path, compress_to_fp16: bool = False) -> Dict[str, Any]:
@@ -92,16 +98,26 @@ def save_ir(model: Any, xml: Path, compress_to_fp16: bool = False) -> Dict[str, 
     return ir_facts(xml)
 
 
-def convert_onnx(src: Path, xml: Path, compress_to_fp16: bool = False) -> Dict[str, Any]:
+def convert_onnx(src: Path, xml: Path, compress_to_fp16: bool = False, keep_f32: Sequence[str] = ()) -> Dict[str, Any]:
     """An ONNX artifact as IR; FP16 compresses the weights only (they are decompressed to the
-    inference precision at compile time).
+    inference precision at compile time). The ops of the `keep_f32` blocks stay f32 under a bf16/f16
+    hint (`mark_keep_f32`; a block that matches nothing is an error).
 
     The model is read by OpenVINO's ONNX frontend (`Core.read_model`), which is what
     `openvino.convert_model` runs for an ONNX file, without convert_model's telemetry: that forks a
     process to post usage data (unless the user opted out), which hung the export here whenever the
     fork caught a resolver lock held by another thread, and lowformer sends nothing anywhere."""
-    facts = save_ir(read_model(str(src)), xml, compress_to_fp16)
-    return {**facts, "source": Path(src).name, "compressed_weights": "fp16" if compress_to_fp16 else None}
+    model = read_model(str(src))
+    marked = mark_keep_f32(model, keep_f32) if keep_f32 else 0
+    facts = save_ir(model, xml, compress_to_fp16)
+    # Fewer marks read back: this OpenVINO spells the mark otherwise (FP16 compression adds marked Converts).
+    if facts["kept_f32_ops"] < marked:
+        raise LowformerError(f"{Path(xml).name}: {marked} op(s) marked to stay f32, {facts['kept_f32_ops']} "
+                             f"carry the mark in the IR (OpenVINO {openvino_module().get_version()})")
+    out = {**facts, "source": Path(src).name, "compressed_weights": "fp16" if compress_to_fp16 else None}
+    if keep_f32:
+        out["keep_f32"] = {"blocks": list(keep_f32), "ops": marked}
+    return out
 
 
 @contextlib.contextmanager
@@ -146,7 +162,7 @@ class _Relay(logging.Handler):
         log.log(record.levelno, "NNCF: %s", record.getMessage())
 
 
-def ignored_names(model: Any, exclude: Sequence[str]) -> List[str]:
+def ignored_names(model: Any, exclude: Sequence[str], strict: bool = True, option: str = "--exclude") -> List[str]:
     """The OpenVINO model's ops inside the modules `exclude` names (globs, or blocks like `head`).
 
     Ops converted from ONNX keep the node names (a convolution's bias split off is `<name>/WithoutBiases`
@@ -157,8 +173,25 @@ def ignored_names(model: Any, exclude: Sequence[str]) -> List[str]:
         return []
     names = [op.get_friendly_name() for op in model.get_ordered_ops()]
     base = {n: n[: -len("/WithoutBiases")] if n.endswith("/WithoutBiases") else n for n in names}
-    matched = set(nodes_matching(list(dict.fromkeys(base.values())), exclude))
+    matched = set(nodes_matching(list(dict.fromkeys(base.values())), exclude, strict, option))
     return [n for n in names if base[n] in matched]
+
+
+def keep_f32_blocks(keep_f32: Optional[Sequence[str]]) -> Tuple[str, ...]:
+    """The blocks a float IR keeps at f32, each item one or comma-separated (`none`, None or nothing:
+    none, OpenVINO's default)."""
+    blocks = tuple(dict.fromkeys(b.strip() for item in keep_f32 or () for b in str(item).split(",") if b.strip()))
+    return () if blocks == ("none",) else blocks
+
+
+def mark_keep_f32(model: Any, blocks: Sequence[str]) -> int:
+    """Mark the ops of `blocks` so the CPU plugin leaves them at f32 under a bf16/f16 hint; the count.
+    The mark takes effect once the IR is written and read back (save_ir; `ir_facts` counts it)."""
+    names = set(ignored_names(model, blocks, option="keep_f32"))
+    for op in model.get_ordered_ops():
+        if op.get_friendly_name() in names:
+            op.get_rt_info()[KEEP_PRECISION_KEY] = ""
+    return len(names)
 
 
 def nncf_quantize(src: Path, xml: Path, preprocessing: Preprocessing, calib_data: Optional[str] = None,

@@ -335,16 +335,20 @@ class Exporter:
                                                  compile_aoti(program, package, device, dynamic, path.name)))
         return entries
 
-    def openvino(self, int8: bool = False, quantizer: str = "qdq", **calib: Any) -> List[ArtifactEntry]:
-        """model.xml (FP32 IR) and model_fp16.xml (FP16-compressed weights) from model.onnx; with
+    def openvino(self, int8: bool = False, quantizer: str = "qdq", keep_f32: Optional[Sequence[str]] = None,
+                 **calib: Any) -> List[ArtifactEntry]:
+        """model.xml (FP32 IR) and model_fp16.xml (FP16-compressed weights) from model.onnx, the
+        `keep_f32` blocks marked to stay f32 under a bf16/f16 hint (none by default); with
         `int8`, model_int8.xml: NNCF's (quantizer nncf) or the Q/DQ ONNX converted (quantizer qdq)."""
-        from lowformer.export.openvino import convert_onnx, nncf_quantize
+        from lowformer.export.openvino import convert_onnx, keep_f32_blocks, nncf_quantize
 
         src = self.ensure_onnx()
+        keep = keep_f32_blocks(keep_f32)
         entries = []
         for precision, compress in (("fp32", False), ("fp16", True)):
             path = self.path("openvino", precision)
-            entries.append(self.check_and_record(path, "openvino", precision, convert_onnx(src, path, compress)))
+            facts = convert_onnx(src, path, compress, keep)
+            entries.append(self.check_and_record(path, "openvino", precision, facts))
         if int8:
             path = self.path("openvino", "int8")
             if quantizer == "nncf":
@@ -378,11 +382,15 @@ def export_model(model: str, to: Sequence[str] = ("onnx",), fp16: bool = False, 
                  checkpoint: Optional[str] = None, image_size: int = 224, batch_size: Optional[int] = None,
                  opset: int = 17, out: Optional[str] = None, do_fuse: bool = True, data: Optional[str] = None,
                  calib: Optional[Dict[str, Any]] = None, trt_build: Optional[Dict[str, Any]] = None,
-                 progress: Progress = no_progress, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> ExportResult:
-    """Export `model` to every target in `to` (torchscript, onnx, trt) and check each artifact's parity."""
+                 progress: Progress = no_progress, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+                 keep_f32: Optional[Sequence[str]] = None) -> ExportResult:
+    """Export `model` to every target in `to` (torchscript, onnx, trt, pt2, openvino) and check each
+    artifact's parity. `keep_f32`: the blocks OpenVINO IRs keep at f32 under a bf16/f16 hint."""
     unknown = [t for t in to if t not in TARGETS]
     if unknown or not to:
         raise LowformerError(f"targets must be among {', '.join(TARGETS)}")
+    if keep_f32 is not None and "openvino" not in to:
+        raise LowformerError("keep_f32 marks blocks of an OpenVINO IR: add --to openvino")
     if int8 and not (calib or {}).get("calib_data"):
         raise LowformerError("INT8 needs calibration images (calib_data)")
     if fp16 and int8 and "trt" in to:
@@ -419,7 +427,7 @@ def export_model(model: str, to: Sequence[str] = ("onnx",), fp16: bool = False, 
                     if int8 and quantizer != "nncf":
                         ex.int8(**calib)
                 if "openvino" in to:
-                    ex.openvino(int8, quantizer or "qdq", **calib)
+                    ex.openvino(int8, quantizer or "qdq", keep_f32, **calib)
             ex.commit(lock_timeout=lock_timeout)
         finally:
             ex.staging.discard()
