@@ -162,7 +162,7 @@ class _Relay(logging.Handler):
         log.log(record.levelno, "NNCF: %s", record.getMessage())
 
 
-def ignored_names(model: Any, exclude: Sequence[str], strict: bool = True, option: str = "--exclude") -> List[str]:
+def ignored_names(model: Any, exclude: Sequence[str], option: str = "--exclude") -> List[str]:
     """The OpenVINO model's ops inside the modules `exclude` names (globs, or blocks like `head`).
 
     Ops converted from ONNX keep the node names (a convolution's bias split off is `<name>/WithoutBiases`
@@ -173,7 +173,7 @@ def ignored_names(model: Any, exclude: Sequence[str], strict: bool = True, optio
         return []
     names = [op.get_friendly_name() for op in model.get_ordered_ops()]
     base = {n: n[: -len("/WithoutBiases")] if n.endswith("/WithoutBiases") else n for n in names}
-    matched = set(nodes_matching(list(dict.fromkeys(base.values())), exclude, strict, option))
+    matched = set(nodes_matching(list(dict.fromkeys(base.values())), exclude, option=option))
     return [n for n in names if base[n] in matched]
 
 
