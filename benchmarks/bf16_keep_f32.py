@@ -21,9 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
-
-from isolated import JobFailed, combine, drift_note, interleaved
+from openvino_speed import time_jobs
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LOWFORMER_SHARED", REPO.parent / "shared"))
@@ -68,8 +66,6 @@ def export_sets(out: Path, image_size: int) -> Dict[Tuple[str, str], Path]:
 def time_sets(folders: Dict[Tuple[str, str], Path], batches: Sequence[int], threads: int, rounds: int,
               seconds: Dict[int, float], image_size: int) -> Dict[str, Dict[str, Dict[str, Any]]]:
     """batch -> run name -> stats: every keep set at bf16, and each model's unmarked IR at f32."""
-    from lowformer.core.errors import LowformerError
-
     runs = [(f"{m.split(':')[-1]} {label} (bf16)", folders[(m, label)], "bf16") for m, label, _ in KEEP_SETS]
     runs += [(f"{m.split(':')[-1]} (f32)", folders[(m, label)], "f32") for m, label, keep in KEEP_SETS if not keep]
     jobs = [(name, "openvino_speed:open_variant", dict(path=str(folder / "model.xml"), runtime=None,
@@ -77,19 +73,7 @@ def time_sets(folders: Dict[Tuple[str, str], Path], batches: Sequence[int], thre
             for name, folder, hint in runs]
     log(f"timing {len(jobs)} runs at batch {', '.join(map(str, batches))}, {threads} threads, {rounds} "
         "interleaved rounds per batch size ...")
-    done = interleaved(jobs, batches, rounds, seconds, max_calls=400)
-    results: Dict[str, Dict[str, Dict[str, Any]]] = {str(b): {} for b in batches}
-    for name, value in done.items():
-        if isinstance(value, JobFailed):
-            raise LowformerError(f"{name}: {value}")
-        for b in batches:
-            stats = combine([v["wall_ms"] for v in value[b]])
-            results[str(b)][name] = {**stats, "cpu_median_ms": float(np.median(np.concatenate(
-                [v["cpu_ms"] for v in value[b]]))), **value["facts"]}
-            note = drift_note(stats)
-            if note:
-                results[str(b)][name]["warning"] = note
-    return results
+    return time_jobs(jobs, list(batches), rounds, seconds)
 
 
 def accuracy(folders: Dict[Tuple[str, str], Path], data: str, limit: Optional[int]) -> Dict[str, Any]:

@@ -97,13 +97,20 @@ def time_variants(out: Path, batches: List[int], threads: int, rounds: int, seco
                   image_size: int, names: List[str]) -> Dict[str, Dict[str, Dict[str, Any]]]:
     """Every variant in its own worker process, timed in `rounds` interleaved rounds per batch size
     (benchmarks/isolated.py); batch -> variant -> stats."""
-    from lowformer.core.errors import LowformerError
-
     jobs = [(name, "openvino_speed:open_variant",
              dict(path=str(out / f), runtime=runtime, precision=precision, threads=threads, image_size=image_size))
             for name, f, runtime, precision, _ in VARIANTS if name in names]
     log(f"timing {len(jobs)} variants at batch {', '.join(map(str, batches))}, {threads} threads: {rounds} "
         f"interleaved rounds per batch size, each variant in its own process ...")
+    return time_jobs(jobs, batches, rounds, seconds)
+
+
+def time_jobs(jobs: List[Tuple[str, str, Dict[str, Any]]], batches: List[int], rounds: int,
+              seconds: Dict[int, float]) -> Dict[str, Dict[str, Dict[str, Any]]]:
+    """isolated.interleaved over `jobs`, then per batch size and job: the combined stats, the median
+    process CPU time, the runner's facts and a drift warning; a failed job is one error line."""
+    from lowformer.core.errors import LowformerError
+
     done = interleaved(jobs, batches, rounds, seconds, max_calls=400)
     results: Dict[str, Dict[str, Dict[str, Any]]] = {str(b): {} for b in batches}
     for name, value in done.items():
