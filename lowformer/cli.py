@@ -203,8 +203,9 @@ def info_cmd(model: str, checkpoint: Optional[str], image_size: int, as_json: bo
                    "for --target tensorrt/openvino); prints every candidate tried.")
 @click.option("--gate-top1-drop", type=float, default=1.0, show_default=True, help="INT8 --auto-exclude gate (points).")
 @click.option("--keep-f32", "keep_f32", multiple=True, metavar="BLOCK",
-              help="OpenVINO IR: keep these blocks (or module globs, e.g. 'stem', 'blocks.1.*') at f32 when the "
-                   "IR runs at --precision bf16/f16: fewer flips for some speed (README) [default: none].")
+              help="Float OpenVINO IRs (model.xml, model_fp16.xml): keep these blocks (or module globs, e.g. "
+                   "'stem', 'blocks.1.*') at f32 when the IR runs at --precision bf16/f16: fewer flips for some "
+                   "speed (README) [default: none].")
 @click.option("--min-batch", type=click.IntRange(1), help="TensorRT profile [default: the ONNX's fixed batch, else 1].")
 @click.option("--opt-batch", type=click.IntRange(1), help="TensorRT profile [default: the fixed batch, else --min-batch].")
 @click.option("--max-batch", type=click.IntRange(1), help="TensorRT profile [default: the fixed batch, else 32].")

@@ -571,8 +571,8 @@ def prepare_explain(artifacts: Sequence[str], data: PathLike, *, labels: Optiona
                     mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None) -> ExplainPlan:
     from lowformer.data.imagenet import list_samples, stratified_subset
     from lowformer.engines import resolve_artifacts
-    from lowformer.engines.openvino import check_precision, effective_precision
-    from lowformer.engines.runtimes import normalize_precisions, normalize_runtimes, run_specs
+    from lowformer.engines.openvino import effective_precision
+    from lowformer.engines.runtimes import check_applicable, normalize_precisions, normalize_runtimes, run_specs
 
     if batch_size < 1:
         raise LowformerError("batch size must be at least 1")
@@ -585,8 +585,8 @@ def prepare_explain(artifacts: Sequence[str], data: PathLike, *, labels: Optiona
     resolved = resolve_artifacts(list(artifacts), skip_missing, warnings)
     runtimes = normalize_runtimes(runtimes)
     precisions = normalize_precisions(precisions)
-    for hint in precisions:  # before any work: bf16 / f16 on a CPU without them is refused
-        check_precision(hint)
+    # before any work, as validate: options that run nothing, bf16 / f16 on a CPU without them
+    check_applicable([e.format if e else _artifacts.format_of(p) for p, e, _ in resolved], runtimes, precisions)
     refused = []
     items: List[Item] = []
     for p, e, m in resolved:

@@ -361,7 +361,7 @@ def _runtime_precisions(xml: Path, hint: str) -> dict:
 
 
 @needs_openvino
-def test_keep_f32_marks_the_named_blocks_in_the_ir(tmp_path):
+def test_keep_f32_marks_the_named_blocks_in_the_ir(tmp_path, ov_export):
     from lowformer.export.pipeline import export_model
 
     result = export_model(TINY, to=("openvino",), image_size=SIZE, out=str(tmp_path / "keep"), keep_f32=["stem"])
@@ -371,12 +371,11 @@ def test_keep_f32_marks_the_named_blocks_in_the_ir(tmp_path):
         kept = entries[name].fact("keep_f32")
         assert kept["blocks"] == ["stem"] and 0 < kept["ops"] <= entries[name].fact("kept_f32_ops")
     assert entries["model.onnx"].fact("keep_f32") is None
-    if _has("BF16"):  # the mark's effect: the stem's layers run f32 where the unmarked IR's run bf16
+    if _has("BF16"):  # the mark's effect: the stem runs f32 where the same model's unmarked IR runs it bf16
         stem = "/conv_stem/Conv/WithoutBiases"
         kept = _runtime_precisions(tmp_path / "keep" / "model.xml", "bf16")
         assert kept[stem] == "f32" and "bf16" in kept.values(), kept
-        plain = _runtime_precisions(tmp_path / "keep" / "model.xml", "f32")
-        assert set(plain.values()) == {"f32"}
+        assert _runtime_precisions(ov_export / "model.xml", "bf16")[stem] == "bf16"
 
 
 @needs_openvino
@@ -410,3 +409,9 @@ def test_explain_runs_at_the_precision_validate_scored(ov_folder, images):
     assert set(m.entry("model.onnx").fact("explain_runs")) == {"openvino/f32", "openvino/bf16"}
     assert m.entry("model.xml").fact("explain")["precision"] == "fp32"
     assert set(m.entry("model.xml").fact("explain_runs")) == {"openvino/bf16"}
+
+
+@needs_openvino
+def test_explain_refuses_a_precision_no_run_uses_before_any_work(ov_folder, images):
+    r = run_cli("validate", str(ov_folder / "model.onnx"), "--data", str(images), "--precision", "bf16", "--explain")
+    assert_one_line_error(r, "precision bf16 is a setting of the OpenVINO runtime")

@@ -389,7 +389,7 @@ def export_model(model: str, to: Sequence[str] = ("onnx",), fp16: bool = False, 
     unknown = [t for t in to if t not in TARGETS]
     if unknown or not to:
         raise LowformerError(f"targets must be among {', '.join(TARGETS)}")
-    if keep_f32 is not None and "openvino" not in to:
+    if keep_f32 and "openvino" not in to:
         raise LowformerError("keep_f32 marks blocks of an OpenVINO IR: add --to openvino")
     if int8 and not (calib or {}).get("calib_data"):
         raise LowformerError("INT8 needs calibration images (calib_data)")
