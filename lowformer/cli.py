@@ -192,10 +192,12 @@ def info_cmd(model: str, checkpoint: Optional[str], image_size: int, as_json: bo
               help="INT8 flavour: cpu (u8 activations, x86 VNNI), tensorrt (symmetric s8) or openvino (for "
                    "OpenVINO's CPU plugin: symmetric s8 Q/DQ, or NNCF's; with --to openvino also as IR).")
 @click.option("--quantizer", type=click.Choice(["qdq", "nncf"]),
-              help="INT8 with --target openvino: qdq (default: our Q/DQ ONNX) or nncf (needs --to openvino).")
+              help="INT8 with --target openvino: qdq (our Q/DQ ONNX, also as IR) or nncf (IR only, needs --to "
+                   "openvino) [default: qdq; nncf for an IR with 7-bit weights (--weight-bits), see README].")
 @click.option("--weight-bits", default="auto", show_default=True, type=click.Choice(["auto", "7", "8"]),
-              help="INT8 weights: auto = for --target cpu 7-bit on an x86 CPU without VNNI/AMX (ORT's u8 x s8 "
-                   "kernels saturate there), else 8-bit; give 7 for an artifact bound for such a CPU.")
+              help="INT8 weights of the x86 targets (cpu, openvino Q/DQ, NNCF's overflow fix): auto = 7-bit when "
+                   "this CPU has no VNNI/AMX (its u8 x s8 kernels saturate), else 8-bit; give 7 for an artifact "
+                   "bound for such a CPU. --target tensorrt: 8-bit.")
 @click.option("--exclude", multiple=True, help="INT8: keep modules matching this glob in float (e.g. 'stages.3.*.attn').")
 @click.option("--auto-exclude", is_flag=True,
               help="INT8: keep blocks in float until the gate holds, choosing the fastest set found: blocks ranked "

@@ -23,13 +23,13 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from lowformer.artifacts import ArtifactEntry, Manifest, ValidationRecord
 from lowformer.core.errors import LowformerError
 from lowformer.core.files import PathLike, atomic_path
+from lowformer.verdict import IMAGENET_CLASSES, folder_order_labels
 
 log = logging.getLogger(__name__)
 
 THUMBNAIL_PX = 96
 # Formats `validate --explain` does not take apart (lowformer.explain.UNEXPLAINABLE, by format name).
 NOT_EXPLAINED = ("torchscript", "tensorrt", "pt2", "aoti")
-IMAGENET_CLASSES = 1000
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px;color:#1d1d1f;max-width:1400px}
@@ -285,21 +285,12 @@ ARTIFACT_COLUMNS = ["model", "artifact", "format", "precision", "size", "export 
                     "validation gate", "verdict", "latency (median, per runtime / precision / batch)"]
 
 
-def _folder_order_labels(manifest: Manifest, v: Optional[ValidationRecord]) -> bool:
-    """Validated on class folders that are not ImageNet wnids with an ImageNet model: the labels are
-    folder order, so its top-1 means nothing (the demo's generated images)."""
-    return (v is not None and manifest.num_classes == IMAGENET_CLASSES
-            and (v.label_source or "").startswith("sorted folder order"))
-
-
 def _verdict_cell(f: FolderData, e: ArtifactEntry, v: Optional[ValidationRecord]) -> str:
     """lowformer.verdict's one verdict, from the file's export check and this validation (as the demo
     decides)."""
-    from lowformer.verdict import decide
+    from lowformer.verdict import artifact_verdict
 
-    parity = e.parity.passed if e.parity is not None else None
-    verdict = decide(e.precision, parity, v.to_dict() if v else None,
-                     real_labels=v is not None and not _folder_order_labels(f.manifest, v))
+    verdict = artifact_verdict(f.manifest, e, v)  # v None only for an entry without a validation
     cls = {"pass": "pass", "fail": "fail"}.get(verdict.status, "note")
     return (f'<td class="verdict {cls}" title="{_e(verdict.reason)}">{_e(verdict)}'
             f"<br><small>{_e(verdict.reason)}</small></td>")
@@ -343,7 +334,7 @@ def _artifact_table(data: ReportData) -> str:
     if not rows:
         return '<p class="note">No artifacts in these folders.</p>'
     unlabelled = sorted({f.name for f in data.folders for e in f.manifest.artifacts
-                         if _folder_order_labels(f.manifest, e.validation)})
+                         if folder_order_labels(f.manifest, e.validation)})
     note = (f'<p class="note" id="labels-note">{_e(", ".join(unlabelled))}: validated on images whose labels are '
             "class-folder order, not ImageNet classes: top-1, Δ top-1 and McNemar p measure nothing there; "
             "agreement, the flipped images and logit cosine still compare the artifact with its reference.</p>"

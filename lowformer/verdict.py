@@ -10,8 +10,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional
 
+from lowformer.artifacts import ArtifactEntry, Manifest, ValidationRecord
+
 PASS, FAIL, UNDECIDED = "pass", "fail", "not decided"
 EXPORT_CHECK, VALIDATION = "export check", "validation"
+IMAGENET_CLASSES = 1000
 
 
 @dataclass(frozen=True)
@@ -49,3 +52,19 @@ def decide(precision: str, export_check_passed: Optional[bool], validation: Opti
         why = "accuracy gates not applied: generated images" if validation else "not validated"
         return Verdict(PASS, EXPORT_CHECK, f"logit parity holds; {why}")
     return Verdict(UNDECIDED, None, "no export check recorded and no validation on labelled images")
+
+
+def folder_order_labels(manifest: Manifest, v: Optional[ValidationRecord]) -> bool:
+    """Validated on class folders that are not ImageNet wnids with an ImageNet model: the labels are
+    folder order, so its top-1 means nothing (the demo's generated images)."""
+    return (v is not None and manifest.num_classes == IMAGENET_CLASSES
+            and (v.label_source or "").startswith("sorted folder order"))
+
+
+def artifact_verdict(manifest: Manifest, entry: ArtifactEntry,
+                     validation: Optional[ValidationRecord] = None) -> Verdict:
+    """The verdict of a manifest entry from its export check and `validation` (default: its own)."""
+    v = entry.validation if validation is None else validation
+    parity = entry.parity.passed if entry.parity is not None else None
+    return decide(entry.precision, parity, v.to_dict() if v else None,
+                  real_labels=v is not None and not folder_order_labels(manifest, v))

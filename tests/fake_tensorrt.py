@@ -9,11 +9,26 @@ has no BuilderFlag.FP16/INT8, a strongly typed network rejects precision flags, 
 deserializes with the TensorRT version that built it, inspector JSON is "Layers" + "Bindings" (10.x)
 or "I/O Tensors" (11.x) with `[ONNX Layer: ...]` metadata joined by \\x1e.
 
-Simplified, because the real work needs a GPU: the "engine" (and what build_serialized_network returns,
-bytes rather than IHostMemory) is a JSON plan. Running it reads the input buffer from its address (CPU memory in
-tests, through ctypes) and writes logits[b, k] = mean(x[b, k % C]) * (k + 1), so the runner glue
-(shapes, addresses, dtypes) is checked against real numbers. It says nothing about real GPU speed
-or accuracy.
+What the fake returns behaves like what TensorRT returns (tests/test_tensorrt_bindings.py checks every
+return value against the real signatures, and the protocols of these classes against the real ones):
+  * IHostMemory (build_serialized_network, ITimingCache.serialize): the buffer protocol (`bytes(m)`,
+    `memoryview(m)`, `file.write(m)`) and `nbytes` / `dtype` (UINT8); no len(), indexing, iteration,
+    comparison with bytes or bytes methods, as in TensorRT. Simplified: on Python < 3.12 a pure-Python
+    class cannot offer the buffer protocol, so it is a ctypes structure and its memoryview is
+    0-dimensional (TensorRT's is 1-D): use `bytes(m)` / `m.nbytes`, not `len(memoryview(m))`.
+  * Dims (get_tensor_shape, get_tensor_profile_shape): len(), indexing (negative indices, plain
+    slices give a tuple), iteration through indexing, `==` with a list or tuple only (anything else
+    raises TypeError, as pybind does), unhashable, printed as a tuple; no arithmetic.
+  * enums are pybind-like, not IntEnum: `DataType.FLOAT == 0` is False, `int(x)` works, `1 << x` does
+    not, `str(x)` is "DataType.FLOAT", the enum classes are not iterable; no ordering (TensorRT orders
+    a few, BuilderFlag among them: the fake is stricter there). ErrorCode (from ParserError.code()) has
+    `name` as a method before 10.16 (seen in the 10.3, 10.4, 10.9 and 10.13-10.15 bindings wheels) and
+    a property from 10.16 on.
+
+Simplified, because the real work needs a GPU: the "engine" (inside the IHostMemory) is a JSON plan.
+Running it reads the input buffer from its address (CPU memory in tests, through ctypes) and writes
+logits[b, k] = mean(x[b, k % C]) * (k + 1), so the runner glue (shapes, addresses, dtypes) is
+checked against real numbers. It says nothing about real GPU speed or accuracy.
 """
 from __future__ import annotations
 
@@ -29,9 +44,48 @@ MAGIC = b"FAKETRT1"
 _FUSABLE = {"Relu", "Add", "Sigmoid", "Mul", "HardSwish", "Clip", "BatchNormalization"}
 
 
-def _enum(name: str, members: Dict[str, int]):
-    """An enum with the real members' integer values (pybind enums convert with int())."""
-    return enum.IntEnum(name, members)
+class _PybindEnumType(enum.EnumMeta):
+    """A pybind11 enum class is not a container: no iteration, len(), `in` or `Cls["NAME"]`."""
+
+    __iter__ = __reversed__ = __len__ = __contains__ = __getitem__ = None
+
+
+class _PybindEnum(enum.Enum, metaclass=_PybindEnumType):
+    """A pybind11 enum value: converts with int() (and indexes), equals only a value of its own enum
+    (`DataType.FLOAT == 0` is False), hashes as its int, no ordering or arithmetic; str() is "Cls.NAME",
+    `.name` / `.value` as in pybind11 >= 3 (TensorRT >= 10.16)."""
+
+    def __int__(self):
+        return self._value_
+
+    def __index__(self):
+        return self._value_
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self._value_ == other._value_
+
+    def __ne__(self, other):
+        return not self == other
+
+    def __hash__(self):
+        return hash(self._value_)
+
+
+class _PybindEnumNameMethod(_PybindEnum):
+    """Older pybind11 enums (ErrorCode before TensorRT 10.16): `name` is a method, x.name() the string."""
+
+    def name(self):
+        return self._name_
+
+
+def _enum(name: str, members: Dict[str, int], base=_PybindEnum):
+    """An enum with the real members' integer values, behaving as the pybind11 enum does."""
+    return base(name, members)
+
+
+def _buffer_bytes(buffer) -> bytes:
+    """The bytes of anything with the buffer protocol; TypeError otherwise, as pybind's `buffer` argument."""
+    return memoryview(buffer).tobytes()
 
 
 def make_fake_tensorrt(version: str = "10.9.0.34", unsupported_ops: Optional[set] = None,
@@ -84,7 +138,94 @@ def make_fake_tensorrt(version: str = "10.9.0.34", unsupported_ops: Optional[set
     trt.TensorIOMode = _enum("TensorIOMode", {"NONE": 0, "INPUT": 1, "OUTPUT": 2})
     trt.DataType = _enum("DataType", {"FLOAT": 0, "HALF": 1, "INT8": 2, "INT32": 3, "BOOL": 4, "UINT8": 5, "FP8": 6,
                                       "BF16": 7, "INT64": 8})
+    minor = int(version.split(".")[1])
+    trt.ErrorCode = _enum("ErrorCode", {"SUCCESS": 0, "INTERNAL_ERROR": 1, "MEM_ALLOC_FAILED": 2,
+                                        "MODEL_DESERIALIZE_FAILED": 3, "INVALID_VALUE": 4, "INVALID_GRAPH": 5,
+                                        "INVALID_NODE": 6, "UNSUPPORTED_GRAPH": 7, "UNSUPPORTED_NODE": 8,
+                                        "UNSUPPORTED_NODE_ATTR": 9, "UNSUPPORTED_NODE_INPUT": 10,
+                                        "UNSUPPORTED_NODE_DATATYPE": 11, "UNSUPPORTED_NODE_DYNAMIC": 12,
+                                        "UNSUPPORTED_NODE_SHAPE": 13, "REFIT_FAILED": 14},
+                          _PybindEnumNameMethod if (major, minor) < (10, 16) else _PybindEnum)
     precision_flags = {"FP16", "INT8", "BF16"}
+
+    # ------------------------------------------------------------------ what methods return
+    class Dims:
+        """What TensorRT returns for a shape (tensorrt.Dims): a fixed-length sequence of ints.
+
+        As the real class: len(), indexing (negative indices; a plain slice gives a tuple), iteration
+        through indexing, item assignment, `==` with a list or tuple only (TypeError otherwise),
+        unhashable, printed as a tuple. No arithmetic, no ==/hash with another Dims.
+        """
+
+        MAX_DIMS = 8
+
+        def __init__(self, shape=()):
+            if isinstance(shape, (str, bytes)):
+                raise TypeError("__init__(): incompatible constructor arguments (shape: a sequence of int)")
+            values = [int(d) for d in shape]
+            if len(values) > self.MAX_DIMS:
+                raise ValueError(f"Input length {len(values)}. Max expected length is {self.MAX_DIMS}")
+            self._d = values
+
+        def __len__(self):
+            return len(self._d)
+
+        def _index(self, index) -> int:
+            if isinstance(index, bool) or not isinstance(index, int):
+                raise TypeError(f"Dims indices must be int or slice, not {type(index).__name__}")
+            i = index + len(self._d) if index < 0 else index
+            if not 0 <= i < len(self._d):
+                raise IndexError("Out of bounds")
+            return i
+
+        def __getitem__(self, index):
+            if isinstance(index, slice):
+                if index.step not in (None, 1):
+                    raise IndexError("Out of bounds")  # TensorRT's own slicing handles plain slices only
+                return tuple(self._d[index])
+            return self._d[self._index(index)]
+
+        def __setitem__(self, index, value):
+            if isinstance(index, slice):
+                raise IndexError("Out of bounds")  # as TensorRT 10.3-11.4 answer a slice assignment
+            self._d[self._index(index)] = int(value)
+
+        def __eq__(self, other):
+            if not isinstance(other, (list, tuple)):
+                raise TypeError("__eq__(): incompatible function arguments. The following argument types are "
+                                "supported: (self: Dims, arg0: list) -> bool, (self: Dims, arg0: tuple) -> bool")
+            return tuple(self._d) == tuple(other)
+
+        __hash__ = None
+
+        def __repr__(self):
+            return str(tuple(self._d))
+
+        __str__ = __repr__
+
+    class IHostMemory(ctypes.Structure):
+        """What TensorRT returns for serialized bytes (tensorrt.IHostMemory): a buffer, not `bytes`.
+
+        The buffer protocol (`bytes(m)`, `memoryview(m)`, `file.write(m)`, `Runtime.deserialize_cuda_engine(m)`)
+        and `nbytes` / `dtype`; no len(), indexing, iteration or comparison with bytes, as in TensorRT.
+        Each object is an instance of a subclass holding exactly its bytes (a ctypes structure: the one
+        way to offer the buffer protocol from Python < 3.12), made by `host_memory`.
+        """
+
+        __hash__ = object.__hash__  # hashable by identity, as the pybind object (ctypes objects are not)
+
+        @property
+        def nbytes(self):
+            return ctypes.sizeof(self)
+
+        @property
+        def dtype(self):
+            return trt.DataType.UINT8  # serialized engines and timing caches are bytes
+
+    def host_memory(data: bytes) -> IHostMemory:
+        fields = [("_bytes", ctypes.c_ubyte * len(data))]
+        cls = type(IHostMemory)("IHostMemory", (IHostMemory,), {"_fields_": fields})
+        return cls.from_buffer_copy(data)
 
     def record(name, *args):
         calls.append((name, *args))
@@ -98,7 +239,7 @@ def make_fake_tensorrt(version: str = "10.9.0.34", unsupported_ops: Optional[set
             self._node, self._name, self._op, self._desc = node, name, op, desc
 
         def code(self):
-            return "UNSUPPORTED_NODE"
+            return trt.ErrorCode.UNSUPPORTED_NODE
 
         def desc(self):
             return self._desc
@@ -181,7 +322,7 @@ def make_fake_tensorrt(version: str = "10.9.0.34", unsupported_ops: Optional[set
             self._entries, self._version = dict(entries), cache_version
 
         def serialize(self):
-            return b"FAKETC" + json.dumps({"version": version, "entries": self._entries}).encode()
+            return host_memory(b"FAKETC" + json.dumps({"version": version, "entries": self._entries}).encode())
 
     class IBuilderConfig:
         def __init__(self):
@@ -208,7 +349,7 @@ def make_fake_tensorrt(version: str = "10.9.0.34", unsupported_ops: Optional[set
             return len(self._profiles) - 1
 
         def create_timing_cache(self, serialized_timing_cache):
-            data = bytes(serialized_timing_cache)
+            data = _buffer_bytes(serialized_timing_cache)
             record("create_timing_cache", data)
             if not data:
                 return ITimingCache({})
@@ -272,7 +413,7 @@ def make_fake_tensorrt(version: str = "10.9.0.34", unsupported_ops: Optional[set
                     "profile": profile or [onnx["input"]["shape"]] * 3, "layers": layers,
                     "detailed": config.profiling_verbosity == trt.ProfilingVerbosity.DETAILED,
                     "flags": sorted(config._flags), "strongly_typed": network._strongly_typed}
-            return MAGIC + json.dumps(plan).encode()
+            return host_memory(MAGIC + json.dumps(plan).encode())
 
     # ------------------------------------------------------------------ runtime
     class ICudaEngine:
@@ -294,13 +435,13 @@ def make_fake_tensorrt(version: str = "10.9.0.34", unsupported_ops: Optional[set
             return trt.TensorIOMode.INPUT if name == self._io[0]["name"] else trt.TensorIOMode.OUTPUT
 
         def get_tensor_shape(self, name):
-            return tuple(self._t(name)["shape"])
+            return Dims(self._t(name)["shape"])
 
         def get_tensor_dtype(self, name):
             return getattr(trt.DataType, self._t(name)["dtype"])
 
         def get_tensor_profile_shape(self, name, profile_index):
-            return [tuple(s) for s in self._plan["profile"]]
+            return [Dims(s) for s in self._plan["profile"]]
 
         def create_execution_context(self):
             return IExecutionContext(self)
@@ -322,10 +463,10 @@ def make_fake_tensorrt(version: str = "10.9.0.34", unsupported_ops: Optional[set
 
         def get_tensor_shape(self, name):
             if name in self._shapes:
-                return self._shapes[name]
+                return Dims(self._shapes[name])
             out = list(self.engine._plan["output"]["shape"])
             batch = next(iter(self._shapes.values()))[0] if self._shapes else -1
-            return tuple(batch if d == -1 else d for d in out)
+            return Dims(batch if d == -1 else d for d in out)
 
         def set_tensor_address(self, name, memory):
             self._addresses[name] = int(memory)
@@ -335,7 +476,7 @@ def make_fake_tensorrt(version: str = "10.9.0.34", unsupported_ops: Optional[set
             record("execute_async_v3", stream_handle)
             inp, out = self.engine._plan["input"], self.engine._plan["output"]
             x = _view(self._addresses[inp["name"]], self._shapes[inp["name"]], inp["dtype"]).astype(np.float32)
-            oshape = self.get_tensor_shape(out["name"])
+            oshape = tuple(self.get_tensor_shape(out["name"]))
             y = _view(self._addresses[out["name"]], oshape, out["dtype"])
             channels = x.shape[1]
             means = x.mean(axis=(2, 3))
@@ -373,7 +514,7 @@ def make_fake_tensorrt(version: str = "10.9.0.34", unsupported_ops: Optional[set
 
         def deserialize_cuda_engine(self, serialized_engine):
             record("deserialize_cuda_engine")
-            data = bytes(serialized_engine)
+            data = _buffer_bytes(serialized_engine)
             if not data.startswith(MAGIC):
                 error(self.logger, "Error Code 1: Serialization (Serialization assertion magicTagRead == kMAGIC_TAG "
                                    "failed.Magic tag does not match)")
@@ -386,7 +527,7 @@ def make_fake_tensorrt(version: str = "10.9.0.34", unsupported_ops: Optional[set
             return ICudaEngine(plan)
 
     for cls in (Builder, OnnxParser, Runtime, ParserError, INetworkDefinition, IBuilderConfig, IOptimizationProfile,
-                ITimingCache, ICudaEngine, IExecutionContext, EngineInspector):
+                ITimingCache, ICudaEngine, IExecutionContext, EngineInspector, Dims, IHostMemory):
         setattr(trt, cls.__name__, cls)  # the real module exports every class under the same name
     return trt
 

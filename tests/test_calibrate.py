@@ -162,7 +162,7 @@ def _max_abs_weight(path: Path) -> int:
                                          (["avx2", "avx_vnni"], 8),
                                          (["avx2", "avx512f", "avx512_vnni", "amx_bf16", "amx_int8"], 8)])
 def test_cpu_target_weight_bits_follow_the_isa(flags, bits, monkeypatch):
-    """--weight-bits auto: 7-bit weights only where ORT's u8 x s8 kernels saturate (x86 without VNNI/AMX)."""
+    """--weight-bits auto: 7-bit weights only where u8 x s8 kernels saturate (x86 without VNNI/AMX)."""
     import platform
 
     from lowformer.calibrate.qdq import target_config
@@ -174,6 +174,7 @@ def test_cpu_target_weight_bits_follow_the_isa(flags, bits, monkeypatch):
     assert cfg.reduce_range is (bits == 7) and cfg.describe()["weight_bits"] == bits
     assert cfg.weight_bits_reason.startswith("auto: ") and ("7-bit" in cfg.weight_bits_reason) is (bits == 7)
     assert target_config("cpu", "8").reduce_range is False and target_config("cpu", "7").reduce_range is True
+    assert target_config("openvino").reduce_range is (bits == 7)  # OpenVINO's oneDNN kernels: the same rule
     assert target_config("tensorrt").reduce_range is False  # fixed by its target, whatever the CPU
 
 
@@ -212,11 +213,14 @@ def test_exclusion_by_module_glob_keeps_those_modules_float(tiny, images, cache_
 def test_blocks_follow_the_lowformer_layout(tiny):
     names = [n.name for n in onnx.load(str(tiny[0])).graph.node]
     blocks = blocks_in_order(names)
-    assert blocks[0].startswith("stem.") and blocks[-1] == "head"
-    assert "stages.2.1" in blocks or any(b.startswith("stages.") for b in blocks)
+    # mini_b1: one stem conv, a conv block per stage, attention blocks in stages 2 and 3, the head
+    assert blocks == ["stem.0", "stages.0.0", "stages.1.0", "stages.2.0", "stages.2.1", "stages.3.0",
+                      "stages.3.1", "head"]
     assert block_of_path("stages.2.1.attn.main.1") == "stages.2.1" and block_of_path("stem.0.conv") == "stem.0"
     assert block_of_path("blocks.3.0.conv_pw") == "blocks.3.0" and block_of_path("classifier") is None
-    assert nodes_matching(names, ["head"]) and not nodes_matching(names, [])
+    head = nodes_matching(names, ["head"])
+    outside = [n for n in names if not n.startswith(("/stem", "/input_stem", "/stages")) and n]
+    assert len(head) == 8 and set(head) <= set(outside) and nodes_matching(names, []) == []
 
 
 def test_calibration_and_evaluation_images_never_overlap(images):

@@ -30,6 +30,16 @@ def _nncf_available() -> bool:
     return True
 
 
+def _max_abs_int8_constant(xml: Path) -> int:
+    """The largest |value| among an IR's int8 constants (NNCF stores its quantized weights so)."""
+    import openvino as ov
+
+    consts = [op.get_data() for op in ov.Core().read_model(str(xml)).get_ordered_ops()
+              if op.get_type_name() == "Constant" and op.get_output_element_type(0) == ov.Type.i8]
+    assert consts, "no int8 constants in the IR"
+    return max(int(np.abs(c.astype(np.int32)).max()) for c in consts)
+
+
 def _has(cap: str) -> bool:
     return ov_engine.available() and cap in ov_engine.cpu_capabilities()
 
@@ -47,14 +57,15 @@ def images(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ov_export(tmp_path_factory, images) -> Path:
     """model.onnx, model_int8.onnx (the openvino target's s8 Q/DQ) and their IRs: model.xml,
-    model_fp16.xml, model_int8.xml, of the tiny model (the default quantizer)."""
+    model_fp16.xml, model_int8.xml, of the tiny model (the Q/DQ quantizer, asked for: unasked, a CPU
+    without VNNI gets NNCF's, test_quantizer_follows_the_weight_bits)."""
     if not ov_engine.available():
         pytest.skip("openvino is not installed (pip install 'lowformer[openvino]')")
     from lowformer.export.pipeline import export_model
 
     out = tmp_path_factory.mktemp("ov") / "export"
     result = export_model(TINY, to=("openvino",), int8=True, image_size=SIZE, out=str(out),
-                          calib=dict(calib_data=str(images), calib_size=16, target="openvino"))
+                          calib=dict(calib_data=str(images), calib_size=16, target="openvino", quantizer="qdq"))
     assert not result.failed, result.to_dict()
     return out
 
@@ -121,6 +132,31 @@ def test_qdq_openvino_target_is_symmetric_s8_and_converts(ov_export, images, tmp
     x = np.random.default_rng(0).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
     with load(str(dst), runtime="openvino") as a, load(str(xml)) as b:
         np.testing.assert_allclose(a.run(x), b.run(x), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("flags, bits", [(["avx", "avx2", "fma"], 7), (["avx2", "avx512f", "avx512_vnni"], 8),
+                                         (["avx2", "avx512f", "avx512_vnni", "amx_bf16", "amx_int8"], 8)])
+def test_quantizer_follows_the_weight_bits(flags, bits, monkeypatch):
+    """Unasked, an openvino-target IR with 7-bit weights (a CPU without VNNI, or --weight-bits 7) is
+    NNCF's (its overflow fix); the Q/DQ quantizer otherwise, and whenever asked or no IR is written."""
+    import platform
+
+    from lowformer.core import machine
+    from lowformer.export import openvino as ovx
+
+    monkeypatch.setattr(machine, "cpu_flags", lambda: list(flags))  # the CPU we are not on
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(ovx, "_nncf_importable", lambda: True)
+    auto = "nncf" if bits == 7 else "qdq"
+    assert ovx.resolve_quantizer(None, "openvino")[0] == auto
+    assert ovx.resolve_quantizer(None, "openvino", weight_bits="7")[0] == "nncf"
+    assert ovx.resolve_quantizer(None, "openvino", weight_bits="8")[0] == "qdq"
+    assert ovx.resolve_quantizer(None, "openvino", to_ir=False)[0] == "qdq"  # a Q/DQ ONNX is the product
+    assert ovx.resolve_quantizer(None, "openvino", auto_exclude=True)[0] == "qdq"  # needs the Q/DQ search
+    assert ovx.resolve_quantizer("qdq", "openvino") == ("qdq", "--quantizer")
+    assert ovx.resolve_quantizer(None, "cpu")[0] == "qdq"
+    monkeypatch.setattr(ovx, "_nncf_importable", lambda: False)
+    assert ovx.resolve_quantizer(None, "openvino", weight_bits="7")[0] == "qdq"
 
 
 def test_export_refuses_nncf_without_openvino_target_before_any_work(tmp_path, images):
@@ -333,13 +369,17 @@ def test_cli_export_json_is_pure_with_nncf(tmp_path, images):
         pytest.skip("nncf is not installed")
     r = run_cli("export", TINY, "--image-size", str(SIZE), "--to", "openvino", "--int8", "--target", "openvino",
                 "--quantizer", "nncf", "--calib-data", str(images), "--calib-size", "8", "--out", str(tmp_path / "o"),
-                "--json")
+                "--weight-bits", "7", "--json")
     assert r.exit_code == 0, r.stderr[-2000:]
     doc = json.loads(r.stdout)  # NNCF's own log lines and progress bars never reach stdout
     arts = {a["path"]: a for a in doc["artifacts"]}
     assert set(arts) == {"model.onnx", "model.xml", "model_fp16.xml", "model_int8.xml"}  # no Q/DQ ONNX
     int8 = arts["model_int8.xml"]
     assert int8["int8"]["quantizer"] == "nncf" and int8["int8"]["fake_quantize_nodes"] > 0
+    # --weight-bits 7 is NNCF's overflow fix on every layer: int8 weight constants within +-64
+    assert int8["int8"]["weight_bits"] == 7 and int8["int8"]["overflow_fix"] == "enable"
+    assert int8["int8"]["weight_bits_reason"] == "--weight-bits 7"
+    assert _max_abs_int8_constant(tmp_path / "o" / "model_int8.xml") <= 64
     assert int8["calibration"]["count"] == 8 and len(int8["calibration"]["files"]) == 8
     assert int8["parity"]["passed"] and os.path.isfile(tmp_path / "o" / "model_int8.bin")
 

@@ -161,7 +161,7 @@ def test_cli_json_without_tensorrt_leaves_stdout_empty(onnx_dir):
     assert r.exit_code == 3 and r.stdout == ""
 
 
-def test_bad_input_is_exit_1_not_3(tmp_path):
+def test_bad_input_is_exit_1_not_3(onnx_dir, tmp_path):
     # Bad input must be reported as such, even on a machine without TensorRT.
     r = run_cli("build-engine", str(tmp_path / "missing.onnx"))
     assert r.exit_code == 1
@@ -169,8 +169,10 @@ def test_bad_input_is_exit_1_not_3(tmp_path):
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not an onnx file")
     assert_one_line_error(run_cli("build-engine", str(junk)), "cannot read")
-    r = run_cli("build-engine", str(tmp_path / "missing.onnx"), "--min-batch", "4", "--max-batch", "2")
+    # A real ONNX, so that the batch range itself is what is refused (min > max), before any TensorRT question.
+    r = run_cli("build-engine", str(onnx_dir / "model.onnx"), "--min-batch", "4", "--max-batch", "2")
     assert r.exit_code == 1
+    assert_one_line_error(r, "batch sizes must satisfy 1 <= min (4) <= opt (4) <= max (2)")
 
 
 def test_impossible_requests_fail_here_not_on_the_device(onnx_dir):
@@ -534,7 +536,12 @@ def test_real_gpu_build_and_run(onnx_dir, tmp_path):
     x = np.random.default_rng(0).standard_normal((3, 3, 16, 16)).astype(np.float32)
     ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     np.testing.assert_allclose(runner.run(x), ref, rtol=1e-3, atol=1e-3)
-    assert runner.profile_layers(x, iterations=2)
+    timings = runner.profile_layers(x, iterations=2)
+    assert timings and all(t.calls == 2 for t in timings)  # every layer, each profiled run (not the warm-up)
+    assert sum(t.total_ms for t in timings) > 0
+    nodes = [n.name for n in onnx.load(str(src)).graph.node]
+    conv = next(n for n in nodes if n.endswith("conv/Conv"))
+    assert any(conv in t.fused_from for t in timings)  # DETAILED verbosity names the ONNX nodes of each layer
 
 
 # --------------------------------------------------------------------------- benchmarks/gpu_check.py without a GPU

@@ -5,7 +5,6 @@ graphs for what our exports never contain (unsupported ops, broken Q/DQ).
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
@@ -50,23 +49,39 @@ def exports(tmp_path_factory):
     return out
 
 
-def _bias_dq_to_float(src: Path, dst: Path) -> Path:
-    """The graph with every int32-bias DequantizeLinear replaced by its float value (as QuantizeBias=False gives)."""
+def _int32_dq_inputs(path: Path) -> list:
+    """Inputs of the graph's DequantizeLinear nodes that are int32 initializers (quantized biases)."""
+    g = onnx.load(str(path)).graph
+    int32 = {i.name for i in g.initializer if i.data_type == TensorProto.INT32}
+    return [n.input[0] for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in int32]
+
+
+def _bias_to_int32_dq(src: Path, dst: Path) -> tuple:
+    """The graph with each float Conv/Gemm bias quantized to an int32 DequantizeLinear (as QuantizeBias=True
+    gives, named after the tensor as the quantizer names it); (path, number of biases quantized)."""
     m = onnx.load(str(src))
     g = m.graph
     inits = {i.name: i for i in g.initializer}
-    keep = []
+    nodes, count = [], 0
     for n in g.node:
-        x = inits.get(n.input[0]) if n.op_type == "DequantizeLinear" else None
-        if x is not None and x.data_type == TensorProto.INT32:
-            value = numpy_helper.to_array(x).astype(np.float32) * numpy_helper.to_array(inits[n.input[1]])
-            g.initializer.append(numpy_helper.from_array(value.astype(np.float32), n.output[0]))
-            continue
-        keep.append(n)
+        bias = inits.get(n.input[2]) if n.op_type in ("Conv", "Gemm") and len(n.input) > 2 else None
+        if bias is not None and bias.data_type == TensorProto.FLOAT:
+            b = numpy_helper.to_array(bias)
+            scale = np.full(b.shape, 1e-4, np.float32)
+            q = np.round(b / scale).astype(np.int32)
+            g.initializer.extend([numpy_helper.from_array(q, bias.name + "_quantized"),
+                                  numpy_helper.from_array(scale, bias.name + "_quantized_scale"),
+                                  numpy_helper.from_array(np.zeros(b.shape, np.int32), bias.name + "_quantized_zero")])
+            nodes.append(helper.make_node("DequantizeLinear", [bias.name + "_quantized", bias.name + "_quantized_scale",
+                                                               bias.name + "_quantized_zero"],
+                                          [bias.name + "_dq"], name=bias.name + "_DequantizeLinear", axis=0))
+            n.input[2] = bias.name + "_dq"
+            count += 1
+        nodes.append(n)
     del g.node[:]
-    g.node.extend(keep)
+    g.node.extend(nodes)
     onnx.save(m, str(dst))
-    return dst
+    return dst, count
 
 
 def test_fp32_and_fp16_exports_pass(exports):
@@ -81,16 +96,23 @@ def test_tensorrt_target_int8_passes(exports, tmp_path):
 
     path = exports["tensorrt"] / "model_int8.onnx"
     assert not support.is_cpu_target_int8(path)
-    problems = check_onnx_for_tensorrt(path, 10)
-    # Without its int32 bias DequantizeLinears the graph passes: per-channel int8 weights, per-tensor
-    # symmetric int8 activations, constant scales.
-    assert check_onnx_for_tensorrt(_bias_dq_to_float(path, tmp_path / "nobias.onnx")) == []
-    if TARGET_CONFIGS["tensorrt"].extra_options.get("QuantizeBias", True):
-        assert problems and all("DequantizeLinear" in p and "int32 bias" in p for p in problems), problems
-        assert any("module stages." in p for p in problems)  # Q/DQ nodes are named after the module they feed
-        pytest.xfail("the tensorrt target quantizes Conv/Gemm biases to int32 DequantizeLinear nodes, which TensorRT "
-                     "rejects (onnx-tensorrt#850): lowformer/calibrate/qdq.py must set QuantizeBias False for it")
-    assert problems == []
+    # The tensorrt target keeps biases float: TensorRT rejects int32 bias DequantizeLinear nodes (onnx-tensorrt#850).
+    assert TARGET_CONFIGS["tensorrt"].extra_options["QuantizeBias"] is False
+    assert _int32_dq_inputs(path) == []
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > ops.count("QuantizeLinear")  # + weights
+    # The graph passes for both majors: per-channel int8 weights, per-tensor symmetric int8 activations,
+    # constant scales.
+    for major in (None, 10, 11):
+        assert check_onnx_for_tensorrt(path, major) == [], major
+    require_tensorrt_support(path)
+    # The same graph with quantized biases is refused, each bias named with the module it feeds.
+    bad, count = _bias_to_int32_dq(path, tmp_path / "int32-bias.onnx")
+    problems = check_onnx_for_tensorrt(bad, 10)
+    assert count > 0 and len(problems) == count, problems
+    assert all("_DequantizeLinear (DequantizeLinear, module " in p and "dequantizes an int32 bias" in p
+               for p in problems), problems
+    assert any("module stages." in p for p in problems)  # named after the node that consumes the bias
 
 
 def test_cpu_target_int8_is_refused_in_one_line(exports):
@@ -243,17 +265,18 @@ def _benchmark_models():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", _benchmark_models())
-def test_benchmark_models_pass_in_fp16_and_tensorrt_int8(model, tmp_path, monkeypatch):
-    """FP16 and (bias kept float, as the tensorrt target needs) tensorrt-target INT8 at 224 px."""
-    from lowformer.calibrate import qdq
+def test_benchmark_models_pass_in_fp16_and_tensorrt_int8(model, tmp_path):
+    """FP16 and tensorrt-target INT8 at 224 px, with the shipped tensorrt target configuration (not patched:
+    a quantized bias or any other graph TensorRT refuses fails here)."""
     from lowformer.export.pipeline import export_model
 
-    cfg = qdq.TARGET_CONFIGS["tensorrt"]
-    monkeypatch.setitem(qdq.TARGET_CONFIGS, "tensorrt",
-                        dataclasses.replace(cfg, extra_options={**cfg.extra_options, "QuantizeBias": False}))
     images = _images(tmp_path / "images", 8)
     out = tmp_path / "export"
     export_model(model, to=("onnx",), fp16=True, int8=True, image_size=int(os.environ.get("TRT_CHECK_SIZE", 224)),
                  out=str(out), calib={"calib_data": str(images), "calib_size": 8, "target": "tensorrt"})
+    int8 = out / "model_int8.onnx"
+    ops = [n.op_type for n in onnx.load(str(int8)).graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops, model  # really an INT8 (Q/DQ) graph
+    assert _int32_dq_inputs(int8) == [], model  # biases stay float
     for name in ("model_fp16.onnx", "model_int8.onnx"):
         assert check_onnx_for_tensorrt(out / name) == [], name

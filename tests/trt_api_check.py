@@ -13,8 +13,9 @@ Which names are TensorRT names, read from the code's AST (no hand list):
     as a misspelt override (TensorRT would never call it). Override parameters get C's parameter types.
 
 Checked for every use: the name exists; a call passes a positional count and keyword names that one of
-the real overloads accepts; an assigned attribute is a writable property. `getattr(obj, name)` on a
-TensorRT object with a non-literal name is reported: such a name cannot be checked.
+the real overloads accepts; an assigned attribute is a writable property; an attribute of a TensorRT
+object read as a value is not a method (ErrorCode.name is a method before TensorRT 10.16).
+`getattr(obj, name)` on a TensorRT object with a non-literal name is reported: such a name cannot be checked.
 
 Version guards the checker understands (code outside a guard's range is not checked for that version):
   `if major < 11:` / `>=` / `>` / `<=` / `==` / `!=`, where `major` was assigned from `trt_major(...)`
@@ -458,6 +459,10 @@ class Checker:
         if how == "set" and not (m["kind"] == "property" and m.get("writable")):
             self._problem(ctx, node, f"{self._owner(base)}.{name} is not a writable property in TensorRT "
                                      f"{self.api.version}")
+        if how == "get" and base[0] == "inst" and m["kind"] == "method":
+            # e.g. ErrorCode.name: a method before TensorRT 10.16, a property after; uncalled it is a bound method
+            self._problem(ctx, node, f"{self._owner(base)}.{name} is a method in TensorRT {self.api.version}, not a "
+                                     "value: read without a call it is a bound method")
         return self._kind_of_member(self._owner(base), m)
 
     def _check_call(self, owner: str, name: str, m: Dict[str, Any], call: ast.Call, ctx: _Ctx,

@@ -8,13 +8,19 @@ libraries with those sonames (tests/trt_stubs/nvinfer_stubs.c, built here with t
 import. The stubs are preloaded with ctypes RTLD_GLOBAL in a fresh subprocess per version (the three
 versions share the module name `tensorrt_bindings`), which then dumps the whole API to JSON: every
 class with its members (methods with their pybind signatures, properties and whether they are
-writable, nested classes, enum members) and the module's functions and values.
+writable, nested classes, enum members), the protocols it offers (the dunders of PROTOCOLS it defines
+or disables, whether its objects have the buffer protocol, what its class object supports) and the
+module's functions and values.
 
 Everything lives in a cache folder reused across runs (`$LOWFORMER_TRT_CACHE`, default
 ~/.cache/lowformer/trt-bindings/): wheels/ (from `pip download`), unpacked/ (one folder per wheel,
 never installed into the venv), stubs/ and api/ (the JSON dumps).
 
     python tests/trt_bindings.py            # fetch, build and dump every version; print the JSON paths
+
+Where the wheels cannot be had (offline, no C compiler) the tests skip (BindingsUnavailable), except
+where the bindings are required (`required()`: CI=true, LOWFORMER_REQUIRE_TRT_BINDINGS=1 or
+LOWFORMER_TRT_BINDINGS=required), where the same failure raises BindingsRequired and the tests fail.
 """
 from __future__ import annotations
 
@@ -46,11 +52,59 @@ VERSIONS: Dict[str, tuple] = {
 LIBS = {"libnvinfer": "LIB_NVINFER", "libnvinfer_plugin": "LIB_NVINFER_PLUGIN",
         "libnvonnxparser": "LIB_NVONNXPARSER"}
 MODULE_PREFIX = "tensorrt_bindings.tensorrt."
-DUMP_FORMAT = 1
+DUMP_FORMAT = 2
+# Dunders that decide how an object behaves in plain Python (len(), x[i], iteration, ==, int(x), with ...).
+PROTOCOLS = ("__len__", "__getitem__", "__setitem__", "__delitem__", "__iter__", "__next__", "__reversed__",
+             "__contains__", "__bool__", "__int__", "__index__", "__float__", "__eq__", "__ne__", "__hash__",
+             "__lt__", "__le__", "__gt__", "__ge__", "__add__", "__sub__", "__mul__", "__and__", "__or__",
+             "__xor__", "__lshift__", "__rshift__", "__neg__", "__invert__", "__enter__", "__exit__", "__call__",
+             "__buffer__")
+_Py_bf_getbuffer = 1  # the type slot id of the buffer protocol (Include/typeslots.h)
 
 
 class BindingsUnavailable(RuntimeError):
     """The wheels cannot be had here (offline, no C compiler): tests skip with this reason."""
+
+
+class BindingsRequired(RuntimeError):
+    """The wheels cannot be had, and this run requires them (CI): tests fail. Not a BindingsUnavailable,
+    so that nothing which skips on that catches it."""
+
+
+def required() -> bool:
+    """Whether a missing wheel or compiler fails the tests instead of skipping them: in CI (CI set to
+    anything but "", 0, false, no), with LOWFORMER_REQUIRE_TRT_BINDINGS=1, or LOWFORMER_TRT_BINDINGS=required."""
+    ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+    return (ci or os.environ.get("LOWFORMER_REQUIRE_TRT_BINDINGS", "").strip() == "1"
+            or os.environ.get("LOWFORMER_TRT_BINDINGS") == "required")
+
+
+def _unavailable(reason: str) -> RuntimeError:
+    if required():
+        return BindingsRequired(f"{reason} (the real TensorRT bindings are required here: CI or "
+                                "LOWFORMER_REQUIRE_TRT_BINDINGS=1; see tests/trt_bindings.py)")
+    return BindingsUnavailable(reason)
+
+
+def protocols_of(cls) -> Dict[str, str]:
+    """{dunder of PROTOCOLS: "defined" | "disabled" (set to None)} from the classes of `cls`'s MRO that are
+    not `object`, `type` or pybind11's bases (one set to object's own counts as absent); "__buffer__" is
+    "defined" when its objects have the buffer protocol (the type slot: Python < 3.12 has no dunder for it)."""
+    out: Dict[str, str] = {}
+    for name in PROTOCOLS:
+        for c in cls.__mro__:
+            if c is object or c is type or c.__module__ == "pybind11_builtins":
+                continue  # (other builtins stay: a fake deriving from int or bytes gets their protocols)
+            if name in vars(c):
+                value = vars(c)[name]
+                if value is not getattr(object, name, None):  # object's own, restored: as if absent
+                    out[name] = "disabled" if value is None else "defined"
+                break
+    get_slot = ctypes.pythonapi.PyType_GetSlot
+    get_slot.restype, get_slot.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_int]
+    if get_slot(cls, _Py_bf_getbuffer):
+        out["__buffer__"] = "defined"
+    return out
 
 
 def major_of(key: str) -> int:
@@ -80,11 +134,11 @@ def wheel(key: str) -> Path:
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.TimeoutExpired) as e:
-            raise BindingsUnavailable(f"pip download {dist}=={version} failed: {e}") from None
+            raise _unavailable(f"pip download {dist}=={version} failed: {e}") from None
         got = sorted(Path(tmp).glob(stem + "*.whl"))
         if r.returncode != 0 or not got:
             last = (r.stderr.strip().splitlines() or ["no wheel for " + PY_TAG])[-1]
-            raise BindingsUnavailable(f"pip download {dist}=={version} ({PY_TAG}) failed (offline?): {last}")
+            raise _unavailable(f"pip download {dist}=={version} ({PY_TAG}) failed (offline?): {last}")
         target = folder / got[0].name
         os.replace(got[0], target)
     return target
@@ -113,14 +167,15 @@ def stubs(major: int) -> Path:
         return folder
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if not cc:
-        raise BindingsUnavailable("no C compiler (gcc/cc) to build the TensorRT stub libraries")
+        raise _unavailable("no C compiler (gcc/cc) to build the TensorRT stub libraries")
+    CACHE.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=CACHE, prefix="stubs-"))
     for lib, define in LIBS.items():
         name = f"{lib}.so.{major}"
         r = subprocess.run([cc, "-shared", "-fPIC", "-O1", f"-D{define}", f"-Wl,-soname,{name}",
                             "-o", str(tmp / name), str(STUB_SOURCE)], capture_output=True, text=True)
         if r.returncode != 0:
-            raise BindingsUnavailable(f"cannot compile the {name} stub: {r.stderr.strip()[-500:]}")
+            raise _unavailable(f"cannot compile the {name} stub: {r.stderr.strip()[-500:]}")
     shutil.rmtree(folder, ignore_errors=True)
     folder.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, folder)
@@ -292,7 +347,8 @@ def _dump(lib_dir: str, pkg_dir: str, major: int, out: str) -> None:
             return
         entry: Dict[str, Any] = {"kind": "class", "bases": [b.__qualname__ for b in cls.__mro__[1:]
                                                              if b.__module__.startswith("tensorrt")],
-                                 "enum": is_enum(cls), "members": {}}
+                                 "enum": is_enum(cls), "members": {}, "protocols": protocols_of(cls),
+                                 "class_protocols": protocols_of(type(cls))}
         classes[qual] = entry
         if entry["enum"]:
             entry["values"] = {k: int(v) for k, v in cls.__members__.items()}

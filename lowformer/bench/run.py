@@ -330,7 +330,8 @@ def record_latencies(report: BenchReport) -> None:
 
 def warn_slow_int8(results: Sequence[BenchResult]) -> None:
     """INT8 slower than FP32 of the same model, runtime and batch on this machine: say so in one line
-    (on the INT8 result), rather than leave it to be found in the table."""
+    (on the INT8 result), with the fastest artifact of its folder whose verdict passes (what to ship
+    here), rather than leave it to be found in the table."""
     from lowformer.core.machine import cpu_isa
 
     for r in results:
@@ -342,8 +343,34 @@ def warn_slow_int8(results: Sequence[BenchResult]) -> None:
         if fp32 and r.median_ms > min(f.median_ms for f in fp32):
             f = min(fp32, key=lambda x: x.median_ms)
             msg = (f"INT8 is slower than {f.precision.upper()} here ({r.median_ms:.2f} vs {f.median_ms:.2f} ms per batch on "
-                   f"{r.backend}, {cpu_isa()}): prefer {f.target}")
+                   f"{r.backend}, {cpu_isa()}): prefer {f.target}; {fastest_passing(r, results)}")
             r.warnings.append(msg)
             log.warning("%s: %s", r.target, msg)
 
 
+def fastest_passing(r: BenchResult, results: Sequence[BenchResult]) -> str:
+    """`fastest passing artifact here: X (N ms, backend)` among the timed artifacts of `r`'s folder
+    at its batch size, by each one's verdict (lowformer.verdict) from its manifest."""
+    from lowformer import artifacts as _artifacts
+    from lowformer.verdict import PASS, artifact_verdict
+
+    if not r.path:
+        return "no manifest to judge the artifacts by"
+    folder = Path(r.path).resolve().parent
+    try:
+        manifest = _artifacts.Manifest.load(folder)
+    except LowformerError as e:
+        return f"no verdicts to compare ({e})"
+    passing = []
+    for c in results:
+        if c.kind != "artifact" or not c.path or Path(c.path).resolve().parent != folder \
+                or c.batch_size != r.batch_size:
+            continue
+        entry = manifest.entry(Path(c.path).name)
+        if entry is not None and artifact_verdict(manifest, entry).status == PASS:
+            passing.append(c)
+    if not passing:
+        return f"no timed artifact of {folder.name} has a passing verdict (validate them)"
+    best = min(passing, key=lambda c: c.median_ms)
+    how = f"{best.backend}" + (f" {best.provider}" if best.provider and best.backend == "openvino" else "")
+    return f"fastest passing artifact here: {Path(best.path).name} ({best.median_ms:.2f} ms, {how})"

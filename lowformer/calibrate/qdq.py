@@ -20,7 +20,7 @@ from lowformer.core.files import atomic_path
 from lowformer.calibrate.cache import quiet_ort
 
 TARGETS = ("cpu", "tensorrt", "openvino")
-WEIGHT_BITS = ("auto", "7", "8")  # `--weight-bits`: auto = 7 on x86 without VNNI for the cpu target, else 8
+WEIGHT_BITS = ("auto", "7", "8")  # `--weight-bits`: auto = 7 on x86 without VNNI (cpu/openvino targets, NNCF), else 8
 WEIGHTED_OPS = ["Conv", "ConvTranspose", "MatMul", "Gemm"]
 
 
@@ -76,12 +76,14 @@ TARGET_CONFIGS: Dict[str, TargetConfig] = {
     # separate (reference-kernel) Convert + Subtract before each convolution: B1 at 224 ran 1.3-1.7x
     # slower than with this graph, no faster than its own BF16 run of the FP32 ONNX. Measured against
     # NNCF's INT8 IR of the same model: 10-15 % faster, as accurate (lowformer/export/openvino.py).
+    # The plugin's oneDNN kernels are u8 x s8 too (s8 activations shifted by 128): without VNNI their
+    # int16 pair sums saturate like ORT's (B1 on an AVX2 EPYC: IR cosine 0.852 with 8-bit weights), so
+    # the weight range follows the ISA as for the cpu target.
     "openvino": TargetConfig(
         "openvino", "QInt8", "QInt8", tuple(WEIGHTED_OPS + ["Add"]),
-        # Biases stay float: TensorRT rejects int32 bias DequantizeLinear nodes (onnx-tensorrt#850) and
-        # quantizes the bias itself when it fuses the conv (checked by engines/tensorrt/support.py).
+        # Biases stay float: OpenVINO folds a float bias into the int8 convolution itself.
         {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-         "OpTypesToExcludeOutputQuantization": WEIGHTED_OPS + ["Add"]}),
+         "OpTypesToExcludeOutputQuantization": WEIGHTED_OPS + ["Add"]}, reduce_range=None),
 }
 
 
@@ -93,22 +95,31 @@ def target_config(target: str, weight_bits: "str | int | None" = "auto") -> Targ
 
 
 def resolve_weight_bits(cfg: TargetConfig, weight_bits: "str | int | None" = "auto") -> TargetConfig:
-    """7- or 8-bit weights: asked for, the target's fixed choice, or (cpu target, auto) by this CPU:
-    7 on x86 without VNNI/AMX-INT8, where ORT's u8 x s8 kernels saturate pair sums in int16."""
-    from lowformer.core.machine import cpu_isa, has_int8_dot_product
+    """7- or 8-bit weights: asked for, the target's fixed choice (tensorrt: a GPU), or (auto) by this CPU."""
+    if cfg.reduce_range is not None and (weight_bits is None or str(weight_bits).strip().lower() == "auto"):
+        return dataclasses.replace(cfg, weight_bits_reason=f"fixed by the {cfg.name} target")
+    bits, why = choose_weight_bits(weight_bits)
+    return dataclasses.replace(cfg, reduce_range=bits == 7, weight_bits_reason=why)
+
+
+def choose_weight_bits(weight_bits: "str | int | None" = "auto",
+                       flags: Optional[List[str]] = None) -> Tuple[int, str]:
+    """(7 or 8, why) for an x86 INT8 artifact: asked for, or (auto) by the quantizing CPU's ISA, the
+    default for where the artifact runs. 7 on x86 without VNNI/AMX-INT8, whose u8 x s8 kernels
+    (vpmaddubsw) sum pairs of products in int16 and saturate (255 x 127 x 2 > 32767; 255 x 64 x 2
+    fits); 8 where VNNI/AMX sum in int32. One rule for the cpu and openvino Q/DQ and NNCF."""
+    from lowformer.core.machine import cpu_flags, cpu_isa, has_int8_dot_product
 
     bits = "auto" if weight_bits is None else str(weight_bits).strip().lower()
     if bits not in WEIGHT_BITS:
         raise LowformerError(f"unknown weight bits {weight_bits!r} (use {', '.join(WEIGHT_BITS)})")
     if bits != "auto":
-        return dataclasses.replace(cfg, reduce_range=bits == "7", weight_bits_reason=f"--weight-bits {bits}")
-    if cfg.reduce_range is not None:
-        return dataclasses.replace(cfg, weight_bits_reason=f"fixed by the {cfg.name} target")
+        return int(bits), f"--weight-bits {bits}"
+    flags = cpu_flags() if flags is None else flags
     x86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
-    reduce = x86 and not has_int8_dot_product()
-    why = (f"auto: {cpu_isa()} CPU " + ("without VNNI: 7-bit weights avoid int16 saturation" if reduce
-                                        else "sums u8 x s8 in int32: full 8-bit weights"))
-    return dataclasses.replace(cfg, reduce_range=reduce, weight_bits_reason=why)
+    if x86 and not has_int8_dot_product(flags):
+        return 7, f"auto: this CPU ({cpu_isa(flags)}) has no VNNI, 7-bit weights avoid int16 saturation"
+    return 8, f"auto: this CPU ({cpu_isa(flags)}) sums u8 x s8 in int32, full 8-bit weights"
 
 
 def _constant_names(model) -> set:

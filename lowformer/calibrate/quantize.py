@@ -1,6 +1,7 @@
 """FP32 ONNX -> calibrated Q/DQ INT8 ONNX (the `Exporter.int8` step and `lowformer calibrate`)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -13,6 +14,7 @@ from lowformer.core.progress import Progress, no_progress
 from lowformer.data.preprocess import Preprocessing
 
 DEFAULT_EVAL_SIZE = 200
+log = logging.getLogger(__name__)
 
 
 def quantize_onnx(src: Path, dst: Path, preprocessing: Preprocessing, checkpoint: str = "unknown",
@@ -28,7 +30,7 @@ def quantize_onnx(src: Path, dst: Path, preprocessing: Preprocessing, checkpoint
     blocks in float until the top-1 drop on a held-out split is <= `gate_top1_drop`, choosing the
     fastest set found (harm per ms of float cost on ONNX Runtime's CPU provider; see
     `sensitivity.auto_exclude_blocks`, whose result, with the table of candidates tried, is recorded).
-    `weight_bits`: auto (the cpu target: 7 on x86 without VNNI, else 8), 7 or 8; recorded with why.
+    `weight_bits`: auto (cpu/openvino targets: 7 on x86 without VNNI, else 8), 7 or 8; recorded with why.
     """
     check_calibration_args(method, target, calib_data, weight_bits)
     src, dst = Path(src), Path(dst)
@@ -46,6 +48,7 @@ def quantize_onnx(src: Path, dst: Path, preprocessing: Preprocessing, checkpoint
             auto = auto_exclude_blocks(session, evaluation, method, target, excluded, gate_top1_drop)
             excluded = list(dict.fromkeys(excluded + nodes_of_blocks(session.node_names, auto["kept_float"])))
         facts = session.quantize(dst, method, target, excluded)
+        log.info("INT8 weights: %d-bit (%s)", facts["weight_bits"], facts["weight_bits_reason"])
         cache_hit = session.cache.hit
         cache_file = str(session.cache.path)
     summary = qdq_summary(dst)

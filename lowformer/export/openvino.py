@@ -200,6 +200,7 @@ def nncf_quantize(src: Path, xml: Path, preprocessing: Preprocessing, calib_data
     """INT8 IR of the FP32 ONNX `src` by `nncf.quantize` (performance preset: symmetric weights,
     u8/s8 activations by range, fast bias correction) on our calibration images."""
     from lowformer.calibrate.data import select_calibration
+    from lowformer.calibrate.qdq import choose_weight_bits
     from lowformer.core.batching import fixed_batches
     from lowformer.data.imagenet import load_images
 
@@ -207,8 +208,7 @@ def nncf_quantize(src: Path, xml: Path, preprocessing: Preprocessing, calib_data
         raise LowformerError("INT8 needs calibration images (calib_data)")
     if unused.get("auto_exclude"):
         raise LowformerError("auto_exclude works with the Q/DQ quantizer (quantizer qdq); NNCF takes exclude")
-    if str(unused.get("weight_bits") or "auto") != "auto":
-        raise LowformerError("--weight-bits applies to the Q/DQ quantizer (quantizer qdq); NNCF sets its own weights")
+    bits, bits_reason = choose_weight_bits(unused.get("weight_bits"))
     if unused.get("method") not in (None, "percentile"):
         log.info("NNCF sets its own activation ranges: calibration method %s does not apply", unused["method"])
     calib = select_calibration(calib_data, calib_size)
@@ -221,10 +221,15 @@ def nncf_quantize(src: Path, xml: Path, preprocessing: Preprocessing, calib_data
     ignored = ignored_names(model, exclude)
     with _quiet_nncf() as nncf, progress.task("NNCF quantization", total=1) as task:
         log.info("NNCF: quantizing %s on %d calibration images from %s ...", Path(src).name, len(images), calib.folder)
+        # NNCF's overflow fix stores every weight in 7 bits (its default: the first layer only).
+        overflow_fix = nncf.OverflowFix.ENABLE if bits == 7 else nncf.OverflowFix.DISABLE
+        log.info("INT8 weights: %d-bit (%s; NNCF overflow fix %s)", bits, bits_reason, overflow_fix.value)
         try:
             quantized = nncf.quantize(model, nncf.Dataset(batches), preset=nncf.QuantizationPreset.PERFORMANCE,
                                       subset_size=len(batches), fast_bias_correction=True,
-                                      ignored_scope=nncf.IgnoredScope(names=ignored, validate=False))
+                                      ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
+                                      advanced_parameters=nncf.AdvancedQuantizationParameters(
+                                          overflow_fix=overflow_fix))
         except Exception as e:
             raise LowformerError(f"NNCF quantization failed: {str(e).strip().splitlines()[0][:200]}") from None
         task.advance()
@@ -233,25 +238,52 @@ def nncf_quantize(src: Path, xml: Path, preprocessing: Preprocessing, calib_data
     fq = facts["ops"].get("FakeQuantize", 0)
     return {**facts, "source": Path(src).name,
             "int8": {"target": "openvino", "quantizer": "nncf", "nncf": version, "preset": "performance",
+                     "quantizer_reason": unused.get("quantizer_reason") or "--quantizer",
                      "fast_bias_correction": True, "subset_size": len(batches), "exclude": list(exclude),
+                     "weight_bits": bits, "weight_bits_reason": bits_reason, "overflow_fix": overflow_fix.value,
                      "ignored_ops": len(ignored), "fake_quantize_nodes": fq},
             "calibration": {**calib.facts(), "preprocessing": preprocessing.to_dict(), "seed": 0}}
 
 
-def resolve_quantizer(quantizer: Optional[str], target: str) -> str:
-    """`nncf` only makes INT8 for OpenVINO; the other targets are Q/DQ ONNX."""
-    q = (quantizer or (DEFAULT_QUANTIZER if target == "openvino" else "qdq")).lower()
+def resolve_quantizer(quantizer: Optional[str], target: str, to_ir: bool = True,
+                      weight_bits: "str | int | None" = "auto", auto_exclude: bool = False) -> Tuple[str, str]:
+    """(quantizer, why). `nncf` only makes INT8 for OpenVINO; the other targets are Q/DQ ONNX. Unasked,
+    an IR with 7-bit weights (an x86 CPU without VNNI, `choose_weight_bits`) comes from NNCF: on an
+    AVX2 EPYC our Q/DQ IR of LowFormer-B1 failed parity even with 7-bit weights (cosine 0.957; one
+    residual Add whose inputs' scales differ 11x, stages.2.1.attn, cost most of it) where NNCF's
+    passed (0.991), and the plugin's int8 kernels are NNCF's to know. `auto_exclude` needs Q/DQ."""
+    from lowformer.calibrate.qdq import choose_weight_bits
+
+    if quantizer:
+        q, why = quantizer.lower(), "--quantizer"
+    elif target == "openvino" and to_ir and not auto_exclude and choose_weight_bits(weight_bits)[0] == 7 \
+            and _nncf_importable():
+        q, why = "nncf", "auto: 7-bit weights (no VNNI), where NNCF's IR keeps parity and our Q/DQ IR may not"
+    else:
+        q, why = (DEFAULT_QUANTIZER if target == "openvino" else "qdq"), "default"
     if q not in QUANTIZERS:
         raise LowformerError(f"unknown quantizer {quantizer!r} (use {', '.join(QUANTIZERS)})")
     if q == "nncf" and target != "openvino":
         raise LowformerError(f"the nncf quantizer makes INT8 for OpenVINO (target openvino), not for target {target}")
-    return q
+    return q, why
+
+
+def _nncf_importable() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("nncf") is not None
 
 
 def check_openvino_export(to: Sequence[str], int8: bool, calib: Dict[str, Any]) -> Optional[str]:
-    """Before any work: the quantizer of an INT8 export (popped from `calib`), and OpenVINO / NNCF
-    importable when the export needs them (one line each when not)."""
-    quantizer = resolve_quantizer(calib.pop("quantizer", None), str(calib.get("target") or "cpu")) if int8 else None
+    """Before any work: the quantizer of an INT8 export (popped from `calib`; NNCF's reason put in
+    as `quantizer_reason`), and OpenVINO / NNCF importable when the export needs them (one line each)."""
+    quantizer = None
+    if int8:
+        quantizer, why = resolve_quantizer(calib.pop("quantizer", None), str(calib.get("target") or "cpu"),
+                                           "openvino" in to, calib.get("weight_bits"), bool(calib.get("auto_exclude")))
+        log.info("INT8 quantizer: %s (%s)", quantizer, why)
+        if quantizer == "nncf":
+            calib["quantizer_reason"] = why
     calib.pop("quantizer", None)
     if quantizer == "nncf" and "openvino" not in to:
         raise LowformerError("the nncf quantizer writes OpenVINO IR: add --to openvino (or use --quantizer qdq "
