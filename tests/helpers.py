@@ -83,3 +83,39 @@ class RecordingProgress:
                 owner.seen.append((self.done, total))
 
         return contextlib.nullcontext(_Task())
+
+
+def write_idx(path: Path, array) -> Path:
+    """`array` (uint8) as an idx file (gzipped when `path` ends in .gz): Fashion-MNIST's file format."""
+    import gzip
+
+    import numpy as np
+
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(header + array.tobytes())
+    return path
+
+
+def write_fake_fashion_mnist(source: Path, per_class: int, test_per_class: int, seed: int = 0) -> Path:
+    """The four idx.gz files of Debian's dataset-fashion-mnist, with generated 28x28 pictures (a class's
+    stripe position plus noise) and labels in shuffled order, so that `prepare_fashion_mnist(dest, source)`
+    writes the same layout as from the real files. Accuracy on them means nothing."""
+    import numpy as np
+
+    from lowformer.data.fashion_mnist import CLASSES
+
+    rng = np.random.default_rng(seed)
+    source = Path(source)
+    source.mkdir(parents=True, exist_ok=True)
+    for (images_name, labels_name), n in ((("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"), per_class),
+                                          (("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"), test_per_class)):
+        labels = rng.permutation(np.repeat(np.arange(len(CLASSES)), n)).astype(np.uint8)
+        images = rng.integers(0, 64, (len(labels), 28, 28)).astype(np.uint8)
+        for i, c in enumerate(labels):
+            images[i, 2 * c + 4: 2 * c + 8, 4:24] = 255
+        write_idx(source / images_name, images)
+        write_idx(source / labels_name, labels)
+    return source

@@ -310,7 +310,10 @@ def test_cpu_int8_export_times_int8_against_fp32_and_records_it(images, tmp_path
     assert bool(warned) is (check["int8_ms"] > check["fp32_ms"])  # the line appears exactly when it is true
     assert entry["int8"]["weight_bits"] in (7, 8) and entry["int8"]["weight_bits_reason"].startswith("auto: ")
     line = slower_int8_warning({**check, "int8_ms": 2.0, "fp32_ms": 1.0}, "model.onnx")
-    assert line and "2.00 vs 1.00 ms" in line and "prefer model.onnx" in line and "\n" not in line
+    assert line and "2.00 vs 1.00 ms" in line and "fastest passing artifact of the two is model.onnx" in line
+    assert "\n" not in line
+    assert "model.onnx failed its parity check too" in slower_int8_warning(
+        {**check, "int8_ms": 2.0, "fp32_ms": 1.0}, "model.onnx", fp32_passed=False)
     assert slower_int8_warning({**check, "int8_ms": 1.0, "fp32_ms": 2.0}, "model.onnx") is None
     assert slower_int8_warning(None, "model.onnx") is None
 

@@ -58,8 +58,8 @@ def _add_entry(folder: Path, name: str, like: str = "model.onnx") -> None:
     _artifacts.update(folder, apply)
 
 
-def _perturb_block(src: Path, dst: Path, block: str) -> str:
-    """A real fault: the weight of the first convolution inside `block` scaled by 1.3 (in a copy)."""
+def _perturb_block(src: Path, dst: Path, block: str, scale: float = 1.3) -> str:
+    """A real fault: the weight of the first convolution inside `block` scaled by `scale` (in a copy)."""
     import onnx
     from onnx import numpy_helper
 
@@ -68,7 +68,7 @@ def _perturb_block(src: Path, dst: Path, block: str) -> str:
     conv = next(n for n in model.graph.node if n.op_type == "Conv"
                 and (module_path_of_node(n.name) + ".").startswith(block + ".") and n.input[1] in inits)
     w = inits[conv.input[1]]
-    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * np.float32(1.3), w.name))
+    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * np.float32(scale), w.name))
     onnx.save(model, str(dst))
     return conv.name
 
@@ -164,13 +164,19 @@ def test_cli_explain_json_and_no_record(tiny, images):
 
 
 def test_cli_explain_table_names_the_perturbed_block(tiny, images):
-    _perturb_block(tiny / "model.onnx", tiny / "model_bad.onnx", "blocks.1.0")
+    # x3: top-1 flips on many of the 24 images whatever the (random, unseeded) weights; x1.3 flipped 1 in
+    # one run and 5 in another, too few to rely on: the line about flipped images is always there to check.
+    _perturb_block(tiny / "model.onnx", tiny / "model_bad.onnx", "blocks.1.0", scale=3.0)
     _add_entry(tiny, "model_bad.onnx")
     res = run_cli("validate", str(tiny / "model_bad.onnx"), "--data", str(images), "--workers", "0", "--explain",
                   "--gate-agreement", "0")
+    assert res.exit_code == 0, res.output  # an fp32 artifact with its agreement gate at 0 passes
     assert "Traceback" not in res.output
-    assert "first block below the fp32 floor of 60 dB SQNR: blocks.1.0" in res.stderr + res.stdout
-    assert "flipped" not in res.stderr or "blocks.1.0" in res.stderr
+    assert "model_bad.onnx: first block below the fp32 floor of 60 dB SQNR: blocks.1.0" in res.stderr
+    rec = next(a for a in manifest_dict(tiny)["artifacts"] if a["path"] == "model_bad.onnx")["explain"]
+    n = rec["flipped"]
+    assert n >= 1 and rec["flip_blocks"] == {"blocks.1.0": n}, rec  # every flip comes in at the fault
+    assert f"model_bad.onnx: {n} flipped image(s) diverge most in blocks.1.0 ({n})" in res.stderr, res.stderr
 
 
 def test_cli_tensorrt_engine_is_one_line(tmp_path, images):
@@ -195,7 +201,8 @@ def test_cli_unmatched_node_names_say_how_many_matched(tiny_export, tmp_path, im
 def test_cli_zero_images_is_one_line(tiny, tmp_path):
     (tmp_path / "empty").mkdir()
     res = run_cli("validate", str(tiny), "--data", str(tmp_path / "empty"), "--explain")
-    assert_one_line_error(res)
+    assert res.exit_code == 1, res.output
+    assert_one_line_error(res, f"no images found in {tmp_path / 'empty'}")
 
 
 def test_cli_every_image_held_out_is_one_line(tmp_path, images):

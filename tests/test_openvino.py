@@ -352,6 +352,29 @@ def test_int8_slower_than_fp32_is_said_in_one_line():
     assert quick.warnings == []
 
 
+@needs_openvino
+def test_slow_int8_warning_names_the_fastest_artifact_whose_verdict_passes(ov_export):
+    """Timings are given; the verdicts come from the export folder's manifest (FP32 parity passed,
+    INT8 not decided without a validation on labelled images): an undecided INT8 is never named."""
+    from lowformer.bench import BenchResult
+    from lowformer.bench.run import warn_slow_int8
+
+    def res(name, backend, precision, ms):
+        return BenchResult(target=name, kind="artifact", model="m", backend=backend, format="onnx",
+                           precision=precision, provider="cpu/f32" if backend == "openvino" else "cpu",
+                           path=str(ov_export / name), image_size=SIZE, batch_size=1, jobs=1, threads=2,
+                           median_ms=ms, mean_ms=ms, p90_ms=ms, min_ms=ms, max_ms=ms, images_per_s=1.0)
+    ort, ort_int8 = res("model.onnx", "onnxruntime", "fp32", 5.0), res("model_int8.onnx", "onnxruntime", "int8", 1.0)
+    ov, ov_int8 = res("model.xml", "openvino", "fp32", 3.0), res("model_int8.xml", "openvino", "int8", 6.0)
+    warn_slow_int8([ort, ort_int8, ov, ov_int8])
+    assert ort_int8.warnings == [] and len(ov_int8.warnings) == 1
+    assert "fastest passing artifact here: model.xml (3.00 ms, openvino cpu/f32)" in ov_int8.warnings[0]
+    ov.median_ms = 7.0  # FP32 IR slower still: the ORT FP32 ONNX is the one to ship
+    ov_int8.warnings.clear()
+    warn_slow_int8([ort, ort_int8, ov, ov_int8])
+    assert ov_int8.warnings == []  # INT8 (6 ms) is faster than OpenVINO FP32 (7 ms): nothing to say
+
+
 def test_precision_names():
     assert ov_engine.normalize_precision("FP32") == "f32" and ov_engine.normalize_precision("bfloat16") == "bf16"
     with pytest.raises(LowformerError, match="unknown precision"):

@@ -1,6 +1,9 @@
 """Training on real data (Fashion-MNIST, as an ImageFolder) with a tiny LowFormer: it learns, a killed
 run resumes exactly, checkpoints survive a kill mid-write, DDP runs under torchrun, and best.pt is
-an official-format checkpoint that `create_model` loads. Plus the official key mapping."""
+an official-format checkpoint that `create_model` loads. Plus the official key mapping.
+
+The folder preparation and the refusals of bad input need no real data: they run on generated idx
+files in Debian's format (helpers.write_fake_fashion_mnist), so they run on every machine."""
 from __future__ import annotations
 
 import json
@@ -16,7 +19,7 @@ import pytest
 import torch
 
 from conftest import FIXTURES, REPO
-from helpers import assert_one_line_error, load_mini, run_cli
+from helpers import assert_one_line_error, load_mini, run_cli, write_fake_fashion_mnist, write_idx
 
 from lowformer.models.checkpoints import read_state_dict, to_official_keys
 from lowformer.data.fashion_mnist import CLASSES, MARKER, load_split, prepare_fashion_mnist
@@ -49,6 +52,21 @@ def fm_tiny(fashion_mnist, tmp_path_factory) -> Path:
     return prepare_fashion_mnist(tmp_path_factory.mktemp("fm") / "tiny", fashion_mnist, per_class=50, test_per_class=10)
 
 
+@pytest.fixture(scope="module")
+def fm_generated(tmp_path_factory) -> Path:
+    """40 training and 20 test images of generated idx files, prepared as the real ones are."""
+    root = tmp_path_factory.mktemp("fm-generated")
+    source = write_fake_fashion_mnist(root / "source", per_class=4, test_per_class=2)
+    return prepare_fashion_mnist(root / "fm", source)
+
+
+@pytest.fixture(scope="module")
+def generated_run(fm_generated, tmp_path_factory):
+    """A finished run (2 epochs x 2 steps) on generated images: what --resume checks read."""
+    out = tmp_path_factory.mktemp("runs") / "generated"
+    return train(_config(fm_generated, out)), out, fm_generated
+
+
 def _config(data: Path, out: Path, **kw) -> TrainConfig:
     base = dict(model="b0", data=str(data / "train"), val_data=str(data / "test"), out=str(out), epochs=2,
                 batch_size=16, lr=2e-3, image_sizes=(32,), eval_size=32, workers=0, threads=1,
@@ -74,14 +92,22 @@ def _cli_args(cfg: TrainConfig):
 # Fashion-MNIST as an ImageFolder
 # ------------------------------------------------------------------------------------------------
 
-def test_fashion_mnist_folder_is_exact_and_idempotent(fashion_mnist, tmp_path):
+@pytest.fixture(params=["generated", "debian"])
+def fm_source(request, tmp_path) -> Path:
+    """Folder of the four idx.gz files: generated ones (always), Debian's (skips without them)."""
+    if request.param == "debian":
+        return request.getfixturevalue("fashion_mnist")
+    return write_fake_fashion_mnist(tmp_path / "source", per_class=5, test_per_class=3)
+
+
+def test_fashion_mnist_folder_is_exact_and_idempotent(fm_source, tmp_path):
     from PIL import Image
     from torchvision.datasets import ImageFolder
 
-    dest = prepare_fashion_mnist(tmp_path / "fm", fashion_mnist, per_class=3, test_per_class=2)
+    dest = prepare_fashion_mnist(tmp_path / "fm", fm_source, per_class=3, test_per_class=2)
     train_set = ImageFolder(dest / "train")
     assert train_set.classes == list(CLASSES) and len(train_set) == 30 and len(ImageFolder(dest / "test")) == 20
-    images, labels = load_split("train", fashion_mnist)
+    images, labels = load_split("train", fm_source)
     for path, label in train_set.samples[::7]:
         index = int(Path(path).stem)
         assert labels[index] == label
@@ -90,12 +116,39 @@ def test_fashion_mnist_folder_is_exact_and_idempotent(fashion_mnist, tmp_path):
 
     marker = dest / "train" / MARKER
     stamp = marker.stat().st_mtime_ns
-    prepare_fashion_mnist(dest, fashion_mnist, per_class=3, test_per_class=2)
+    prepare_fashion_mnist(dest, fm_source, per_class=3, test_per_class=2)
     assert marker.stat().st_mtime_ns == stamp  # finished splits are not rewritten
 
-    prepare_fashion_mnist(dest, fashion_mnist, per_class=4, test_per_class=2)  # a different request replaces
+    prepare_fashion_mnist(dest, fm_source, per_class=4, test_per_class=2)  # a different request replaces
     assert len(ImageFolder(dest / "train")) == 40
     assert sorted(p.name for p in dest.iterdir()) == ["test", "train"]  # no temporary folders left
+
+
+def test_bad_fashion_mnist_files_are_one_line_errors(tmp_path, capsys):
+    import gzip
+
+    from lowformer.data.fashion_mnist import main
+
+    def error(*argv):
+        assert main([str(tmp_path / "out"), *argv]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and "\n" not in err, err
+        return err
+
+    source = write_fake_fashion_mnist(tmp_path / "source", per_class=2, test_per_class=1)
+    assert "per-class image count must be at least 1" in error("--source", str(source), "--per-class", "0")
+    assert f"Fashion-MNIST file not found: {tmp_path / 'none' / 'train-images-idx3-ubyte.gz'}" in \
+        error("--source", str(tmp_path / "none"))
+    labels, images = source / "train-labels-idx1-ubyte.gz", source / "train-images-idx3-ubyte.gz"
+    labels.write_bytes(b"\x00\x00")
+    assert f"cannot read {labels}: " in error("--source", str(source))  # not gzip
+    labels.write_bytes(gzip.compress(b"\x00\x00\x0d\x01"))  # idx of floats: not Fashion-MNIST's bytes
+    assert f"{labels} is not an unsigned-byte idx file" in error("--source", str(source))
+    write_idx(labels, np.zeros(19, np.uint8))  # 20 images, 19 labels
+    assert f"Fashion-MNIST train files in {source} do not match" in error("--source", str(source))
+    images.write_bytes(gzip.compress(gzip.decompress(images.read_bytes())[:-5]))  # a cut-off idx body
+    assert f"{images} is truncated" in error("--source", str(source))
+    assert not (tmp_path / "out" / "train").exists()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -246,8 +299,8 @@ def test_torchrun_two_processes_gloo(fm_tiny, tmp_path):
 # Bad input
 # ------------------------------------------------------------------------------------------------
 
-def test_cli_rejects_bad_input(trained_run, tmp_path):
-    _, out, data = trained_run
+def test_cli_rejects_bad_input(generated_run, tmp_path):
+    _, out, data = generated_run
     common = ["--image-sizes", "32", "--eval-size", "32", "--workers", "0"]
     assert_one_line_error(run_cli("train", "b0", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r"),
                                   *common), "--data", "not found")
@@ -261,6 +314,14 @@ def test_cli_rejects_bad_input(trained_run, tmp_path):
                                   "--out", str(tmp_path / "r")), "randaug")
     assert_one_line_error(run_cli("train", "b0", "--data", str(data / "train"), "--out", str(out), *common),
                           "--resume")
+    assert_one_line_error(run_cli("train", "b0", "--data", str(data / "train"), "--batch-size", "64", *common,
+                                  "--out", str(tmp_path / "r")), "40 training images are too few for batch size 64")
+    other = tmp_path / "other-classes"
+    for name in CLASSES[:3]:
+        (other / name).mkdir(parents=True)
+        (other / name / "0.png").write_bytes(next((data / "test" / name).iterdir()).read_bytes())
+    assert_one_line_error(run_cli("train", "b0", "--data", str(data / "train"), "--val-data", str(other), *common,
+                                  "--out", str(tmp_path / "r")), "--val-data classes differ", "(3 vs 10 folders)")
     args = _cli_args(_config(data, out))
     assert_one_line_error(run_cli(*args, "--resume", "--epochs", "3"), "epochs differs")
     assert not list(out.glob(".*.tmp"))

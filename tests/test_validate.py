@@ -193,7 +193,7 @@ def test_bare_artifact_needs_a_reference(tiny, images, tmp_path):
                       checkpoint=str(tiny / "random-init.pt"), crop_ratio=32 / 33, interpolation="bicubic",
                       mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     assert result.passed and result.preprocessing["crop"] == 32 and result.preprocessing["resize"] == 33
-    assert result.warnings == [] or all("near" not in w for w in result.warnings)
+    assert result.warnings == []  # 12 images: too few to call the reference near chance
 
 
 def test_near_chance_with_trained_weights_warns(tmp_path):
@@ -289,17 +289,21 @@ def _check_lite0(lite0_export, imagenet_val, checkpoint, limit):
     assert abs(result.reference.top1 - _timm_torchvision_top1(checkpoint, paths)) <= 0.1
 
 
-def test_lite0_reference_matches_timm_and_onnx_agrees(lite0_export, imagenet_val, effnet_lite0_checkpoint):
+# imagenet_val first: without the images the test skips (saying where it looked) before the export.
+@pytest.mark.data
+def test_lite0_reference_matches_timm_and_onnx_agrees(imagenet_val, lite0_export, effnet_lite0_checkpoint):
     _check_lite0(lite0_export, imagenet_val, effnet_lite0_checkpoint, limit=100)
 
 
 @pytest.mark.slow
-def test_lite0_full_1300(lite0_export, imagenet_val, effnet_lite0_checkpoint):
+@pytest.mark.data
+def test_lite0_full_1300(imagenet_val, lite0_export, effnet_lite0_checkpoint):
     _check_lite0(lite0_export, imagenet_val, effnet_lite0_checkpoint, limit=None)
 
 
 @pytest.mark.slow
-def test_label_order_mistake_is_flagged(lite0_export, imagenet_val, tmp_path):
+@pytest.mark.data
+def test_label_order_mistake_is_flagged(imagenet_val, lite0_export, tmp_path):
     from lowformer.data.imagenet import list_samples, stratified_subset
 
     picked = stratified_subset(list_samples(imagenet_val).samples, 40)

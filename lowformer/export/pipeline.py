@@ -313,7 +313,9 @@ class Exporter:
                               str(self.manifest.checkpoint.get("sha256") or "unknown"),
                               progress=self.progress, **calib)
         facts["speed_check"] = int8_speed_check(src, path, str(calib.get("target") or "cpu"))
-        slower = slower_int8_warning(facts["speed_check"], src.name)
+        fp32 = next((a for a in self.result.artifacts if a.path == src.name), None)
+        slower = slower_int8_warning(facts["speed_check"], src.name,
+                                     fp32.parity.passed if fp32 is not None and fp32.parity else None)
         if slower:
             self.warn(slower)
         return self.check_and_record(path, "onnx", "int8", {"opset": self.opset, **facts})

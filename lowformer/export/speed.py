@@ -69,10 +69,14 @@ def int8_speed_check(fp32: Path, int8: Path, target: str, threads: Optional[int]
             "isa": cpu_isa()}
 
 
-def slower_int8_warning(check: Optional[Dict[str, Any]], fp32_name: str) -> Optional[str]:
-    """One line when the check found INT8 slower than FP32 (None otherwise)."""
+def slower_int8_warning(check: Optional[Dict[str, Any]], fp32_name: str,
+                        fp32_passed: Optional[bool] = True) -> Optional[str]:
+    """One line when the check found INT8 slower than FP32 (None otherwise), naming what to ship:
+    the FP32 artifact when its parity passed (`lowformer bench FOLDER` compares every artifact)."""
     if not check or "skipped" in check or check["int8_ms"] <= check["fp32_ms"]:
         return None
+    ship = (f"the fastest passing artifact of the two is {fp32_name}" if fp32_passed else
+            f"{fp32_name} failed its parity check too")
     return (f"INT8 ran slower than FP32 on this CPU ({check['int8_ms']:.2f} vs {check['fp32_ms']:.2f} ms at batch 1 "
-            f"in {check['runtime']}, {check['isa']}): prefer {fp32_name} here, or keep the slowest blocks in "
-            "float (--auto-exclude)")
+            f"in {check['runtime']}, {check['isa']}): {ship}; or keep the slowest blocks in float "
+            "(--auto-exclude); `lowformer bench FOLDER` times every artifact")
