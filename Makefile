@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test test-readme test-all demo bench gpu-check clean
+.PHONY: install test test-heavy test-readme test-all demo bench gpu-check clean
 
 install: $(STAMP)
 
@@ -15,6 +15,10 @@ $(STAMP): setup.cfg pyproject.toml
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The whole-chain checks `make test` leaves out (about 2.5 minutes; CI runs them).
+test-heavy: install
+	$(BIN)/python -m pytest -q -m "heavy and not slow"
 
 # Every README example that needs no GPU, run as written, and the demo (about 12 minutes).
 test-readme: install

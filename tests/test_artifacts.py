@@ -58,6 +58,7 @@ def _slow_writer(folder: str, index: int) -> None:
     artifacts.update(folder, add)
 
 
+@pytest.mark.heavy
 def test_concurrent_updates_keep_every_entry(tmp_path):
     _new().save(tmp_path)
     ctx = mp.get_context("spawn")

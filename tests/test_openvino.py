@@ -323,6 +323,7 @@ def test_profile_maps_layers_to_blocks_with_runtime_precision(ov_export):
     assert d["source"].startswith("OpenVINO PERF_COUNT")
 
 
+@pytest.mark.heavy
 @needs_openvino
 def test_bench_openvino_columns_also_in_spawned_jobs(ov_export):
     from lowformer.bench import bench

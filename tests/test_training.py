@@ -222,6 +222,7 @@ def model_preprocessing():
     return resolve("b0").preprocessing(32)
 
 
+@pytest.mark.heavy
 def test_kill_and_resume_gives_the_uninterrupted_result(fm_tiny, tmp_path):
     """One run of 2 epochs in one go; another killed (SIGKILL) during epoch 2 and resumed from last.pt."""
     straight = _config(fm_tiny, tmp_path / "straight", batch_size=16, workers=1)
@@ -279,6 +280,7 @@ def test_checkpoint_write_killed_midway_keeps_the_previous_one(tmp_path):
     assert remove_stale_temporaries(tmp_path) and not list(tmp_path.glob(".*.tmp"))
 
 
+@pytest.mark.heavy
 def test_torchrun_two_processes_gloo(fm_tiny, tmp_path):
     """DDP with gloo on CPU: 2 processes split each epoch, the total batch and lr double."""
     cfg = _config(fm_tiny, tmp_path / "ddp", epochs=1, lr=None, batch_size=16)

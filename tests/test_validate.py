@@ -290,6 +290,7 @@ def _check_lite0(lite0_export, imagenet_val, checkpoint, limit):
 
 
 # imagenet_val first: without the images the test skips (saying where it looked) before the export.
+@pytest.mark.heavy
 @pytest.mark.data
 def test_lite0_reference_matches_timm_and_onnx_agrees(imagenet_val, lite0_export, effnet_lite0_checkpoint):
     _check_lite0(lite0_export, imagenet_val, effnet_lite0_checkpoint, limit=100)

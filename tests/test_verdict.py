@@ -26,6 +26,7 @@ def test_rules():
     assert decide("fp32", True, {"error": "RuntimeError: boom"}, real_labels=False).status == FAIL
 
 
+@pytest.mark.heavy
 def test_demo_chain_agrees_in_report_summary_manifest_and_exit_code(tmp_path):
     from lowformer.demo import run_demo
 
