@@ -278,7 +278,9 @@ class _OrtBoundaries(_BoundaryRunner):
 
         from lowformer.engines.onnxrt import session_options
 
-        sess = ort.InferenceSession(str(self.path), session_options(*self._so), providers=["CPUExecutionProvider"])
+        threads, exact = self._so
+        sess = ort.InferenceSession(str(self.path), session_options(threads, exact=exact),
+                                    providers=["CPUExecutionProvider"])
         name = sess.get_outputs()[0].name
         return _in_fixed_batches(lambda c: sess.run([name], {self.input_name: c}), x, self.fixed_batch)[0]
 

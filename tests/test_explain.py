@@ -106,8 +106,10 @@ def test_a_perturbed_block_is_the_first_diverging_one(tiny, images, block):
     assert a.suggested_exclude == []  # --exclude is an INT8 remedy: nothing suggested for an FP32 artifact
 
 
-def test_int8_boundaries_are_read_without_changing_the_graph(tmp_path, images):
-    folder = _export(tmp_path / "int8", TINY, 32, calib_data=str(images), calib_size=8)
+# tensorrt: an s8 Q/DQ graph, run without ORT's fusions (reference math) both exposed and as shipped
+@pytest.mark.parametrize("target", ["cpu", "tensorrt"])
+def test_int8_boundaries_are_read_without_changing_the_graph(tmp_path, images, target):
+    folder = _export(tmp_path / "int8", TINY, 32, calib_data=str(images), calib_size=8, target=target)
     result = explain([str(folder / "model_int8.onnx")], images, workers=0, batch_size=8, record=False)
     a = result.artifacts[0]
     assert a.precision == "int8" and a.matched == a.total == len(TINY_BLOCKS)
