@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 from filelock import FileLock, Timeout
 
 from lowformer.core.errors import LowformerError
-from lowformer.core.files import PathLike, write_json
+from lowformer.core.files import PathLike, loads_strict, write_json
 from lowformer.core.machine import tool_versions
 
 log = logging.getLogger(__name__)
@@ -51,14 +51,15 @@ def _require_dict(value: Any, what: str) -> Dict[str, Any]:
 class ParityRecord:
     """The export check: the artifact against the unfused model on a fixed batch of inputs."""
 
-    max_abs: float
-    rel_l2: float
-    cosine: float
-    top1_agreement: float
+    max_abs: Optional[float]  # None (null) when a side gave NaN/Inf: `failure` says which
+    rel_l2: Optional[float]
+    cosine: Optional[float]
+    top1_agreement: Optional[float]
     n: int
     thresholds: Dict[str, float] = field(default_factory=dict)
     inputs: str = "random"
     passed: bool = False
+    failure: Optional[str] = None  # why it failed when no metric can say (non-finite logits)
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "ParityRecord":
@@ -69,7 +70,10 @@ class ParityRecord:
             raise LowformerError(f"manifest: bad parity record ({e})") from None
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if out["failure"] is None:  # only when no metric says why: older manifests stay byte-equal
+            del out["failure"]
+        return out
 
 
 @dataclass
@@ -114,7 +118,10 @@ class ValidationRecord:
 
 # Keys of an artifact entry with a typed field; every other key is a format-specific fact.
 _ENTRY_KEYS = ("path", "format", "precision", "sha256", "size", "parity", "validation")
-VERIFIED_NAME = ".verified.json"  # (size, mtime_ns) -> sha256 already checked: large files are not rehashed
+# Facts other commands record on an artifact (bench, profile, validate --explain, validate in another
+# runtime or precision): measurements of its bytes, kept by a re-export that leaves the bytes as they were.
+RECORD_FACTS = ("latency", "profile", "explain", "explain_runs", "validations")
+VERIFIED_NAME = ".verified.json"  # (size, mtime_ns, ctime_ns, inode) -> sha256 checked: large files are not rehashed
 
 
 @dataclass
@@ -164,6 +171,19 @@ class ArtifactEntry:
 
     def fact(self, key: str, default: Any = None) -> Any:
         return self.facts.get(key, default)
+
+    def carry_records(self, old: "ArtifactEntry") -> bool:
+        """Take over what other commands recorded on `old` (validation, latency, profile, explain)
+        when it describes the very same bytes (sha256 equal): a re-export that rewrote an unchanged
+        file keeps them. Records this entry already has win. Returns whether the bytes were equal."""
+        if not (self.sha256 and old.sha256 == self.sha256 and old.size in (None, self.size)):
+            return False
+        if self.validation is None:
+            self.validation = old.validation
+        for key in RECORD_FACTS:
+            if key in old.facts and key not in self.facts:
+                self.facts[key] = old.facts[key]
+        return True
 
     @property
     def int8(self) -> Dict[str, Any]:
@@ -217,13 +237,32 @@ class Manifest:
         """Weights drawn at export time (random-init.pt in the folder), not a trained checkpoint."""
         return self.checkpoint.get("source") == "random-init" or self.checkpoint.get("sha256") == "random-init"
 
-    def checkpoint_path(self, folder: PathLike) -> Optional[str]:
-        """Absolute path of the weights the artifacts were exported from (None: none recorded)."""
+    def checkpoint_path(self, folder: PathLike, full: bool = False) -> Optional[str]:
+        """Absolute path of the weights the artifacts were exported from (None: none recorded),
+        held to the rules of artifacts: inside the folder, present, with the recorded size and
+        sha256 (`full`: re-hashed, the cache not trusted). A problem is one LowformerError."""
         path = self.checkpoint.get("path")
         if not path:
             return None
-        p = Path(path)
-        return str(p if p.is_absolute() else Path(folder) / p)
+        folder = Path(folder).resolve()
+        p = (folder / path).resolve()
+        if Path(path).is_absolute() or not p.is_relative_to(folder):
+            raise LowformerError(f"the manifest's checkpoint {path!r} is outside {folder}: refused (give the "
+                                 "weights explicitly: --checkpoint PATH)")
+        if not p.is_file():
+            raise LowformerError(f"{p} is the manifest's checkpoint but missing (give the weights explicitly: "
+                                 "--checkpoint PATH)")
+        size, sha = self.checkpoint.get("size"), self.checkpoint.get("sha256")
+        if isinstance(size, int) and p.stat().st_size != size:
+            raise LowformerError(f"{p} is {p.stat().st_size} bytes but the manifest recorded {size}: the "
+                                 "checkpoint changed after export")
+        if isinstance(sha, str) and len(sha) == 64:
+            cache = _VerifiedCache(folder, full)
+            if cache.sha256(p) != sha:
+                raise LowformerError(f"{p} does not match the manifest's checkpoint (sha256 differs): the weights "
+                                     "were replaced after export")
+            cache.save()
+        return str(p)
 
     # ------------------------------------------------------------------ entries
     def entry(self, path: str) -> Optional[ArtifactEntry]:
@@ -274,7 +313,7 @@ class Manifest:
     def load(cls, path: PathLike) -> "Manifest":
         p = manifest_path(path)
         try:
-            data = json.loads(p.read_text())
+            data = loads_strict(p.read_text())
         except FileNotFoundError:
             raise LowformerError(f"no manifest at {p}") from None
         except (OSError, ValueError) as e:
@@ -287,12 +326,14 @@ class Manifest:
         write_json(p, self.to_dict())
         return p
 
-    def verify(self, folder: PathLike, skip_missing: bool = False, only: Optional[List[str]] = None) -> List[str]:
+    def verify(self, folder: PathLike, skip_missing: bool = False, only: Optional[List[str]] = None,
+               full: bool = False) -> List[str]:
         """Check every entry against the folder: path inside it, file present, size and sha256 as
-        recorded. A problem is one LowformerError naming the file; missing files are returned as
-        warnings instead when `skip_missing` (and their entries dropped from this object)."""
+        recorded (`full`: every file re-hashed, `.verified.json` not trusted). A problem is one
+        LowformerError naming the file; missing files are returned as warnings instead when
+        `skip_missing` (and their entries dropped from this object)."""
         folder = Path(folder).resolve()
-        cache = _VerifiedCache(folder)
+        cache = _VerifiedCache(folder, full)
         warnings, kept = [], []
         for e in self.artifacts:
             if only is not None and e.path not in only:
@@ -349,11 +390,14 @@ def locked(lock: FileLock, folder: PathLike) -> Iterator[None]:
 
 
 class _VerifiedCache:
-    """sha256 of files already hashed, keyed by (size, mtime_ns): a stat instead of a rehash."""
+    """sha256 of files already hashed, keyed by (size, mtime_ns, ctime_ns, inode): a stat instead of
+    a rehash. A rewrite in place changes ctime (which no user-space call sets back) even when size
+    and mtime are restored; a replaced file has another inode. `full`: hash every file (the
+    entries are still refreshed)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, full: bool = False):
         self.path = folder / VERIFIED_NAME
-        self.dirty = False
+        self.dirty, self.full = False, full
         try:
             self.data = json.loads(self.path.read_text())
             if not isinstance(self.data, dict):
@@ -365,9 +409,9 @@ class _VerifiedCache:
         from lowformer.core.files import sha256_file
 
         st = p.stat()
-        key, stamp = p.name, [st.st_size, st.st_mtime_ns]
+        key, stamp = p.name, [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
         hit = self.data.get(key)
-        if isinstance(hit, dict) and hit.get("stat") == stamp and isinstance(hit.get("sha256"), str):
+        if not self.full and isinstance(hit, dict) and hit.get("stat") == stamp and isinstance(hit.get("sha256"), str):
             return hit["sha256"]
         digest = sha256_file(p)
         self.data[key] = {"stat": stamp, "sha256": digest}

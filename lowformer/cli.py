@@ -61,7 +61,7 @@ def handle_errors(fn: Callable) -> Callable:
             error_line(str(e))
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
-            console.print(Text("interrupted", "red"))
+            error_line("interrupted")
             sys.exit(130)
         except OSError as e:
             if _DEBUG["on"]:
@@ -98,7 +98,29 @@ def print_table(title: str, columns, rows) -> None:
     console.print(table)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineErrors(click.Group):
+    """Click's own errors (usage, bad option values, Ctrl-C at a prompt) in the format of every other
+    error: one `error:` line; usage errors keep Click's exit code 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as e:
+            message = " ".join(e.format_message().split())
+            ctx = getattr(e, "ctx", None)
+            if isinstance(e, click.UsageError) and ctx is not None:
+                message += f" (see '{ctx.command_path} --help')"
+            error_line(message)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            error_line("interrupted")
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)  # an int: the code of click's Exit (--help, --version)
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lowformer")
 @click.option("--debug", is_flag=True, help="Show the full traceback of an error instead of one line.")
 def main(debug: bool) -> None:
@@ -110,6 +132,11 @@ def main(debug: bool) -> None:
       lowformer validate artifacts/b1-224 --data imagenet/val
       lowformer profile artifacts/b1-224
       lowformer bench b1 --latency --optit
+
+    \b
+    Every failure is one `error:` line on stderr: exit code 1 (or the command's own, e.g. 3
+    for "run this on the target device"), 2 for a usage error (a missing argument, an unknown
+    or bad option), 130 when interrupted.
     """
     import signal
 
@@ -245,9 +272,13 @@ def export_cmd(model, to, fp16, int8, checkpoint, image_size, batch_size, dynami
     else:
         print_table(f"Exported to {result.out}", ["artifact", "format", "precision", "rel-L2", "cosine", "top-1 agree",
                                                   "parity"],
-                    [(a.path, a.format, a.precision, f"{a.parity.rel_l2:.2e}", f"{a.parity.cosine:.6f}",
-                      f"{a.parity.top1_agreement:.1%}", "pass" if a.parity.passed else "FAIL")
+                    [(a.path, a.format, a.precision, *("-" if v is None else f.format(v) for v, f in (
+                        (a.parity.rel_l2, "{:.2e}"), (a.parity.cosine, "{:.6f}"), (a.parity.top1_agreement, "{:.1%}"))),
+                      "pass" if a.parity.passed else "FAIL")
                      for a in result.artifacts if a.parity is not None])
+        for a in result.artifacts:
+            if a.parity is not None and a.parity.failure:  # no metric says why: the reason, one line
+                error_line(a.parity.failure)
         for a in result.artifacts:
             if a.format == "onnx" and a.int8.get("auto_exclude"):  # OpenVINO's Q/DQ IR repeats it
                 print_auto_exclude(a.int8["auto_exclude"])
@@ -267,10 +298,13 @@ def export_cmd(model, to, fp16, int8, checkpoint, image_size, batch_size, dynami
 @click.option("--workspace-mb", default=2048, show_default=True, type=click.IntRange(16), help="Builder workspace.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False),
               help="Timing cache file reused across builds [default: trt-timing.cache beside the engine].")
+@click.option("--lock-timeout", default=600.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds to wait while another lowformer process writes into the ONNX's folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the engine's manifest entry as JSON to stdout.")
 @handle_errors
 def build_engine_cmd(onnx_file: str, out: Optional[str], fp16: bool, int8: bool, min_batch: int, opt_batch: int,
-                     max_batch: int, workspace_mb: int, timing_cache: Optional[str], as_json: bool) -> None:
+                     max_batch: int, workspace_mb: int, timing_cache: Optional[str], lock_timeout: float,
+                     as_json: bool) -> None:
     """Build a TensorRT engine from FILE.onnx. Run this on the target device.
 
     \b
@@ -287,7 +321,8 @@ def build_engine_cmd(onnx_file: str, out: Optional[str], fp16: bool, int8: bool,
 
     with console.status(f"building a TensorRT engine from {onnx_file} (this can take minutes)..."):
         entry = build_engine(onnx_file, out, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
-                             workspace_mb=workspace_mb, timing_cache=timing_cache, fp16=fp16, int8=int8)
+                             workspace_mb=workspace_mb, timing_cache=timing_cache, fp16=fp16, int8=int8,
+                             lock_timeout=lock_timeout)
     if as_json:
         return emit_json(entry)
     b = entry["build"]
@@ -306,7 +341,12 @@ def build_engine_cmd(onnx_file: str, out: Optional[str], fp16: bool, int8: bool,
 @click.option("--batch-size", default=50, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--workers", type=click.IntRange(0, 64), help="DataLoader decode workers [default: cores-1, max 4].")
 @click.option("--reference", help="Reference MODEL (default: the one in the artifacts' manifest).")
-@click.option("--checkpoint", type=click.Path(), help="Weights of --reference (omit: random init).")
+@click.option("--checkpoint", type=click.Path(),
+              help="Weights of --reference (omit: random init); alone: the manifest's model with these weights, "
+                   "which must have the sha256 the manifest records.")
+@click.option("--verify", "verify", default="cache", show_default=True, type=click.Choice(["cache", "full"]),
+              help="cache: trust .verified.json for files whose size, mtime, ctime and inode are unchanged; "
+                   "full: re-hash every artifact and the reference checkpoint.")
 @click.option("--gate-top1-drop", type=float, help="Max top-1 drop in pt vs the reference [fp16 0.2, int8 1.0].")
 @click.option("--gate-agreement", type=float, help="Min top-1 agreement with the reference, 0..1 [fp32 0.999, fp16 0.995].")
 @click.option("--crop-ratio", type=float, help="Override the manifest's crop/resize ratio (e.g. 0.875).")
@@ -327,17 +367,21 @@ def build_engine_cmd(onnx_file: str, out: Optional[str], fp16: bool, int8: bool,
 @click.option("--explain", is_flag=True,
               help="Then compare every block's output with the reference's (SQNR, cosine, ...; CPU): where it diverges; "
                    "INT8: the blocks to --exclude (largest SQNR loss first, >= 90% of it).")
+@click.option("--lock-timeout", default=600.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds to wait while another lowformer process writes into a folder this records into.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON to stdout.")
 @handle_errors
-def validate_cmd(artifacts, data, labels, limit, batch_size, workers, reference, checkpoint, gate_top1_drop,
+def validate_cmd(artifacts, data, labels, limit, batch_size, workers, reference, checkpoint, verify, gate_top1_drop,
                  gate_agreement, crop_ratio, interpolation, mean, std, skip_bad_images, report, threads, device,
-                 skip_missing, no_record, runtimes, precisions, explain, as_json) -> None:
+                 skip_missing, no_record, runtimes, precisions, explain, lock_timeout, as_json) -> None:
     """ImageNet top-1/top-5 of every artifact against the PyTorch reference, on the same images.
 
     \b
     Exit code 0 only if every artifact passes its gate:
       fp32: top-1 agreement >= 99.9%;  fp16: drop <= 0.2 pt and agreement >= 99.5%;  int8: drop <= 1.0 pt;
       bf16 (an FP32 model run by OpenVINO with --precision bf16): as fp16.
+    A 1000-class model on class folders that are not ImageNet wnids (labels in folder order,
+    e.g. generated images): the gates are recorded as not applied, with the reason (a warning).
     The outcome is also recorded under "validation" in each artifact's manifest entry.
     """
     from lowformer.cli_options import parse_triplet
@@ -359,7 +403,7 @@ def validate_cmd(artifacts, data, labels, limit, batch_size, workers, reference,
                       mean=mean, std=std, skip_bad_images=skip_bad_images, report=None if explain else report,
                       threads=threads,
                       device=device, skip_missing=skip_missing, record=False, runtimes=runtimes,
-                      precisions=precisions, progress=RichProgress())
+                      precisions=precisions, progress=RichProgress(), verify=verify)
     for w in result.warnings:
         console.print(Text.assemble(("warning:", "yellow"), " ", w), highlight=False, soft_wrap=True)
     if not as_json:
@@ -367,12 +411,12 @@ def validate_cmd(artifacts, data, labels, limit, batch_size, workers, reference,
         print_table(f"{d['images']} images, labels: {d['label_source']}", result.COLUMNS, result.rows())
         for a in result.artifacts:
             for f in a.failures:
-                console.print(Text.assemble((f"{a.name}:", "red"), " ", f), highlight=False, soft_wrap=True)
+                error_line(f"{a.name}: {f}")
     if not no_record:  # after the table: a folder we cannot write to still shows what was measured
-        record_validation(result)
+        record_validation(result, lock_timeout)
     out = result.to_dict()
     if plan is not None:
-        out["explain"] = _explain_and_show(plan, not no_record, as_json)
+        out["explain"] = _explain_and_show(plan, not no_record, as_json, lock_timeout)
         if report:
             from lowformer.core.files import write_json
 
@@ -383,9 +427,9 @@ def validate_cmd(artifacts, data, labels, limit, batch_size, workers, reference,
         sys.exit(1)
 
 
-def _explain_and_show(plan, record: bool, as_json: bool) -> dict:
+def _explain_and_show(plan, record: bool, as_json: bool, lock_timeout: float = 600.0) -> dict:
     """`validate --explain`: the block-by-block pass, a table and the findings per artifact."""
-    ex = plan.run(progress=RichProgress(), record=record)
+    ex = plan.run(progress=RichProgress(), record=record, lock_timeout=lock_timeout)
     for w in ex.warnings:
         console.print(Text.assemble(("warning:", "yellow"), " ", w), highlight=False, soft_wrap=True)
     if not as_json:
@@ -644,6 +688,8 @@ def demo_cmd(checkpoint: Optional[str], data: Optional[str], out: str, limit: in
         emit_json(summary)
         sys.exit(0 if summary["passed"] else 1)
     print_table("lowformer demo", summary["columns"], summary["rows"])
+    for w in summary.get("warnings") or []:  # under the table whose latencies they qualify
+        console.print(Text.assemble(("warning:", "yellow"), " ", w), highlight=False, soft_wrap=True)
     for m in summary["models"]:
         if m["next_step"]:
             console.print(f"[bold]TensorRT ({m['name']}):[/bold] {m['next_step']}", highlight=False, soft_wrap=True)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -29,7 +29,51 @@ class LogitComparison:
         return asdict(self)
 
 
+def nonfinite(values: np.ndarray, where: str, inputs: str = "input", what: str = "logits") -> Optional[str]:
+    """None when every value is finite; else one sentence naming `where` the NaN/Inf appeared, what
+    kind and on how many of the `inputs` (the first axis), e.g. "the artifact model.onnx gave
+    non-finite logits (NaN) on 4 of 4 inputs". The one check every comparison shares: NaN compares
+    false with everything, so a metric computed from it passes or fails by accident."""
+    rows, kinds = nonfinite_rows(values)
+    if not kinds:
+        return None
+    return nonfinite_message(where, kinds, int(rows.sum()), len(rows), inputs, what)
+
+
+def nonfinite_rows(values: np.ndarray) -> Tuple[np.ndarray, List[str]]:
+    """(per input along the first axis: whether it holds NaN/Inf, the kinds present: NaN, +Inf, -Inf)."""
+    a = np.asarray(values, dtype=np.float64)
+    a = a.reshape(len(a), -1) if a.ndim else a.reshape(1, 1)
+    rows = ~np.isfinite(a).all(1)
+    if not rows.any():
+        return rows, []
+    kinds = [k for k, hit in (("NaN", np.isnan(a).any()), ("+Inf", np.isposinf(a).any()),
+                              ("-Inf", np.isneginf(a).any())) if hit]
+    return rows, kinds
+
+
+def nonfinite_message(where: str, kinds: Sequence[str], bad: int, n: int, inputs: str = "input",
+                      what: str = "logits") -> str:
+    return f"{where} gave non-finite {what} ({', '.join(kinds)}) on {bad} of {n} {inputs}{'s' if n != 1 else ''}"
+
+
+def require_finite(values: np.ndarray, where: str, inputs: str = "input", what: str = "logits") -> None:
+    """Raise one LowformerError line when `values` hold NaN or Inf (see `nonfinite`)."""
+    msg = nonfinite(values, where, inputs, what)
+    if msg:
+        from lowformer.core.errors import LowformerError
+
+        raise LowformerError(msg)
+
+
+def finite_or_none(value: Optional[float]) -> Optional[float]:
+    """A metric for a record: None (JSON null) instead of NaN/Inf."""
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
 def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> LogitComparison:
+    """Metrics of `candidate` against `reference`. Check both with `nonfinite` first: with NaN or
+    Inf in either, these metrics are meaningless (NaN cosine, NaN argmax to class 0)."""
     ref = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
     out = np.asarray(candidate, dtype=np.float64).reshape(len(candidate), -1)
     if ref.shape != out.shape:

@@ -123,7 +123,28 @@ def run_demo(out: str = "demo-out", checkpoint: Optional[str] = None, data: Opti
     summary["report_html"] = str(write_html_report([dm.folder for dm in models], root / "report.html"))
     summary["columns"] = columns(labelled)
     summary["rows"] = summary_rows(models, labelled=labelled)
+    summary["warnings"] = latency_warnings(models)
     return summary
+
+
+def latency_warnings(models: List[DemoModel]) -> List[str]:
+    """The benchmark's reliability warnings (a busy machine, unsteady timings) for the latencies the
+    summary table shows, as `bench` and report.html give them: one line per model and kind of warning,
+    naming the rows it concerns and the first such warning in full."""
+    out: List[str] = []
+    for dm in models:
+        kinds: Dict[str, List[Any]] = {}  # "the machine was busy" -> [first warning, its targets]
+        for r in dm.bench.get("results", []):
+            target = "pytorch (reference)" if r.get("backend") == "pytorch" else \
+                Path(str(r.get("path") or r.get("target"))).name
+            for w in r.get("warnings") or []:
+                first, targets = kinds.setdefault(w.split(":")[0], [w, []])
+                if target not in targets:
+                    targets.append(target)
+        for kind, (first, targets) in kinds.items():
+            said = first if len(targets) == 1 else f"{kind} (e.g. {targets[0]}:{first[len(kind) + 1:]})"
+            out.append(f"{dm.name} latency of {', '.join(targets)}: {said}")
+    return out
 
 
 def _score(dm: DemoModel, path: str) -> Dict[str, Any]:

@@ -44,6 +44,7 @@ import numpy as np
 from lowformer import artifacts as _artifacts
 from lowformer.artifacts import ArtifactEntry, Manifest
 from lowformer.calibrate.blocks import module_blocks, node_blocks
+from lowformer.compare import finite_or_none, nonfinite_rows
 from lowformer.core.errors import LowformerError
 from lowformer.core.files import PathLike
 from lowformer.core.progress import Progress, no_progress
@@ -394,6 +395,18 @@ class _BlockTally:
         return _sqnr(self.sq_ref, self.sq_diff)
 
 
+def _fmt(value: Optional[float], spec: str) -> str:
+    return "-" if value is None else spec.format(value)
+
+
+def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> Optional[float]:
+    """max |a - b|, NaN/Inf equal where both hold the same; None when they differ there."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    d = np.abs(a - b)
+    d[(a == b) | (np.isnan(a) & np.isnan(b))] = 0.0
+    return finite_or_none(float(d.max())) if d.size else 0.0
+
+
 def _sqnr(sq_ref: float, sq_diff: float) -> float:
     if sq_diff <= 0.0:
         return SQNR_CAP_DB
@@ -426,6 +439,7 @@ class ArtifactExplanation:
     runtime: Optional[str] = None
     inference_precision: Optional[str] = None  # OpenVINO's hint for the run (f32 | bf16 | f16)
     date: str = ""
+    first_nonfinite: Optional[Dict[str, Any]] = None  # {block, side (reference/artifact), images}: NaN/Inf
 
     @property
     def variant(self) -> Optional[str]:
@@ -446,7 +460,8 @@ class ArtifactExplanation:
                 "top1": self.top1, "reference_top1": self.reference_top1,
                 "logits_max_abs_vs_artifact": self.logits_max_abs_vs_artifact,
                 "name": self.name, "path": self.path, "backend": self.backend, "precision": self.precision,
-                "runtime": self.runtime, "inference_precision": self.inference_precision}
+                "runtime": self.runtime, "inference_precision": self.inference_precision,
+                "first_nonfinite": self.first_nonfinite}
 
     COLUMNS = ["block", "cosine", "rel L2", "SQNR dB", "added dB", "max|Δ|", "flips", "note"]
 
@@ -455,14 +470,16 @@ class ArtifactExplanation:
         out = []
         for b in self.blocks:
             notes = []
+            if b.get("nonfinite"):
+                notes.append("NaN/Inf in " + " and ".join(k for k, v in b["nonfinite"].items() if v))
             if b["block"] == self.first_diverging:
                 notes.append("first diverging")
             elif floor is not None and b["sqnr_db"] < floor:
                 notes.append("below floor")
             if b["block"] in self.suggested_exclude:
                 notes.append("suggest --exclude")
-            out.append([b["block"], f"{b['cosine']:.6f}", f"{b['rel_l2']:.3g}", f"{b['sqnr_db']:.1f}",
-                        f"{b['added_db']:.1f}" if b.get("added_db") is not None else "-", f"{b['max_abs']:.3g}",
+            out.append([b["block"], _fmt(b["cosine"], "{:.6f}"), _fmt(b["rel_l2"], "{:.3g}"), f"{b['sqnr_db']:.1f}",
+                        _fmt(b.get("added_db"), "{:.1f}"), _fmt(b["max_abs"], "{:.3g}"),
                         str(self.flip_blocks.get(b["block"], 0)) if self.flipped else "-", ", ".join(notes)])
         return out
 
@@ -478,6 +495,10 @@ class ArtifactExplanation:
         lines = [f"{self.matched} of {self.total} blocks matched ({', '.join(self.unmatched)} not found)"
                  if self.unmatched else f"all {self.total} blocks matched; only block boundaries were exposed "
                                        f"(fusions inside blocks kept)"]
+        if self.first_nonfinite:
+            nf = self.first_nonfinite
+            lines.append(f"non-finite values (NaN/Inf) first appear at block {nf['block']}, in the {nf['side']} "
+                         f"({nf['images']} of {self.images} images)")
         if self.first_diverging:
             lines.append(f"first block below the {self.precision} floor of {floor:g} dB SQNR: {self.first_diverging}")
         else:
@@ -560,8 +581,9 @@ class ExplainPlan:
     def __init__(self, **kw: Any) -> None:
         self.__dict__.update(kw)
 
-    def run(self, progress: Progress = no_progress, record: bool = True) -> "ExplainResult":
-        return _run(self, progress, record)
+    def run(self, progress: Progress = no_progress, record: bool = True,
+            lock_timeout: float = _artifacts.DEFAULT_LOCK_TIMEOUT_S) -> "ExplainResult":
+        return _run(self, progress, record, lock_timeout)
 
 
 def prepare_explain(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathLike] = None,
@@ -679,6 +701,7 @@ class _Accumulator:
         self.correct = self.ref_correct = self.n = 0
         self.shape_mismatch: set = set()
         self.logits_vs_artifact: Optional[float] = None
+        self.nonfinite: Dict[str, Dict[str, int]] = {}  # block -> images with NaN/Inf, per side
 
     def add(self, ref: Dict[str, np.ndarray], art: Dict[str, np.ndarray], labels: np.ndarray,
             paths: Sequence[str]) -> None:
@@ -693,6 +716,14 @@ class _Accumulator:
                 continue
             r = r.reshape(n, -1)
             a = a.reshape(n, -1)
+            r_bad, a_bad = nonfinite_rows(r)[0], nonfinite_rows(a)[0]
+            keep = ~(r_bad | a_bad)
+            if not keep.all():  # NaN/Inf: no metric for this block, its images at the SQNR floor
+                counts = self.nonfinite.setdefault(b, {"reference": 0, "artifact": 0})
+                counts["reference"] += int(r_bad.sum())
+                counts["artifact"] += int(a_bad.sum())
+                per_image[k][~keep] = -SQNR_CAP_DB
+                r, a = r[keep], a[keep]
             d = a - r
             rr = np.einsum("ij,ij->i", r, r, dtype=np.float64)
             dd = np.einsum("ij,ij->i", d, d, dtype=np.float64)
@@ -701,12 +732,12 @@ class _Accumulator:
             denom = np.sqrt(aa * rr)
             cos = np.where(denom > 0, ar / np.where(denom > 0, denom, 1.0), np.where((aa == 0) & (rr == 0), 1.0, 0.0))
             t = self.tally[b]
-            t.n += n
+            t.n += len(r)
             t.cos_sum += float(cos.sum())
             t.sq_ref += float(rr.sum())
             t.sq_diff += float(dd.sum())
             t.max_abs = max(t.max_abs, float(np.abs(d).max()) if d.size else 0.0)
-            per_image[k] = [_sqnr(x, y) for x, y in zip(rr, dd)]
+            per_image[k][keep] = [_sqnr(x, y) for x, y in zip(rr, dd)]
         ref_pred, pred = ref["head"].argmax(1), art["head"].argmax(1)
         self.n += n
         self.correct += int((pred == labels).sum())
@@ -720,16 +751,23 @@ class _Accumulator:
         p = self.planned
         path, entry, _ = p.item
         floor = DEFAULT_SQNR_FLOOR_DB.get(p.precision, DEFAULT_SQNR_FLOOR_DB["fp32"])
-        kept = [b for b in self.blocks if b not in self.shape_mismatch and self.tally[b].n]
-        sqnrs = [self.tally[b].sqnr_db() for b in kept]
+        kept = [b for b in self.blocks if b not in self.shape_mismatch and (self.tally[b].n or b in self.nonfinite)]
+        # a block with NaN/Inf reads as the floor of the SQNR scale (no signal), its other metrics null
+        sqnrs = [-SQNR_CAP_DB if b in self.nonfinite else self.tally[b].sqnr_db() for b in kept]
         added = added_db(sqnrs)
         rows = []
         for b, s, a in zip(kept, sqnrs, added):
             t = self.tally[b]
+            if b in self.nonfinite:
+                rows.append({"block": b, "cosine": None, "rel_l2": None, "sqnr_db": round(s, 2), "max_abs": None,
+                             "added_db": round(a, 2), "nonfinite": dict(self.nonfinite[b])})
+                continue
             rows.append({"block": b, "cosine": round(t.cos_sum / t.n, 6),
                          "rel_l2": float(math.sqrt(t.sq_diff / t.sq_ref)) if t.sq_ref > 0 else 0.0,
-                         "sqnr_db": round(s, 2), "max_abs": t.max_abs, "added_db": round(a, 2)})
-        first = next((r["block"] for r in rows if r["sqnr_db"] < floor), None)
+                         "sqnr_db": round(s, 2), "max_abs": finite_or_none(t.max_abs), "added_db": round(a, 2)})
+        first = next((r["block"] for r in rows if r.get("nonfinite") or r["sqnr_db"] < floor), None)
+        first_nonfinite = next(({"block": r["block"], "side": " and ".join(k for k, v in r["nonfinite"].items() if v),
+                                 "images": max(r["nonfinite"].values())} for r in rows if r.get("nonfinite")), None)
         idx = {b: i for i, b in enumerate(self.blocks)}
         flip_blocks: Dict[str, int] = {}
         for flip, per in zip(self.flips, self.flip_sqnr):
@@ -750,10 +788,11 @@ class _Accumulator:
             top1=round(100.0 * self.correct / self.n, 4) if self.n else None,
             reference_top1=round(100.0 * self.ref_correct / self.n, 4) if self.n else None,
             logits_max_abs_vs_artifact=self.logits_vs_artifact, runtime=p.runtime, inference_precision=p.hint,
-            date=date)
+            date=date, first_nonfinite=first_nonfinite)
 
 
-def _run(plan: ExplainPlan, progress: Progress, record: bool) -> ExplainResult:
+def _run(plan: ExplainPlan, progress: Progress, record: bool,
+         lock_timeout: float = _artifacts.DEFAULT_LOCK_TIMEOUT_S) -> ExplainResult:
     import torch
 
     from lowformer.data.imagenet import ImageDataset
@@ -791,7 +830,7 @@ def _run(plan: ExplainPlan, progress: Progress, record: bool) -> ExplainResult:
                     for r, acc in zip(runners, accs):
                         art = r.run(xn)
                         if first:  # exposing the boundaries must not change what the artifact computes
-                            acc.logits_vs_artifact = float(np.abs(art["head"] - r.original_logits(xn)).max())
+                            acc.logits_vs_artifact = _max_abs_diff(art["head"], r.original_logits(xn))
                         acc.add(ref, art, labels, paths)
                     first = False
                 task.advance(len(errors))
@@ -820,11 +859,11 @@ def _run(plan: ExplainPlan, progress: Progress, record: bool) -> ExplainResult:
     result = ExplainResult(data_info, results, warnings, time.perf_counter() - started, date)
     result.items = [(p.item, r) for p, r in zip(plan.planned, results)]
     if record:
-        record_explanation(result)
+        record_explanation(result, lock_timeout)
     return result
 
 
-def record_explanation(result: ExplainResult) -> None:
+def record_explanation(result: ExplainResult, lock_timeout: float = _artifacts.DEFAULT_LOCK_TIMEOUT_S) -> None:
     """Each artifact's explanation into its manifest entry: `facts["explain"]` (another runtime's
     or precision's run of it: `facts["explain_runs"]["openvino/<hint>"]`)."""
     by_folder: Dict[Path, List[Tuple[ArtifactEntry, ArtifactExplanation]]] = {}
@@ -843,7 +882,7 @@ def record_explanation(result: ExplainResult) -> None:
                     target.facts["explain_runs"] = runs
                 else:
                     target.facts["explain"] = r.to_dict()
-        _artifacts.update(folder, apply)
+        _artifacts.update(folder, apply, timeout=lock_timeout)
 
 
 def added_db(sqnrs: Sequence[float]) -> List[float]:

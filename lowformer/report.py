@@ -44,7 +44,9 @@ figure.flip{margin:0;border:1px solid #ddd;border-radius:4px;padding:6px;width:2
 figure.flip img{display:block;margin:0 auto 4px auto;max-width:96px;max-height:96px}
 figure.flip .missing{width:96px;height:96px;margin:0 auto 4px auto;background:#eee;color:#777;
  display:flex;align-items:center;justify-content:center;text-align:center;font-size:.8em}
-td.verdict{min-width:14em}.scroll{overflow-x:auto}svg.chart{display:block;margin:.3em 0 1em 0}svg.chart text{font-size:11px;font-family:inherit}
+#artifact-table{font-size:.78em;width:100%}#artifact-table th,#artifact-table td{padding:2px 4px}
+#artifact-table td.wrap{overflow-wrap:anywhere}#artifact-table td.latency{min-width:8.5em}td.verdict{min-width:8em}
+.scroll{overflow-x:auto}svg.chart{display:block;margin:.3em 0 1em 0}svg.chart text{font-size:11px;font-family:inherit}
 """
 
 
@@ -91,13 +93,20 @@ def collect(folders: Sequence[PathLike]) -> ReportData:
     if not folders:
         raise LowformerError("name at least one export folder (a folder with a manifest.json)")
     out: List[FolderData] = []
+    notes: List[str] = []
     for raw in folders:
         p = Path(raw)
         if not p.exists():
             raise LowformerError(f"no such folder: {p}")
         folder = p if p.is_dir() else p.parent
-        out.append(FolderData(folder.resolve(), Manifest.load(p)))
+        manifest = Manifest.load(p)
+        # the page shows what was recorded of these very files: verified as validate does (a changed
+        # file is one error line); a missing one is left out, said in a note
+        missing = manifest.verify(folder, skip_missing=True)
+        out.append(FolderData(folder.resolve(), manifest))
+        notes += [f"{folder.resolve()}: {m}" for m in missing]
     data = ReportData(out, _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    data.notes.extend(notes)
     for f in out:
         if not f.manifest.artifacts:
             data.notes.append(f"{f.folder}: the manifest lists no artifacts")
@@ -251,8 +260,15 @@ def bar_chart(title: str, labels: Sequence[str], values: Sequence[Optional[float
 # ---------------------------------------------------------------------------------------------- sections
 
 
-def _validation_cells(v: Optional[ValidationRecord]) -> List[Tuple[str, str]]:
-    """(text, css class) cells: images, top-1, delta [CI], agreement, McNemar p, logit cosine, flips, gate."""
+def _gate_applies(v: ValidationRecord, labelled: bool) -> bool:
+    """Whether the record's accuracy gates decide: labelled images, and not recorded as not applied."""
+    return labelled and v.passed is not None and (v.gate or {}).get("applied") is not False
+
+
+def _validation_cells(v: Optional[ValidationRecord], labelled: bool = True) -> List[Tuple[str, str]]:
+    """(text, css class) cells: images, top-1, delta [CI], agreement, McNemar p, logit cosine, flips, gate.
+    `labelled` False (folder-order labels, lowformer.verdict.folder_order_labels): no top-1, delta or
+    McNemar p (n/a), and the gates are not applied, whatever an older record says."""
     if v is None:
         return [("not validated", "note")] + [("-", "num")] * 7
     if v.error:
@@ -261,10 +277,14 @@ def _validation_cells(v: Optional[ValidationRecord]) -> List[Tuple[str, str]]:
     delta = _num(v.top1_delta, "{:+.2f}")
     if ci and len(ci) == 2:
         delta += f" [{_num(ci[0], '{:+.2f}')}, {_num(ci[1], '{:+.2f}')}]"
-    gate = ("pass", "pass") if v.passed else ("FAIL: " + "; ".join(v.failures or []), "fail")
-    return [(str(v.images), "num"), (_num(v.top1), "num"), (delta, "num"),
+    if not _gate_applies(v, labelled):
+        gate = ("not applied: labels are folder order" if not labelled else "not applied", "note")
+    else:
+        gate = ("pass", "pass") if v.passed else ("FAIL: " + "; ".join(v.failures or []), "fail")
+    na = ("n/a", "num note")
+    return [(str(v.images), "num"), (_num(v.top1), "num") if labelled else na, (delta, "num") if labelled else na,
             (_num(v.agreement * 100 if v.agreement is not None else None) + (" %" if v.agreement is not None else ""),
-             "num"), (_num(v.mcnemar_p, "{:.3g}"), "num"), (_num(v.cosine, "{:.6f}"), "num"),
+             "num"), (_num(v.mcnemar_p, "{:.3g}"), "num") if labelled else na, (_num(v.cosine, "{:.6f}"), "num"),
             (str(v.flipped), "num"), gate]
 
 
@@ -318,25 +338,31 @@ def _artifact_table(data: ReportData) -> str:
         validations = [e.validation for e in f.manifest.artifacts if e.validation is not None]
         if validations:
             v = validations[0]
+            ref_top1 = _num(v.reference_top1) if not folder_order_labels(f.manifest, v) else "n/a"
             rows.append(f'<tr class="reference"><td>{_e(f.name)}</td><td>PyTorch reference</td><td>eager</td>'
                         f'<td>fp32</td><td class="num">-</td><td class="num">-</td>'
-                        f'<td class="num">{_e(v.images)}</td><td class="num">{_e(_num(v.reference_top1))}</td>'
-                        + '<td class="num">-</td>' * 6 + "<td>-</td><td>-</td><td>-</td></tr>")
+                        f'<td class="num">{_e(v.images)}</td><td class="num">{_e(ref_top1)}</td>'
+                        + '<td class="num">-</td>' * 6 + "<td>-</td><td>-</td></tr>")
         for e in f.manifest.artifacts:
             for i, (label, v) in enumerate(_validation_runs(data, f, e)):
                 parity = e.parity.cosine if e.parity is not None and i == 0 else None
-                cells = "".join(f'<td class="{cls}">{_e(text)}</td>' for text, cls in _validation_cells(v))
-                rows.append(f'<tr class="artifact" data-artifact="{_e(label)}"><td>{_e(f.name)}</td>'
-                            f"<td><code>{_e(label)}</code></td><td>{_e(e.format)}</td><td>{_e(e.precision)}</td>"
+                labelled = not folder_order_labels(f.manifest, v)
+                cells = "".join(f'<td class="{cls}">{_e(text)}</td>' for text, cls in _validation_cells(v, labelled))
+                rows.append(f'<tr class="artifact" data-artifact="{_e(label)}"><td class="wrap">{_e(f.name)}</td>'
+                            f'<td><code>{_e(label)}</code></td><td>{_e(e.format)}</td>'
+                            f"<td>{_e(e.precision)}</td>"
                             f'<td class="num">{_e(_size(e.size) if i == 0 else "")}</td>'
                             f'<td class="num">{_e(_num(parity, "{:.6f}"))}</td>{cells}'
-                            f"{_verdict_cell(f, e, v)}<td>{_latency_cell(e) if i == 0 else ''}</td></tr>")
+                            f"{_verdict_cell(f, e, v)}"
+                            f'<td class="wrap latency">{_latency_cell(e) if i == 0 else ""}</td></tr>')
     if not rows:
         return '<p class="note">No artifacts in these folders.</p>'
     unlabelled = sorted({f.name for f in data.folders for e in f.manifest.artifacts
                          if folder_order_labels(f.manifest, e.validation)})
     note = (f'<p class="note" id="labels-note">{_e(", ".join(unlabelled))}: validated on images whose labels are '
-            "class-folder order, not ImageNet classes: top-1, Δ top-1 and McNemar p measure nothing there; "
+            "class-folder order, not ImageNet classes: top-1, Δ top-1 and McNemar p measure nothing there (n/a) "
+            "and the accuracy gates are not applied (the export check decides FP32 and FP16; INT8 stays not "
+            "decided); "
             "agreement, the flipped images and logit cosine still compare the artifact with its reference.</p>"
             if unlabelled else "")
     return (f'<div class="scroll"><table id="artifact-table"><thead><tr>{head}</tr></thead>'

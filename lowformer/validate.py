@@ -21,11 +21,13 @@ import numpy as np
 
 from lowformer import artifacts as _artifacts
 from lowformer.artifacts import ArtifactEntry, Manifest, ValidationRecord
-from lowformer.compare import compare_logits, drop_decision, mcnemar_exact, paired_bootstrap_delta
+from lowformer.compare import (compare_logits, drop_decision, finite_or_none, mcnemar_exact, nonfinite_message,
+                               nonfinite_rows, paired_bootstrap_delta)
 from lowformer.core.progress import Progress, no_progress
 from lowformer.core.errors import LowformerError
 from lowformer.core.files import PathLike, write_json
 from lowformer.data.preprocess import Preprocessing
+from lowformer.verdict import gates_not_applied
 
 # (pt drop of top-1 allowed, minimum top-1 agreement); None = not gated.
 DEFAULT_GATES: Dict[str, Tuple[Optional[float], Optional[float]]] = {
@@ -35,6 +37,7 @@ DEFAULT_GATES: Dict[str, Tuple[Optional[float], Optional[float]]] = {
     "bf16": (0.2, 0.995),  # an FP32 model run by OpenVINO in bfloat16 (AMX): gated like FP16
 }
 MAX_FLIPS_IN_MANIFEST = 50
+MAX_BAD_NAMED = 20  # --skip-bad-images: the warning names this many skipped files (--report has them all)
 
 log = logging.getLogger(__name__)
 Item = Tuple[Path, Optional[ArtifactEntry], Optional[Manifest]]
@@ -105,7 +108,7 @@ class ValidationResult:
 
     @property
     def passed(self) -> bool:
-        return all(a.passed for a in self.artifacts)
+        return all(a.passed is not False for a in self.artifacts)  # None: gates not applied (not failed)
 
     def to_dict(self) -> Dict[str, Any]:
         return {"passed": self.passed, "date": self.date, "seconds": round(self.seconds, 2),
@@ -120,13 +123,16 @@ class ValidationResult:
             return f"{v:.2f}" if v is not None else "-"
 
         r = self.reference
-        out = [[f"{r.name} (reference)", pct(r.top1), pct(r.top5), "-", "-", "-", "-", "-", "-", "-", "-"]]
+        # labels in folder order (gates not applied): no accuracy to show, n/a rather than 0.00
+        acc = pct if not any((a.gate or {}).get("applied") is False for a in self.artifacts) else (lambda v: "n/a")
+        out = [[f"{r.name} (reference)", acc(r.top1), acc(r.top5), "-", "-", "-", "-", "-", "-", "-", "-"]]
         for a in self.artifacts:
-            verdict = "error" if a.error else ("pass" if a.passed else "FAIL")
+            verdict = "error" if a.error else ("pass" if a.passed else "not applied" if a.passed is None else "FAIL")
             ci = f"[{a.top1_delta_ci[0]:+.2f}, {a.top1_delta_ci[1]:+.2f}]" if a.top1_delta_ci else "-"
-            out.append([a.name, pct(a.top1), pct(a.top5),
-                        f"{a.top1_delta:+.2f}" if a.top1_delta is not None else "-", ci,
-                        f"{a.mcnemar_p:.3g}" if a.mcnemar_p is not None else "-",
+            out.append([a.name, acc(a.top1), acc(a.top5),
+                        f"{a.top1_delta:+.2f}" if a.top1_delta is not None and acc is pct else acc(None),
+                        ci if acc is pct else "n/a",
+                        f"{a.mcnemar_p:.3g}" if a.mcnemar_p is not None and acc is pct else acc(None),
                         pct(a.agreement * 100 if a.agreement is not None else None),
                         f"{a.cosine:.6f}" if a.cosine is not None else "-",
                         f"{a.max_abs:.3g}" if a.max_abs is not None else "-",
@@ -146,6 +152,9 @@ class _Tally:
         self.flips: List[Dict[str, Any]] = []
         self.num_classes = 0
         self.correct: List[np.ndarray] = []  # per image, in order: the paired statistics need them
+        self.nonfinite = 0  # images whose logits hold NaN/Inf (then no parity metric is meaningful)
+        self.nonfinite_kinds: List[str] = []
+        self.nonfinite_first: Optional[str] = None
 
     def accuracy(self, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
         k = min(5, logits.shape[1])
@@ -176,6 +185,20 @@ class _Tally:
     def pct(self, v: int) -> float:
         return 100.0 * v / self.n if self.n else 0.0
 
+    def count_nonfinite(self, logits: np.ndarray, paths: Sequence[str]) -> bool:
+        """Count the images whose logits hold NaN/Inf; whether this batch had any."""
+        rows, kinds = nonfinite_rows(logits)
+        if not kinds:
+            return False
+        self.nonfinite += int(rows.sum())
+        self.nonfinite_kinds = [k for k in ("NaN", "+Inf", "-Inf") if k in kinds or k in self.nonfinite_kinds]
+        self.nonfinite_first = self.nonfinite_first or Path(paths[int(np.flatnonzero(rows)[0])]).name
+        return True
+
+    def nonfinite_failure(self, where: str) -> str:
+        return (nonfinite_message(where, self.nonfinite_kinds, self.nonfinite, self.n, "image") +
+                f" (first: {self.nonfinite_first})")
+
 
 def _prob(logits: np.ndarray, cls: int) -> float:
     """Softmax probability of class `cls` from one image's logits (stable: max subtracted), 4 digits."""
@@ -198,7 +221,12 @@ def default_workers() -> int:
 
 
 def _check_input_size(runner, crop: int, name: str) -> None:
-    h, w = runner.input_spec.shape[-2:]
+    shape = list(runner.input_spec.shape)
+    if len(shape) != 4:
+        dims = "x".join(str(d) if isinstance(d, int) else "N" for d in shape)
+        raise LowformerError(f"{name} takes inputs of shape {dims}, not images (Nx3xHxW): validate runs image "
+                             "classifiers")
+    h, w = shape[-2:]
     if (isinstance(h, int) and h != crop) or (isinstance(w, int) and w != crop):
         raise LowformerError(f"{name} takes {h}x{w} images but the preprocessing crops {crop}x{crop}; "
                              f"validate it with a matching manifest")
@@ -219,31 +247,59 @@ def reference_model(manifest: Manifest, folder: PathLike):
     return create_model(manifest.model_name, manifest.checkpoint_path(folder), num_classes=manifest.num_classes)
 
 
-def _reference_from_manifests(items: Sequence[Item]) -> Tuple[Any, Manifest, Path, bool]:
-    """(reference model, manifest, folder, whether its weights are trained rather than random)."""
+def _reference_from_manifests(items: Sequence[Item], checkpoint: Optional[str] = None, full: bool = False,
+                              notes: Optional[List[str]] = None) -> Tuple[Any, Manifest, Path, bool]:
+    """(reference model, manifest, folder, whether its weights are trained rather than random).
+
+    The manifest's checkpoint is held to the rules of artifacts (inside the folder, size and
+    sha256 as recorded: `Manifest.checkpoint_path`); `checkpoint`, given explicitly, replaces it
+    when it has the recorded sha256 (said in one line of `notes`)."""
+    from lowformer.models.checkpoints import sha256_file
+    from lowformer.models.factory import create_model
+
     found = {}
     for path, entry, manifest in items:
         if manifest is None or entry is None:
             raise LowformerError(f"{path} has no manifest entry: give --reference MODEL [--checkpoint PATH]")
         folder = _folder_of(path, entry)
-        ckpt = manifest.checkpoint_path(folder)
         sha = manifest.checkpoint.get("sha256")
+        ckpt = None if checkpoint is not None else manifest.checkpoint_path(folder, full)
         key = (manifest.model_name, str(Path(ckpt).resolve()) if ckpt else None, sha)
-        found.setdefault(key, (manifest, folder, ckpt is not None and sha != "random-init"))
+        found.setdefault(key, (manifest, folder, ckpt, (ckpt is not None or checkpoint is not None)
+                               and sha != "random-init"))
     if len(found) > 1:
         raise LowformerError("the artifacts come from different models or checkpoints: validate them "
                              "separately, or give --reference MODEL --checkpoint PATH")
-    manifest, folder, trained = next(iter(found.values()))
-    return reference_model(manifest, folder), manifest, folder, trained
+    manifest, folder, ckpt, trained = next(iter(found.values()))
+    if checkpoint is not None:
+        sha, size = manifest.checkpoint.get("sha256"), manifest.checkpoint.get("size")
+        if not os.path.isfile(checkpoint):
+            raise LowformerError(f"no such checkpoint: {checkpoint}")
+        if not (isinstance(sha, str) and len(sha) == 64):
+            raise LowformerError(f"the manifest of {folder} records no sha256 of its checkpoint to check "
+                                 f"{checkpoint} against: give --reference MODEL --checkpoint PATH")
+        if (isinstance(size, int) and os.path.getsize(checkpoint) != size) or sha256_file(checkpoint) != sha:
+            raise LowformerError(f"{checkpoint} is not the checkpoint the artifacts were exported from (sha256 "
+                                 "differs from the manifest's): to compare with other weights give "
+                                 f"--reference {manifest.model_name} --checkpoint PATH")
+        if notes is not None:
+            notes.append(f"reference: weights from --checkpoint {checkpoint} (the sha256 the manifest records), "
+                         "not the manifest's checkpoint path")
+        ckpt = checkpoint
+    model = create_model(manifest.model_name, ckpt, num_classes=manifest.num_classes)
+    return model, manifest, folder, trained
 
 
 def resolve_reference(items: Sequence[Item], reference: Optional[str], checkpoint: Optional[str],
                       image_size: int = 224, crop_ratio: Optional[float] = None, interpolation: Optional[str] = None,
-                      mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None
+                      mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                      notes: Optional[List[str]] = None, full: bool = False
                       ) -> Tuple[Any, Optional[Manifest], str, bool, Preprocessing]:
     """(reference model, manifest, its name, whether its weights are real, preprocessing) of a run:
     the model named by `reference` (with `checkpoint`), else the one the artifacts' manifests came
-    from; preprocessing from the manifest (else the reference's own at `image_size`), overridden."""
+    from (with `checkpoint`: those weights, which must have the manifest's sha256); preprocessing
+    from the manifest (else the reference's own at `image_size`), overridden. A reference given
+    explicitly instead of a manifest's is said in one line of `notes`."""
     from lowformer.models.factory import create_model
     from lowformer.models.registry import resolve
 
@@ -251,10 +307,10 @@ def resolve_reference(items: Sequence[Item], reference: Optional[str], checkpoin
         ref_model = create_model(reference, checkpoint)
         manifest = next((m for _, _, m in items if m is not None), None)
         real_checkpoint, ref_name = checkpoint is not None, resolve(reference).display
+        if manifest is not None and notes is not None:
+            notes.append(_explicit_reference_note(manifest, reference, checkpoint))
     else:
-        if checkpoint is not None:
-            raise LowformerError("a checkpoint goes with a reference model")
-        ref_model, manifest, _, real_checkpoint = _reference_from_manifests(items)
+        ref_model, manifest, _, real_checkpoint = _reference_from_manifests(items, checkpoint, full, notes)
         ref_name = manifest.display_name
     if manifest is not None:
         pre = Preprocessing.from_dict(manifest.preprocessing)
@@ -263,9 +319,24 @@ def resolve_reference(items: Sequence[Item], reference: Optional[str], checkpoin
     return ref_model, manifest, ref_name, real_checkpoint, pre.override(crop_ratio, interpolation, mean, std)
 
 
+def _explicit_reference_note(manifest: Manifest, reference: str, checkpoint: Optional[str]) -> str:
+    """One line: the reference was given with --reference (and --checkpoint), not the manifest's."""
+    from lowformer.models.checkpoints import sha256_file
+
+    sha = manifest.checkpoint.get("sha256")
+    if checkpoint is None:
+        weights = "random weights (no --checkpoint)"
+    else:
+        same = isinstance(sha, str) and len(sha) == 64 and os.path.isfile(checkpoint) and sha256_file(checkpoint) == sha
+        weights = f"--checkpoint {checkpoint} (" + ("the weights the artifacts were exported from" if same else
+                                                     "not the weights the artifacts were exported from") + ")"
+    return f"reference: {reference} with {weights}, given explicitly instead of the manifest's checkpoint"
+
+
 def _validation_record(s: ModelScore, result: ValidationResult) -> ValidationRecord:
     return ValidationRecord(
-        date=result.date, passed=bool(s.passed), error=s.error, data=result.data["root"], images=s.images,
+        date=result.date, passed=None if s.passed is None else bool(s.passed), error=s.error,
+        data=result.data["root"], images=s.images,
         limit=result.data["limit"], label_source=result.data["label_source"], preprocessing=result.preprocessing,
         top1=s.top1, top5=s.top5, reference_top1=result.reference.top1, reference_top5=result.reference.top5,
         top1_delta=s.top1_delta, agreement=s.agreement, cosine=s.cosine, max_abs=s.max_abs,
@@ -273,7 +344,8 @@ def _validation_record(s: ModelScore, result: ValidationResult) -> ValidationRec
         top1_delta_ci=s.top1_delta_ci, mcnemar_p=s.mcnemar_p, decision=s.decision)
 
 
-def _record(items: Sequence[Item], scores: List[ModelScore], result: ValidationResult) -> None:
+def _record(items: Sequence[Item], scores: List[ModelScore], result: ValidationResult,
+            lock_timeout: float = _artifacts.DEFAULT_LOCK_TIMEOUT_S) -> None:
     """Write each artifact's outcome into its manifest entry (one locked update per manifest)."""
     by_folder: Dict[Path, List[Tuple[ArtifactEntry, ModelScore]]] = {}
     for (path, entry, manifest), score in zip(items, scores):
@@ -285,6 +357,10 @@ def _record(items: Sequence[Item], scores: List[ModelScore], result: ValidationR
                 target = manifest.entry(entry.path)
                 if target is None:
                     continue
+                if entry.sha256 and target.sha256 != entry.sha256:  # re-exported meanwhile: other bytes
+                    log.warning("not recorded for %s: it was replaced while it was validated (validate it again)",
+                                entry.path)
+                    continue
                 if s.runtime or (s.inference_precision or "f32") != "f32":
                     # another runtime or precision than the artifact's own: kept beside its validation
                     key = f"{s.runtime or s.backend}/{s.inference_precision or 'f32'}"
@@ -293,7 +369,7 @@ def _record(items: Sequence[Item], scores: List[ModelScore], result: ValidationR
                     target.facts["validations"] = runs
                 else:
                     target.validation = _validation_record(s, result)
-        _artifacts.update(folder, apply)  # re-read under the lock: other commands may write meanwhile
+        _artifacts.update(folder, apply, timeout=lock_timeout)  # re-read under the lock: others may write meanwhile
 
 
 def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathLike] = None,
@@ -305,8 +381,12 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
              skip_bad_images: bool = False, report: Optional[PathLike] = None, record: bool = True,
              device: str = "cpu", threads: Optional[int] = None, seed: int = 0, skip_missing: bool = False,
              runtimes: Sequence[str] = (), precisions: Sequence[str] = (),
-             progress: Progress = no_progress) -> ValidationResult:
+             progress: Progress = no_progress, verify: str = "cache",
+             lock_timeout: float = _artifacts.DEFAULT_LOCK_TIMEOUT_S) -> ValidationResult:
     """Top-1/top-5 of the PyTorch reference and every artifact on one pass over `data`.
+
+    `verify`: "cache" trusts `.verified.json` for files whose stat is unchanged; "full" re-hashes
+    every artifact and the reference checkpoint.
 
     `runtimes` / `precisions` (lowformer.engines.runtimes): also run ONNX artifacts through OpenVINO,
     at each OpenVINO inference precision; every such run is scored and gated on its own."""
@@ -324,11 +404,14 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
         raise LowformerError("the agreement gate is a fraction between 0 and 1 (e.g. 0.999)")
     if not artifacts:
         raise LowformerError("name at least one artifact, export folder or manifest")
+    if verify not in ("cache", "full"):
+        raise LowformerError(f"verify is cache or full, not {verify!r}")
     started = time.perf_counter()
     listed = list_samples(data, labels)  # data errors first: they are cheap to find
 
     warnings: List[str] = list(getattr(listed, "warnings", []))  # e.g. images the labels file misses
-    loaded = load_artifacts(list(artifacts), device, threads, skip_missing, warnings, runtimes, precisions)
+    loaded = load_artifacts(list(artifacts), device, threads, skip_missing, warnings, runtimes, precisions,
+                            full=verify == "full")
     items = [(p, e, m) for p, e, m, _ in loaded]
     runners = [r for *_, r in loaded]
     warnings += [w for r in runners for w in r.warnings]
@@ -344,7 +427,7 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
 
     size = next((r.input_spec.shape[-1] for r in runners if isinstance(r.input_spec.shape[-1], int)), 224)
     ref_model, manifest, ref_name, real_checkpoint, pre = resolve_reference(
-        items, reference, checkpoint, int(size), crop_ratio, interpolation, mean, std)
+        items, reference, checkpoint, int(size), crop_ratio, interpolation, mean, std, warnings, verify == "full")
     paths = list(dict.fromkeys(p for p, _, _ in items))  # one artifact may run in several runtimes/precisions
     short = dict(zip(paths, _unique_names(paths)))
     names = [f"{short[p]} ({r.variant})" if getattr(r, "variant", None) else short[p]
@@ -370,6 +453,9 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
     try:
         bad = _one_pass(samples, pre, batch_size, workers, skip_bad_images, listed.label_source,
                         ref_runner, ref_score, ref_tally, runners, scores, tallies, progress)
+        if ref_tally.nonfinite:  # nothing to compare with: refused, whatever the artifacts did
+            raise LowformerError(ref_tally.nonfinite_failure(f"the reference {ref_name}") +
+                                 ": its weights hold NaN/Inf or it overflows; no artifact can be validated against it")
     finally:
         for r in runners:
             r.close()
@@ -377,30 +463,42 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
         raise LowformerError("no readable images to validate")
 
     _fill(ref_score, ref_tally)
+    not_applied = gates_not_applied(ref_tally.num_classes, listed.label_source)
     for s, t in zip(scores, tallies):
         _fill(s, t)
-        if s.error is None and t.n:
+        if s.error is None and t.n and t.nonfinite:  # NaN agrees, compares and argmaxes by accident
+            s.top1_delta = s.top1 - ref_score.top1
+            s.failures = [t.nonfinite_failure(f"the artifact {s.name}")]
+        elif s.error is None and t.n:
             s.top1_delta = s.top1 - ref_score.top1
             s.agreement = t.agree / t.n
-            s.cosine = t.cos_sum / t.n
-            s.max_abs = t.max_abs
-            s.rel_l2 = float(np.sqrt(t.sq_diff / max(t.sq_ref, 1e-300)))
+            s.cosine = finite_or_none(t.cos_sum / t.n)
+            s.max_abs = finite_or_none(t.max_abs)
+            s.rel_l2 = finite_or_none(float(np.sqrt(t.sq_diff / max(t.sq_ref, 1e-300))))
             s.flipped = t.flips
             s.failures = Gate(**s.gate).failures(s.top1_delta, s.agreement)  # type: ignore[arg-type]
+            if not_applied:  # recorded as not applied, with the reason: neither passed nor failed
+                s.gate, s.failures = {**(s.gate or {}), "applied": False, "reason": not_applied}, []
             _paired_statistics(s, ref_tally, t)
         elif s.error is None:
             s.error = "no images were run"
         if s.error:
             s.failures = [s.error]
         s.passed = s.error is None and not s.failures
+        if s.passed and (s.gate or {}).get("applied") is False:
+            s.passed = None
 
     if real_checkpoint and near_chance(ref_score.top1, ref_tally.num_classes, ref_tally.n):
         chance = 100.0 / ref_tally.num_classes
         warnings.append(f"the reference scores {ref_score.top1:.2f}% top-1 (chance {chance:.2f}%) with a real "
                         f"checkpoint: the labels probably do not follow the model's class order "
                         f"(labels: {listed.label_source})")
+    if any((s.gate or {}).get("applied") is False for s in scores):
+        warnings.append(f"accuracy gates not applied: {not_applied}")
     if bad:
-        warnings.append(f"skipped {len(bad)} unreadable image(s)")
+        shown = ", ".join(b["path"] for b in bad[:MAX_BAD_NAMED])
+        more = f" and {len(bad) - MAX_BAD_NAMED} more (all in --report)" if len(bad) > MAX_BAD_NAMED else ""
+        warnings.append(f"skipped {len(bad)} unreadable image(s): {shown}{more}")
     data_info = {**listed.describe(), "images": ref_tally.n, "limit": limit, "seed": seed,
                  "held_out_calibration_images": len(held_out), "bad_images": bad}
     result = ValidationResult(data_info, pre.to_dict(), ref_score, scores, warnings,
@@ -410,13 +508,13 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
     if report is not None:
         write_json(report, result.to_dict())
     if record:
-        record_validation(result)
+        record_validation(result, lock_timeout)
     return result
 
 
-def record_validation(result: ValidationResult) -> None:
+def record_validation(result: ValidationResult, lock_timeout: float = _artifacts.DEFAULT_LOCK_TIMEOUT_S) -> None:
     """Write each artifact's outcome into its manifest entry (one locked update per folder)."""
-    _record(result.items, result.artifacts, result)
+    _record(result.items, result.artifacts, result, lock_timeout)
 
 
 def _machine() -> Dict[str, Any]:
@@ -470,7 +568,7 @@ def _one_batch(x, y, idx, errors, samples, skip_bad_images: bool, label_source: 
     for i in np.flatnonzero(~ok):
         bad.append({"path": str(samples[int(idx[i])].path), "error": errors[i]})
     if bad and not skip_bad_images:
-        shown = "; ".join(f"{Path(b['path']).name} ({b['error']})" for b in bad[:3])
+        shown = "; ".join(f"{b['path']} ({b['error']})" for b in bad[:3])
         raise LowformerError(f"unreadable image{'s' if len(bad) > 1 else ''}: {shown}; "
                              f"rerun with skip_bad_images to skip and list them")
     if not ok.any():
@@ -479,6 +577,9 @@ def _one_batch(x, y, idx, errors, samples, skip_bad_images: bool, label_source: 
     labels_b = y.numpy()[ok]
     paths = [str(samples[int(i)].path) for i in idx.numpy()[ok]]
     ref_logits = ref_runner.run(xb).numpy()
+    if ref_tally.count_nonfinite(ref_logits, paths):
+        ref_tally.n += len(labels_b)  # counted as run, compared with nothing (the caller refuses the run)
+        return
     if ref_logits.shape[1] <= labels_b.max():
         raise LowformerError(f"the labels go up to class {labels_b.max()} but the model has "
                              f"{ref_logits.shape[1]} outputs ({label_source})")
@@ -497,7 +598,8 @@ def _one_batch(x, y, idx, errors, samples, skip_bad_images: bool, label_source: 
             s.error = f"output shape {tuple(out.shape)} differs from the reference {tuple(ref_logits.shape)}"
             continue
         pred = t.accuracy(out, labels_b)
-        t.parity(ref_logits, out, ref_pred, pred, labels_b, paths)
+        if not t.count_nonfinite(out, paths) and not t.nonfinite:
+            t.parity(ref_logits, out, ref_pred, pred, labels_b, paths)
 
 
 def _paired_statistics(score: ModelScore, ref: _Tally, art: _Tally) -> None:

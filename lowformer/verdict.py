@@ -41,7 +41,7 @@ def decide(precision: str, export_check_passed: Optional[bool], validation: Opti
         return Verdict(FAIL, EXPORT_CHECK, "logit parity on the export's fixed batch failed")
     if validation and validation.get("error"):
         return Verdict(FAIL, VALIDATION, str(validation["error"]))
-    if validation and real_labels:
+    if validation and real_labels and validation.get("passed") is not None:  # None: gates not applied
         if validation.get("passed"):
             return Verdict(PASS, VALIDATION, "accuracy gates hold on labelled images")
         return Verdict(FAIL, VALIDATION, "; ".join(validation.get("failures") or ["a gate failed"]))
@@ -54,11 +54,23 @@ def decide(precision: str, export_check_passed: Optional[bool], validation: Opti
     return Verdict(UNDECIDED, None, "no export check recorded and no validation on labelled images")
 
 
+GATES_NOT_APPLIED = ("the labels are class-folder order, not the ImageNet classes of this 1000-class model "
+                     "(generated images?): top-1 means nothing there and the accuracy gates decide only on "
+                     "labelled real images (ImageNet wnid folders or --labels); the export check decides")
+
+
+def gates_not_applied(num_classes: Optional[int], label_source: Optional[str]) -> Optional[str]:
+    """Why `validate`'s accuracy gates do not apply to a run (None: they apply): an ImageNet model on
+    class folders that are not ImageNet wnids, whose labels are folder order (the demo's generated images)."""
+    if num_classes == IMAGENET_CLASSES and (label_source or "").startswith("sorted folder order"):
+        return GATES_NOT_APPLIED
+    return None
+
+
 def folder_order_labels(manifest: Manifest, v: Optional[ValidationRecord]) -> bool:
     """Validated on class folders that are not ImageNet wnids with an ImageNet model: the labels are
     folder order, so its top-1 means nothing (the demo's generated images)."""
-    return (v is not None and manifest.num_classes == IMAGENET_CLASSES
-            and (v.label_source or "").startswith("sorted folder order"))
+    return v is not None and gates_not_applied(manifest.num_classes, v.label_source) is not None
 
 
 def artifact_verdict(manifest: Manifest, entry: ArtifactEntry,

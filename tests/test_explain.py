@@ -161,7 +161,9 @@ def test_cli_explain_json_and_no_record(tiny, images):
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     ex = doc["explain"]["artifacts"][0]
-    assert ex["matched"] == ex["total"] == len(TINY_BLOCKS) and doc["artifacts"][0]["passed"]
+    assert ex["matched"] == ex["total"] == len(TINY_BLOCKS)
+    # generated images, a 1000-class model: the gates are not applied (neither passed nor failed)
+    assert doc["passed"] and doc["artifacts"][0]["passed"] is not False and doc["artifacts"][0]["agreement"] >= 0.999
     assert manifest_dict(tiny) == before  # --no-record: nothing written
 
 

@@ -118,6 +118,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x00garbage")
     out = tmp_path / "out"
+    out.mkdir()  # an existing folder: the refused runs must leave it as it was
     assert_one_line_error(run_cli("export", "b0", "--checkpoint", str(junk), "--out", str(out)), "cannot read checkpoint")
     torch.save({"stem.0.conv.weight": torch.zeros(1)}, tmp_path / "wrong.pt")
     assert_one_line_error(run_cli("export", "b0", "--checkpoint", str(tmp_path / "wrong.pt"), "--out", str(out)),
@@ -126,9 +127,10 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert_one_line_error(run_cli("export", "b0", "--out", str(blocker / "sub")), "cannot create folder")
-    # The checkpoint errors come after the export made its folder: the refused runs leave it empty
-    # (no artifact, no manifest, no staging folder or temporary).
-    assert out.is_dir(), "the checkpoint errors no longer reach the export folder: nothing here is checked"
+    # The checkpoint errors come before the export writes anything (the reference is checked, NaN/Inf
+    # included, before the folder is made): the refused runs leave it empty (no artifact, no
+    # manifest, no staging folder or temporary).
+    assert out.is_dir()
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == []
 
 

@@ -88,7 +88,9 @@ def test_validate_bench_and_profile_through_the_cli(pt2_export, images, tmp_path
     r = run_cli("validate", str(out), "--data", str(images), "--workers", "0")
     assert r.exit_code == 0, r.output
     arts = {a["path"]: a for a in manifest_dict(out)["artifacts"]}
-    assert arts["model.pt2"]["validation"]["passed"] and arts["model_aoti_cpu.pt2"]["validation"]["passed"]
+    for name in ("model.pt2", "model_aoti_cpu.pt2"):  # generated images: gates not applied, agreement measured
+        v = arts[name]["validation"]
+        assert v["passed"] is not False and not v["failures"] and v["agreement"] >= 0.999, v
 
     r = run_cli("bench", str(out), "--latency", "--iterations", "3", "--warmup", "1", "--json")
     assert r.exit_code == 0, r.output

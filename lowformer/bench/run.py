@@ -32,6 +32,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+import numpy as np
+
+from lowformer.compare import nonfinite
 from lowformer.core.errors import LowformerError
 from lowformer.core.machine import load_average, machine_info
 from lowformer.core.timing import (MIN_ITERATIONS, TimingStats, iterations_for, reliability_warnings,
@@ -145,12 +148,29 @@ def macs_of(target: Target) -> Optional[int]:
         return None
 
 
+def check_output(runner, batch, target: Target) -> None:
+    """The sanity check before timing: one call on the timed input; a model whose output holds NaN
+    or Inf is refused (one line) rather than timed, since its latency would be of a broken model."""
+    out = runner.run(batch)
+    if hasattr(out, "detach"):  # torch runners return tensors
+        out = out.detach().float().cpu().numpy()
+    try:
+        values = np.asarray(out, dtype=np.float64)
+    except (TypeError, ValueError):
+        return  # not one array of numbers (a test double): nothing to check
+    bad = nonfinite(values, f"{target.label or target.spec}", "benchmark input", what="outputs")
+    if bad:
+        raise LowformerError(f"{bad}: not timed (the latency of a model that computes NaN/Inf means nothing)")
+
+
 def _job_main(target: Target, batch_size: int, iterations: Optional[int], warmup: int, barrier, results,
               index: int, duration: float = DEFAULT_CPU_DURATION_S) -> None:
     """One spawned benchmark process: build, warm up, wait for the others, time, report."""
     try:
         runner = target.build_runner()
-        fn = call_once(runner, runner.input_spec.example(batch_size))
+        example = runner.input_spec.example(batch_size)
+        check_output(runner, example, target)
+        fn = call_once(runner, example)
         n = iterations or iterations_for(fn, duration, MAX_ITERATIONS, MIN_ITERATIONS)
         stats = time_calls(fn, n, warmup, before_timing=lambda: barrier.wait(timeout=JOB_TIMEOUT_S))
         results.put((index, "ok", stats.to_dict(), runner.describe()))
@@ -210,7 +230,9 @@ def bench_target(target: Target, batch_size: int, iterations: Optional[int], war
         stats, describe = run_jobs(target, batch_size, iterations, warmup, jobs, duration)
     else:
         with target.build_runner() as runner:
-            fn = call_once(runner, runner.input_spec.example(batch_size))
+            example = runner.input_spec.example(batch_size)
+            check_output(runner, example, target)
+            fn = call_once(runner, example)
             n = iterations or iterations_for(fn, duration, MAX_ITERATIONS, MIN_ITERATIONS)
             with progress.task(target.label or target.spec, total=n) as task:
                 stats = [time_calls(fn, n, warmup, on_call=task.advance)]

@@ -131,8 +131,9 @@ def open_cache(cache_dir: Path, key: Dict[str, Any], collect: Callable[[], Dict[
     if cache is not None:
         log.info("calibration cache hit: %s (the model does not run again)", path)
         return cache
+    tensors = collect()  # first: a failed or interrupted run leaves no empty cache folder behind
     ensure_dir(cache_dir)
-    cache = CalibrationCache(path, key, collect())
+    cache = CalibrationCache(path, key, tensors)
     cache.save()
     log.info("calibration cache written: %s", path)
     return cache

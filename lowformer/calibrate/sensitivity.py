@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from lowformer.compare import compare_logits
+from lowformer.compare import compare_logits, nonfinite, require_finite
 from lowformer.core.batching import run_in_fixed_batches
 from lowformer.data.imagenet import load_images
 from lowformer.core.errors import LowformerError
@@ -56,6 +56,8 @@ class EvalData:
     def build(cls, fp32_onnx: Path, eval_set: ImageSet, preprocessing: Preprocessing) -> "EvalData":
         images = load_images(eval_set.samples, preprocessing)
         logits = run_onnx(fp32_onnx, images)
+        # the FP32 model is the reference of every variant: NaN/Inf there leaves nothing to compare with
+        require_finite(logits, f"the FP32 reference {Path(fp32_onnx).name}", "held-out image")
         labels = None
         # Folder labels are only the model's classes for ImageNet wnids and a 1000-class model.
         if eval_set.labelled and eval_set.imagenet and logits.shape[1] == 1000 and len(images) == len(eval_set):
@@ -66,7 +68,14 @@ class EvalData:
     def fp32_top1(self) -> Optional[float]:
         return None if self.labels is None else float((self.fp32_logits.argmax(1) == self.labels).mean())
 
-    def score(self, logits: np.ndarray) -> Dict[str, Any]:
+    def score(self, logits: np.ndarray, where: str = "the INT8 variant") -> Dict[str, Any]:
+        bad = nonfinite(logits, where, "held-out image")
+        if bad:  # a failure, ranked the most harmful: no agreement, cosine -1, every image lost
+            out_bad: Dict[str, Any] = {"agreement": 0.0, "cosine": -1.0, "n": len(logits), "drop": 100.0,
+                                       "failure": bad}
+            if self.labels is not None:
+                out_bad.update(top1=0.0, fp32_top1=self.fp32_top1)  # drop stays 100: above any gate
+            return out_bad
         cmp = compare_logits(self.fp32_logits, logits)
         out: Dict[str, Any] = {"agreement": cmp.top1_agreement, "cosine": cmp.cosine, "n": cmp.n}
         if self.labels is not None:
@@ -141,7 +150,9 @@ def auto_exclude_blocks(session, data: EvalData, method: str, target: str, base_
     with tempfile.TemporaryDirectory(prefix="lowformer-auto-") as tmp:
         full_path = Path(tmp) / "full.onnx"
         session.quantize(full_path, method, target, base_exclude)
-        full = data.score(run_onnx(full_path, data.images))
+        full = data.score(run_onnx(full_path, data.images), "the all-INT8 model")
+        if full.get("failure"):
+            log.warning("%s", full["failure"])
         log.info("INT8 (all blocks): drop %.2f pt (%s); gate %s pt", full["drop"], metric, gate_top1_drop)
         result: Dict[str, Any] = {"gate_top1_drop": gate_top1_drop, "metric": metric, "eval": data.eval_set.facts(),
                                   "initial": full, "kept_float": [], "steps": [], "final": full,

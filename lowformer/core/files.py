@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -55,9 +56,40 @@ def sha256_file(path: PathLike) -> str:
     return h.hexdigest()
 
 
+def _nonfinite_key(data: Any, where: str = "") -> Optional[str]:
+    """Where (`a.b[0].c`) the first NaN/Inf float of a JSON-ready value is, else None."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return where or "the value"
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, (list, tuple)) else ()
+    for k, v in items:
+        found = _nonfinite_key(v, f"{where}[{k}]" if isinstance(k, int) else f"{where}.{k}" if where else str(k))
+        if found:
+            return found
+    return None
+
+
 def write_json(path: PathLike, data: Any) -> None:
+    """Strict JSON (no bare NaN/Infinity tokens, which strict parsers reject): a non-finite number is
+    refused in one line naming its key; records store null and a reason instead."""
+    try:
+        text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False)
+    except ValueError:
+        key = _nonfinite_key(data)
+        if key is None:
+            raise
+        raise LowformerError(f"refused to write {path}: {key} is not a finite number "
+                             "(strict JSON has no NaN or Infinity)") from None
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(text + "\n")
+
+
+def _no_constant(token: str) -> Any:
+    raise ValueError(f"a bare {token} token (not valid JSON)")
+
+
+def loads_strict(text: str) -> Any:
+    """json.loads that rejects the NaN / Infinity / -Infinity tokens Python's json would accept."""
+    return json.loads(text, parse_constant=_no_constant)
 
 
 _LEFTOVER = re.compile(r"^\.(?:staging-(\d+)-.*|.+\.(\d+)\.[^.]+\.tmp)$")

@@ -345,12 +345,15 @@ def load_rgb(path: PathLike, resize: Optional[int] = None):
     at the cap, a few MB for a typical photo; `Preprocessing.transform` never makes an intermediate
     larger than 16 x resize^2 pixels (ResizeCenterCrop crops elongated images first).
     """
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     with open(path, "rb") as f:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own cap applies below
-            img = Image.open(f)
+            try:
+                img = Image.open(f)
+            except UnidentifiedImageError:  # its message names the file object, not the file
+                raise UnidentifiedImageError(f"cannot identify image file {path}") from None
         if resize and img.format == "JPEG":
             _draft_jpeg(img, resize)
         w, h = img.size

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from lowformer.core.errors import LowformerError
 from lowformer.artifacts import MANIFEST_NAME, ArtifactEntry, Manifest, find_manifest_for, format_of
@@ -24,12 +24,12 @@ def _input_spec_from_manifest(manifest: Optional[Manifest]) -> InputSpec:
 
 
 def resolve_artifacts(paths: List[str], skip_missing: bool = False,
-                      warnings: Optional[List[str]] = None) -> List[Resolved]:
+                      warnings: Optional[List[str]] = None, full: bool = False) -> List[Resolved]:
     """Expand artifact files, manifests and export folders into (artifact, entry, manifest).
 
     Every manifest read is verified (paths inside the folder, files present with their recorded
-    size and sha256): a mismatch is one LowformerError; missing files are skipped, with a line in
-    `warnings`, only when `skip_missing`.
+    size and sha256; `full`: re-hashed, `.verified.json` not trusted): a mismatch is one
+    LowformerError; missing files are skipped, with a line in `warnings`, only when `skip_missing`.
     """
     out = []
     for raw in paths:
@@ -39,7 +39,7 @@ def resolve_artifacts(paths: List[str], skip_missing: bool = False,
         if p.is_dir() or p.name == MANIFEST_NAME or p.suffix == ".json":
             manifest = Manifest.load(p)
             folder = p if p.is_dir() else p.parent
-            notes = manifest.verify(folder, skip_missing)
+            notes = manifest.verify(folder, skip_missing, full=full)
             if warnings is not None:
                 warnings.extend(notes)
             out += [(folder / e.path, e, manifest) for e in manifest.artifacts]
@@ -49,10 +49,27 @@ def resolve_artifacts(paths: List[str], skip_missing: bool = False,
         manifest = Manifest.load(mpath) if mpath else None
         entry = manifest.entry_for(p, mpath.parent) if manifest else None
         if entry is not None:
-            manifest.verify(mpath.parent, only=[entry.path])
+            manifest.verify(mpath.parent, only=[entry.path], full=full)
         out.append((p, entry, manifest))
     if not out:
         raise LowformerError("no runnable artifacts in " + ", ".join(paths))
+    return _once_each(out, warnings)
+
+
+def _once_each(resolved: List[Resolved], warnings: Optional[List[str]]) -> List[Resolved]:
+    """Each artifact file once: a manifest listing an entry twice, or a file named twice (the folder and
+    the file), is run once, with one warning per file."""
+    seen: Dict[Path, int] = {}
+    out = []
+    for item in resolved:
+        key = item[0].resolve()
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] == 1:
+            out.append(item)
+    for key, n in seen.items():
+        if n > 1 and warnings is not None:
+            warnings.append(f"{key.name} is listed {'twice' if n == 2 else f'{n} times'} (duplicate manifest "
+                            f"entry or argument): taken once")
     return out
 
 
@@ -112,12 +129,12 @@ def load(path: str, device: str = "cpu", threads: Optional[int] = None,
 
 def load_artifacts(paths: List[str], device: str = "cpu", threads: Optional[int] = None,
                    skip_missing: bool = False, warnings: Optional[List[str]] = None,
-                   runtimes: Sequence[str] = (), precisions: Sequence[str] = ()):
+                   runtimes: Sequence[str] = (), precisions: Sequence[str] = (), full: bool = False):
     """(path, entry, manifest, runner) for every artifact named or listed by the given manifests;
     with `runtimes`/`precisions`, one runner per combination that applies to each artifact."""
     from lowformer.engines.runtimes import check_applicable, normalize_precisions, normalize_runtimes, run_specs
 
-    resolved = resolve_artifacts(paths, skip_missing, warnings)
+    resolved = resolve_artifacts(paths, skip_missing, warnings, full)
     runtimes, precisions = normalize_runtimes(runtimes), normalize_precisions(precisions)
     formats = [e.format if e else format_of(p) for p, e, _ in resolved]
     check_applicable(formats, runtimes, precisions)

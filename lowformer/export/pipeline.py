@@ -5,6 +5,7 @@ import contextlib
 import copy
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from lowformer.models.checkpoints import sha256_file
-from lowformer.compare import PARITY_THRESHOLDS, compare_logits, parity_passes
+from lowformer.compare import PARITY_THRESHOLDS, compare_logits, finite_or_none, nonfinite, parity_passes
 from lowformer.core.errors import LowformerError, NeedsTargetDevice
 from lowformer.models.fusion import fuse
 from lowformer.core.files import ensure_dir
@@ -84,6 +85,7 @@ def parity_inputs(spec: ModelSpec, image_size: int, data: Optional[str], n_rando
 
 
 RANDOM_WEIGHTS = "random-init.pt"
+CHECKPOINT_NAME = "checkpoint.pt"  # the copy of --checkpoint an export folder keeps
 
 
 def _weights_id(manifest: Manifest, folder: Path) -> Optional[str]:
@@ -149,6 +151,20 @@ def _temporaries_in(folder: Path) -> Iterator[None]:
         tempfile.tempdir = old
 
 
+def _refuse_nonfinite_reference(model: torch.nn.Module, logits: np.ndarray, spec: ModelSpec,
+                                 weights: Optional[str]) -> None:
+    """One line (no export) when the reference gives NaN/Inf on the parity batch: every artifact
+    would compare NaN with NaN. Names the first non-finite weight when there is one."""
+    what = f"the reference model {spec.display} ({'checkpoint ' + weights if weights else 'random weights'})"
+    bad = nonfinite(logits, what, "parity input")
+    if bad is None:
+        return
+    tensor = next((k for k, v in model.state_dict().items()
+                   if torch.is_floating_point(v) and not torch.isfinite(v).all()), None)
+    why = f"its weight {tensor} holds NaN/Inf" if tensor else "its weights are finite: it overflows"
+    raise LowformerError(f"{bad} ({why}): refused before any export")
+
+
 class Exporter:
     """Holds the model pair (reference and fused) and writes artifacts into one folder."""
 
@@ -158,12 +174,18 @@ class Exporter:
         self.spec = resolve(model_name)
         self.progress = progress
         self.image_size, self.batch_size, self.opset = image_size, batch_size, opset
-        self.out = ensure_dir(out or default_out_dir(self.spec, image_size))
-        self.result = ExportResult(self.out, self.out / MANIFEST_NAME)
+        out_dir = Path(out or default_out_dir(self.spec, image_size))
         shape = [batch_size, 3, image_size, image_size]
-        reused = _reusable_random_weights(self.out, self.spec, shape) if checkpoint is None else None
-        _refuse_replacing_trained(self.out, self.spec, shape, checkpoint)
+        reused = _reusable_random_weights(out_dir, self.spec, shape) if checkpoint is None else None
+        _refuse_replacing_trained(out_dir, self.spec, shape, checkpoint)
         self.reference = create_model(model_name, reused or checkpoint)
+        # the reference's own logits first: a model that gives NaN/Inf is refused before anything is written
+        self.inputs = parity_inputs(self.spec, image_size, data)
+        with torch.no_grad():
+            self.ref_logits = self.reference(torch.from_numpy(self.inputs)).numpy()
+        _refuse_nonfinite_reference(self.reference, self.ref_logits, self.spec, reused or checkpoint)
+        self.out = ensure_dir(out_dir)
+        self.result = ExportResult(self.out, self.out / MANIFEST_NAME)
         self.staging = Staging(self.out)
         try:
             self._prepare(model_name, checkpoint, reused, image_size, batch_size, do_fuse, data, shape)
@@ -181,9 +203,6 @@ class Exporter:
                      self.out, RANDOM_WEIGHTS)
         self.model = copy.deepcopy(self.reference)
         self.fused = fuse(self.model).folded if do_fuse else 0
-        self.inputs = parity_inputs(self.spec, image_size, data)
-        with torch.no_grad():
-            self.ref_logits = self.reference(torch.from_numpy(self.inputs)).numpy()
         self.manifest = Manifest.new(
             model={"name": self.spec.name, "timm_name": self.spec.timm_name, "display": self.spec.display,
                    "num_classes": int(self.ref_logits.shape[1]), "fused_batchnorms": self.fused},
@@ -198,13 +217,20 @@ class Exporter:
 
     def _checkpoint_record(self, checkpoint: Optional[str], reused: Optional[str]) -> Dict[str, Any]:
         if reused:
-            return {"path": RANDOM_WEIGHTS, "sha256": sha256_file(reused), "source": "random-init"}
+            return {"path": RANDOM_WEIGHTS, "sha256": sha256_file(reused), "size": os.path.getsize(reused),
+                    "source": "random-init"}
         if checkpoint:
-            return {"path": os.path.abspath(checkpoint), "sha256": sha256_file(checkpoint), "source": checkpoint}
+            # a copy travels with the artifacts: validation rebuilds the reference from the folder
+            # alone (a path outside it is refused, like an artifact's; Manifest.checkpoint_path)
+            shutil.copyfile(checkpoint, self.staging.path(CHECKPOINT_NAME))
+            copy = self.staging.path(CHECKPOINT_NAME)
+            return {"path": CHECKPOINT_NAME, "sha256": sha256_file(copy), "size": copy.stat().st_size,
+                    "source": os.path.abspath(checkpoint)}
         # Random weights: keep them, so validation can rebuild the very same reference model.
         weights = self.staging.path(RANDOM_WEIGHTS)
         torch.save(self.reference.state_dict(), weights)
-        return {"path": RANDOM_WEIGHTS, "sha256": sha256_file(weights), "source": "random-init"}
+        return {"path": RANDOM_WEIGHTS, "sha256": sha256_file(weights), "size": weights.stat().st_size,
+                "source": "random-init"}
 
     def warn(self, msg: str) -> None:
         self.result.warnings.append(msg)
@@ -234,6 +260,9 @@ class Exporter:
                     target.preprocessing, target.tools = self.manifest.preprocessing, self.manifest.tools
                     target.created, target.checkpoint = self.manifest.created, self.manifest.checkpoint
                 for e in self.manifest.artifacts:
+                    old = current.entry(e.path) if current is not None else None
+                    if old is not None:  # same bytes (e.g. validated while we ran): its records still hold
+                        e.carry_records(old)
                     target.upsert(e)
             else:
                 stale = [a.path for a in current.artifacts if a.path not in mine]
@@ -261,10 +290,20 @@ class Exporter:
         entry = ArtifactEntry(path.name, fmt, precision, sha256_file(path), facts=dict(facts), size=path.stat().st_size)
         with load(str(path), entry=entry, manifest=self.manifest) as runner:
             logits = runner.run(self.inputs)
+        inputs = "random" if len(self.inputs) <= 4 else "random+images"
+        bad = nonfinite(logits, f"the artifact {path.name}", "parity input")
+        if bad:  # NaN compares false with everything: no metric, a failure that says where
+            entry.parity = ParityRecord(None, None, None, None, len(self.inputs),
+                                        thresholds=PARITY_THRESHOLDS.get(precision, {}), inputs=inputs,
+                                        passed=False, failure=bad)
+            self.record(entry)
+            log.info("%s (%s %s): PARITY FAILED: %s", self.out / path.name, fmt, precision, bad)
+            return entry
         cmp = compare_logits(self.ref_logits, logits)
         passed = parity_passes(cmp, precision)
-        entry.parity = ParityRecord(**cmp.to_dict(), thresholds=PARITY_THRESHOLDS.get(precision, {}),
-                                    inputs="random" if len(self.inputs) <= 4 else "random+images", passed=passed)
+        metrics = {k: finite_or_none(v) if isinstance(v, float) else v for k, v in cmp.to_dict().items()}
+        entry.parity = ParityRecord(**metrics, thresholds=PARITY_THRESHOLDS.get(precision, {}),
+                                    inputs=inputs, passed=passed)
         self.record(entry)
         log.info("%s (%s %s): %s rel-L2 %.2e, cosine %.6f, top-1 agreement %.1f%%", self.out / path.name, fmt, precision,
                  "parity ok" if passed else "PARITY FAILED", cmp.rel_l2, cmp.cosine, 100 * cmp.top1_agreement)

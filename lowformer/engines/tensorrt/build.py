@@ -90,7 +90,8 @@ def build_engine(onnx_path: Union[str, os.PathLike], engine_path: Union[str, os.
                  min_batch: Optional[int] = None, opt_batch: Optional[int] = None,
                  max_batch: Optional[int] = None, workspace_mb: int = 2048,
                  timing_cache: Union[str, os.PathLike, None] = None, fp16: bool = False, int8: bool = False,
-                 strongly_typed: Optional[bool] = None, manifest_folder: Optional[str] = None) -> Dict[str, Any]:
+                 strongly_typed: Optional[bool] = None, manifest_folder: Optional[str] = None,
+                 lock_timeout: float = 600.0) -> Dict[str, Any]:
     """Build a TensorRT engine from an ONNX file and return (and record) its manifest entry.
 
     Raises NeedsTargetDevice (exit 3) with the command to run on the device when TensorRT or a
@@ -194,7 +195,8 @@ def build_engine(onnx_path: Union[str, os.PathLike], engine_path: Union[str, os.
 
         if (folder / artifacts.MANIFEST_NAME).is_file():
             record = artifacts.ArtifactEntry.from_dict(entry)
-            artifacts.update(folder, lambda m: m.upsert(record))  # re-read under the lock: the build took a while
+            # re-read under the lock: the build took a while
+            artifacts.update(folder, lambda m: m.upsert(record), timeout=lock_timeout)
     return entry
 
 
