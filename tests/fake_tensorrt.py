@@ -557,3 +557,21 @@ def _view(addr: int, shape, dtype: str) -> np.ndarray:
     count = int(np.prod(shape))
     buf = (ctypes.c_byte * (count * np.dtype(np_dtype).itemsize)).from_address(addr)
     return np.ctypeslib.as_array(buf).view(np_dtype).reshape(shape)
+
+
+class CpuIO:
+    """Stands in for TorchCudaIO: CPU tensors as 'device' buffers (the fake engine reads them by address)."""
+
+    def __init__(self, device):
+        self.handle = 1234
+
+    def to_device(self, x, dtype):
+        return x.to(dtype=dtype).contiguous()
+
+    def empty(self, shape, dtype):
+        import torch
+
+        return torch.empty(tuple(shape), dtype=dtype)
+
+    def synchronize(self):
+        pass

@@ -22,7 +22,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from fake_tensorrt import make_fake_tensorrt
+from fake_tensorrt import CpuIO, make_fake_tensorrt
 from helpers import assert_one_line_error, run_cli
 from lowformer.engines import tensorrt as trt_layer
 from lowformer.profiling import trtexec
@@ -91,22 +91,6 @@ def work(onnx_dir, tmp_path) -> Path:
     for f in onnx_dir.glob("*.onnx"):
         (tmp_path / f.name).write_bytes(f.read_bytes())
     return tmp_path
-
-
-class CpuIO:
-    """Stands in for TorchCudaIO: CPU tensors as 'device' buffers (the fake engine reads them by address)."""
-
-    def __init__(self, device):
-        self.handle = 1234
-
-    def to_device(self, x, dtype):
-        return x.to(dtype=dtype).contiguous()
-
-    def empty(self, shape, dtype):
-        return torch.empty(tuple(shape), dtype=dtype)
-
-    def synchronize(self):
-        pass
 
 
 @pytest.fixture

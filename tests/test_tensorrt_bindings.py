@@ -29,7 +29,7 @@ import pytest
 
 import trt_api_check as ck
 import trt_bindings
-from fake_tensorrt import make_fake_tensorrt
+from fake_tensorrt import CpuIO, make_fake_tensorrt
 
 REPO = Path(__file__).resolve().parents[1]
 ENGINES = REPO / "lowformer" / "engines"
@@ -418,24 +418,6 @@ def _tiny_onnx(path: Path) -> Path:
     return path
 
 
-class _CpuIO:
-    """CPU tensors as 'device' buffers (the fake engine reads them by address)."""
-
-    def __init__(self, device):
-        self.handle = 7
-
-    def to_device(self, x, dtype):
-        return x.to(dtype=dtype).contiguous()
-
-    def empty(self, shape, dtype):
-        import torch
-
-        return torch.empty(tuple(shape), dtype=dtype)
-
-    def synchronize(self):
-        pass
-
-
 def _record_returns(fake) -> List[tuple]:
     """Wrap every public method and property of the fake's classes: [(class, member, value returned)]."""
     seen: List[tuple] = []
@@ -471,7 +453,7 @@ def _exercise_fake(fake, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: "Fake GPU")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: (8, 6))
-    monkeypatch.setattr(trt_layer.TensorRTRunner, "io_factory", _CpuIO)
+    monkeypatch.setattr(trt_layer.TensorRTRunner, "io_factory", CpuIO)
     onnx_path = _tiny_onnx(tmp_path / "model.onnx")
     cache = tmp_path / "trt.cache"
     for _ in range(2):  # the second build starts from the first one's timing cache
