@@ -281,7 +281,8 @@ def check_openvino_export(to: Sequence[str], int8: bool, calib: Dict[str, Any]) 
     if int8:
         quantizer, why = resolve_quantizer(calib.pop("quantizer", None), str(calib.get("target") or "cpu"),
                                            "openvino" in to, calib.get("weight_bits"), bool(calib.get("auto_exclude")))
-        log.info("INT8 quantizer: %s (%s)", quantizer, why)
+        if calib.get("target") == "openvino":  # the other targets have one quantizer
+            log.info("INT8 quantizer: %s (%s)", quantizer, why)
         if quantizer == "nncf":
             calib["quantizer_reason"] = why
     calib.pop("quantizer", None)
