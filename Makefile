@@ -20,7 +20,7 @@ test: install
 test-heavy: install
 	$(BIN)/python -m pytest -q -m "heavy and not slow"
 
-# Every README example that needs no GPU, run as written, and the demo (about 12 minutes).
+# Every example of README.md, docs/guide.md and benchmarks/MEASUREMENTS.md that needs no GPU, run as written, and the demo (about 12 minutes).
 test-readme: install
 	$(BIN)/python -m pytest -q -m readme
 

@@ -8,6 +8,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
+# The manual, front door first: every example in them is checked (tests/test_readme*.py).
+DOCS = ("README.md", "docs/guide.md", "benchmarks/MEASUREMENTS.md")
+
+
+def docs_text() -> str:
+    return "\n".join((REPO / d).read_text() for d in DOCS)
+
+
 SHARED = Path(os.environ.get("LOWFORMER_SHARED", REPO.parent / "shared"))
 IMAGENET_VAL = SHARED / "data" / "imagenet-val-1300" / "val"
 FASHION_MNIST = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))

@@ -4,12 +4,12 @@ import shlex
 
 import click
 
-from conftest import REPO
+from conftest import REPO, docs_text
 from lowformer.cli import main
 
 
 def _readme_commands():
-    text = (REPO / "README.md").read_text()
+    text = docs_text()
     blocks = re.findall(r"```(?:bash)?\n(.*?)```", text, flags=re.S) + re.findall(r"`(lowformer [^`]+)`", text)
     for block in blocks:
         for line in block.splitlines():

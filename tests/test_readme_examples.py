@@ -1,4 +1,4 @@
-"""Every README example that needs no GPU runs as written, in README order, in a sandbox folder that
+"""Every example of the manual (README.md, docs/guide.md, benchmarks/MEASUREMENTS.md: conftest.DOCS) that needs no GPU runs as written, in that order, in a sandbox folder that
 holds small stand-ins for what the examples name (`evalmodel.pt`, `imagenet/val`, `train/`, ...).
 
 The GPU examples (`--to trt`, `build-engine`, `--device cuda`) must stop cleanly here: exit code 3
@@ -18,7 +18,7 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, docs_text
 
 pytestmark = pytest.mark.readme
 
@@ -148,7 +148,7 @@ def _check_gpu_example(line: str, code: int, output: str) -> None:
 @pytest.mark.slow
 def test_readme_examples_run_as_written(sandbox, monkeypatch):
     monkeypatch.chdir(sandbox)  # the Python example's relative paths
-    text = (REPO / "README.md").read_text()
+    text = docs_text()
     examples = readme_examples(text)
     assert sum(kind == "shell" for kind, _ in examples) >= 20, examples
     effnet = str(sandbox / "effnet.pt")
