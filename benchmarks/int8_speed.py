@@ -6,10 +6,11 @@
     python benchmarks/int8_speed.py b1 --calib-data DIR --threads 1 --kernels   # + the GEMM kernels alone
 
 MODEL is a model name (exported to --out first) or an export folder. Calibration is cached beside the
-FP32 ONNX, so only the first run pays for it. Models run round-robin (every round times each model
-once, after a pause that lets the previous session's spinning threads settle) so that load from other
-processes hits all of them alike; the table shows medians of wall time
-and of process CPU time (the latter is steadier on a shared machine), at batch 1 and batch 16.
+FP32 ONNX, so only the first run pays for it. Every model runs in its own worker process, round-robin
+(every round times each model once, after a pause that lets the previous one's spinning threads settle:
+lowformer/core/harness.py) so that load from other processes hits all of them alike; the table shows
+medians of wall time and of process CPU time (the latter is steadier on a shared machine), at batch 1
+and batch 16.
 `--profile` adds ONNX Runtime's per-node profile summed per op type (FP32 vs INT8).
 """
 from __future__ import annotations
@@ -20,14 +21,10 @@ import json
 import os
 import sys
 import tempfile
-import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
-
-SPIN_SETTLE_S = 0.1
 
 # Q/DQ variants tried against the default `cpu` target (see lowformer/calibrate/qdq.py).
 VARIANTS = {
@@ -40,37 +37,35 @@ VARIANTS = {
 }
 
 
-def session(path: "str | bytes", threads: int, profile_prefix: str = ""):
+def profiling_session(path: str, threads: int, profile_prefix: str):
+    """An ONNX Runtime session writing its per-node profile (the runners of lowformer.engines do not)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
     so.log_severity_level = 3
-    if profile_prefix:
-        so.enable_profiling, so.profile_file_prefix = True, profile_prefix
+    so.enable_profiling, so.profile_file_prefix = True, profile_prefix
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
 def time_models(paths: Dict[str, str], batch: int, image_size: int, threads: int, rounds: int) -> Dict[str, Dict]:
-    sessions = {k: session(p, threads) for k, p in paths.items()}
-    x = np.random.default_rng(0).standard_normal((batch, 3, image_size, image_size)).astype(np.float32)
-    name = next(iter(sessions.values())).get_inputs()[0].name
-    for s in sessions.values():  # warm-up
-        s.run(None, {name: x})
-    wall = collections.defaultdict(list)
-    cpu = collections.defaultdict(list)
-    for _ in range(rounds):
-        for k, s in sessions.items():
-            # ORT's worker threads spin for a while after a run; without this pause they compete with the
-            # next session's run on a 2-core machine and inflate whichever model is timed after them.
-            time.sleep(SPIN_SETTLE_S)
-            t, c = time.perf_counter(), time.process_time()
-            s.run(None, {name: x})
-            wall[k].append((time.perf_counter() - t) * 1e3)
-            cpu[k].append((time.process_time() - c) * 1e3)
-    return {k: {"wall_ms": float(np.median(wall[k])), "wall_min_ms": float(np.min(wall[k])),
-                "cpu_ms": float(np.median(cpu[k])), "rounds": rounds} for k in sessions}
+    """Each model in its own worker process (lowformer.core.harness), `rounds` rounds of one timed call,
+    interleaved across the models, after one warm-up call each."""
+    from lowformer.core.harness import JobFailed, interleaved
+
+    jobs = [(k, "lowformer.bench.workers:open_artifact", dict(path=p, threads=threads, image_size=image_size))
+            for k, p in paths.items()]
+    done = interleaved(jobs, [batch], rounds, {}, 1, calls=rounds, warmup=1, rewarm=0)
+    out = {}
+    for k, value in done.items():
+        if isinstance(value, JobFailed):
+            raise SystemExit(f"error: {k}: {value}")
+        wall = [v for r in value[batch] for v in r["wall_ms"]]
+        cpu = [v for r in value[batch] for v in r["cpu_ms"]]
+        out[k] = {"wall_ms": float(np.median(wall)), "wall_min_ms": float(np.min(wall)),
+                  "cpu_ms": float(np.median(cpu)), "rounds": rounds}
+    return out
 
 
 def kernel_ceiling(threads: int, repeats: int = 20) -> List[Dict]:
@@ -93,7 +88,7 @@ def kernel_ceiling(threads: int, repeats: int = 20) -> List[Dict]:
 def op_profile(path: str, image_size: int, threads: int, runs: int = 5) -> Dict[str, Dict[str, float]]:
     """ms per run and node count per op type, from ORT's per-node profiler (batch 1)."""
     with tempfile.TemporaryDirectory() as tmp:
-        s = session(path, threads, os.path.join(tmp, "p"))
+        s = profiling_session(path, threads, os.path.join(tmp, "p"))
         x = np.random.default_rng(0).standard_normal((1, 3, image_size, image_size)).astype(np.float32)
         name = s.get_inputs()[0].name
         s.run(None, {name: x})
@@ -132,6 +127,7 @@ def main(argv: List[str] | None = None) -> int:
     from rich.console import Console
 
     from lowformer.calibrate.data import select_calibration
+    from lowformer.core.machine import machine_info
     from lowformer.calibrate.qdq import quantize_with_ranges, target_config
     from lowformer.calibrate.session import calibrated
     from lowformer.data.preprocess import Preprocessing
@@ -160,7 +156,8 @@ def main(argv: List[str] | None = None) -> int:
             s.cache.save_if_dirty()
             paths[label] = str(dst)
     results = {"model": str(args.model), "image_size": args.image_size, "threads": args.threads,
-               "method": args.method, "calib_images": len(calib), "cpu": _cpu_name(), "timings": {}}
+               "method": args.method, "calib_images": len(calib), "cpu": _cpu_name(), "machine": machine_info(),
+               "timings": {}}
     for b in [int(v) for v in args.batches.split(",")]:
         rounds = args.rounds or (20 if b == 1 else 5)
         log(f"timing batch {b} ({rounds} rounds, {args.threads} threads) ...")
@@ -181,14 +178,10 @@ def main(argv: List[str] | None = None) -> int:
 
 
 def _cpu_name() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        name = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
-        flags = next(line for line in info.splitlines() if line.startswith("flags")).split()
-        vnni = "VNNI" if any("vnni" in f for f in flags) else "no VNNI"
-        return f"{name} ({'AVX-512' if 'avx512f' in flags else 'AVX2' if 'avx2' in flags else 'no AVX2'}, {vnni})"
-    except (OSError, StopIteration):
-        return "unknown"
+    """The CPU and its ISA, e.g. `Intel Xeon ... (AVX-512 VNNI + AMX)`."""
+    from lowformer.core.machine import cpu_isa, cpu_model
+
+    return f"{cpu_model()} ({cpu_isa()})"
 
 
 def _print_table(console, results) -> None:

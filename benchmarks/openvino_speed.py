@@ -9,7 +9,7 @@ LowFormer-B1 at 224 with random weights (speed does not depend on them) is expor
 (model.onnx, the ORT INT8 `--target cpu` Q/DQ ONNX, the IRs, NNCF's INT8 IR, and our `--target
 openvino` Q/DQ INT8 converted to IR); then every variant is timed at batch 1 and 16 with --threads
 threads, each in its own worker process, in --rounds short rounds interleaved across the variants
-(benchmarks/isolated.py says why), so that no runtime's threads disturb another's and a slow stretch
+(lowformer/core/harness.py says why), so that no runtime's threads disturb another's and a slow stretch
 of the machine hits all of them alike. The table shows the median over all timed calls with p10/p90,
 the drift of the round medians (75th over 25th percentile) and the median process CPU time. Writes
 benchmarks/openvino_speed-<isa>.json with the machine (CPU, ISA flags, load average).
@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from isolated import JobFailed, combine, drift_note, interleaved
+from lowformer.core.harness import JobFailed, combine, drift_note, interleaved, wall_rounds
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LOWFORMER_SHARED", REPO.parent / "shared"))
@@ -55,10 +55,11 @@ def log(msg: str) -> None:
 
 def prepare(out: Path, calib_data: str, calib_size: int, image_size: int) -> None:
     """Export B1 (random weights, reused on reruns) with every artifact the variants need."""
+    from lowformer.calibrate.config import CalibrationConfig
     from lowformer.calibrate.quantize import quantize_onnx
     from lowformer.artifacts import Manifest
     from lowformer.data.preprocess import Preprocessing
-    from lowformer.export.openvino import convert_onnx
+    from lowformer.engines.openvino.writer import convert_onnx
     from lowformer.export.pipeline import export_model
 
     if all((out / f).is_file() for _, f, *_ in VARIANTS):
@@ -75,15 +76,15 @@ def prepare(out: Path, calib_data: str, calib_size: int, image_size: int) -> Non
     m = Manifest.load(out)
     qdq = out / "model_int8_ovqdq.onnx"
     quantize_onnx(out / "model.onnx", qdq, Preprocessing.from_dict(m.preprocessing),
-                  str(m.checkpoint.get("sha256")), calib_data=calib_data, calib_size=calib_size,
-                  target="openvino", cache_dir=out / "calib-cache")
+                  CalibrationConfig(calib_data=calib_data, calib_size=calib_size, target="openvino"),
+                  str(m.checkpoint.get("sha256")), cache_dir=out / "calib-cache")
     convert_onnx(qdq, out / "model_int8_ovqdq.xml")
 
 
 def variants_for_this_cpu() -> List[Tuple[str, str, Optional[str], Optional[str], str]]:
     """VARIANTS as this CPU can run them: without native BF16 the plugin refuses a bf16 hint, so the
     BF16 rows are left out and the INT8 IRs run with an f32 hint for their float layers."""
-    from lowformer.engines.openvino import cpu_capabilities
+    from lowformer.engines.openvino.runner import cpu_capabilities
 
     if "BF16" in cpu_capabilities():
         return list(VARIANTS)
@@ -115,24 +116,11 @@ def variant_parity(out: Path, calib_data: str, variants, image_size: int) -> Dic
     return rows
 
 
-def open_variant(path: str, runtime: Optional[str], precision: Optional[str], threads: int, image_size: int):
-    """One variant's runner, loaded in its own worker process: (call for a batch size, facts)."""
-    from lowformer.engines import load
-    from lowformer.engines.timing import call_once
-
-    r = load(path, "cpu", threads, runtime=runtime, inference_precision=precision)
-
-    def call_for(batch: int):
-        x = np.random.default_rng(0).standard_normal((batch, 3, image_size, image_size)).astype(np.float32)
-        return call_once(r, x)
-    return call_for, {"backend": r.backend, "precision": r.precision, "provider": r.provider}
-
-
 def time_variants(out: Path, batches: List[int], threads: int, rounds: int, seconds: Dict[int, float],
                   image_size: int, names: List[str]) -> Dict[str, Dict[str, Dict[str, Any]]]:
     """Every variant in its own worker process, timed in `rounds` interleaved rounds per batch size
-    (benchmarks/isolated.py); batch -> variant -> stats."""
-    jobs = [(name, "openvino_speed:open_variant",
+    (lowformer.core.harness); batch -> variant -> stats."""
+    jobs = [(name, "lowformer.bench.workers:open_artifact",
              dict(path=str(out / f), runtime=runtime, precision=precision, threads=threads, image_size=image_size))
             for name, f, runtime, precision, _ in variants_for_this_cpu() if name in names]
     log(f"timing {len(jobs)} variants at batch {', '.join(map(str, batches))}, {threads} threads: {rounds} "
@@ -142,7 +130,7 @@ def time_variants(out: Path, batches: List[int], threads: int, rounds: int, seco
 
 def time_jobs(jobs: List[Tuple[str, str, Dict[str, Any]]], batches: List[int], rounds: int,
               seconds: Dict[int, float]) -> Dict[str, Dict[str, Dict[str, Any]]]:
-    """isolated.interleaved over `jobs`, then per batch size and job: the combined stats, the median
+    """The harness over `jobs`, interleaved; then per batch size and job: the combined stats, the median
     process CPU time, the runner's facts and a drift warning; a failed job is one error line."""
     from lowformer.core.errors import LowformerError
 
@@ -152,9 +140,10 @@ def time_jobs(jobs: List[Tuple[str, str, Dict[str, Any]]], batches: List[int], r
         if isinstance(value, JobFailed):
             raise LowformerError(f"{name}: {value}")
         for b in batches:
-            stats = combine([v["wall_ms"] for v in value[b]])
+            stats = combine(wall_rounds(value[b]))
             cpu = np.concatenate([v["cpu_ms"] for v in value[b]])
-            results[str(b)][name] = {**stats, "cpu_median_ms": float(np.median(cpu)), **value["facts"]}
+            facts = {k: value["facts"].get(k) for k in ("backend", "precision", "provider")}
+            results[str(b)][name] = {**stats, "cpu_median_ms": float(np.median(cpu)), **facts}
             note = drift_note(stats)
             if note:
                 results[str(b)][name]["warning"] = note
@@ -221,7 +210,7 @@ def accuracy(data: str, calib_size: int, out: Path, limit: Optional[int]) -> Dic
             str(folders["nncf"] / "model_int8.xml"), str(folders["ovqdq"] / "model_int8.xml"),
             str(folders["cpu"] / "model_int8.onnx")]
     precisions = ["f32", "bf16"]
-    from lowformer.engines.openvino import cpu_capabilities
+    from lowformer.engines.openvino.runner import cpu_capabilities
 
     if "BF16" not in cpu_capabilities():
         precisions = ["f32"]

@@ -37,11 +37,10 @@ import numpy as np
 import torch
 
 from lowformer.bench import int8_peak_gops, matmul_peak_gflops
+from lowformer.core.errors import first_line
 from lowformer.core.files import atomic_path, write_json
+from lowformer.core.harness import UNSTEADY_ROUNDS, JobFailed, combine, drift_note, interleaved, wall_rounds
 from lowformer.core.machine import machine_info
-from lowformer.engines.timing import call_once
-
-from isolated import UNSTEADY_ROUNDS, JobFailed, combine, drift_note, interleaved
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,6 +58,9 @@ FILES = {"torchscript": "model.ts", "pt2": "model.pt2", "aoti": "model_aoti_cpu.
          "onnx-fp16": "model_fp16.onnx", "onnx-int8": "model_int8.onnx", "openvino-fp32": "model.onnx",
          "openvino-bf16": "model.onnx", "openvino-int8": "model_int8_openvino.onnx"}
 NEEDS_ONNX = ("onnx-fp16", "onnx-int8", "openvino-fp32", "openvino-bf16", "openvino-int8")
+# (runtime, OpenVINO inference precision) a format's file is loaded with (lowformer.engines.load); else its own
+RUNS = {"openvino-fp32": ("openvino", "f32"), "openvino-bf16": ("openvino", "bf16"),
+        "openvino-int8": ("openvino", "f32")}
 SHARED = Path(os.environ.get("LOWFORMER_SHARED", REPO.parent / "shared"))
 DEFAULT_CALIB = SHARED / "data" / "imagenet-val-1300" / "val"
 
@@ -107,8 +109,8 @@ def build(name: str, folder: Path, size: int, calib: Optional[Path]) -> Dict[str
     from lowformer.export.fp16 import convert_fp16
     from lowformer.export.onnx_export import export_onnx
     from lowformer.export.prepare import groupnorm1_paths
-    from lowformer.export.pt2 import compile_aoti, export_program, save_program
-    from lowformer.export.torchscript import export_torchscript
+    from lowformer.engines.pt2.writer import compile_aoti, export_program, save_program
+    from lowformer.engines.torchscript.writer import export_torchscript
     from lowformer.models.registry import resolve
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -140,12 +142,13 @@ def build(name: str, folder: Path, size: int, calib: Optional[Path]) -> Dict[str
         "openvino-bf16": lambda p: None,
     }
     if calib is not None:
+        from lowformer.calibrate.config import CalibrationConfig
         from lowformer.calibrate.quantize import quantize_onnx
 
         for fmt, target in (("onnx-int8", "cpu"), ("openvino-int8", "openvino")):
             steps[fmt] = (lambda t: lambda p: quantize_onnx(
-                folder / files["onnx-fp32"], p, resolve(name).preprocessing(size), calib_data=str(calib),
-                calib_size=16, method="minmax", target=t))(target)
+                folder / files["onnx-fp32"], p, resolve(name).preprocessing(size),
+                CalibrationConfig(calib_data=str(calib), calib_size=16, method="minmax", target=t)))(target)
     for fmt, step in steps.items():
         path = folder / files[fmt]
         done = record["artifacts"].get(fmt, {})
@@ -167,54 +170,41 @@ def build(name: str, folder: Path, size: int, calib: Optional[Path]) -> Dict[str
                                         "rel_l2": cmp.rel_l2, "parity": parity_passes(cmp, precision),
                                         "seconds": round(time.perf_counter() - t0, 1)}
         except Exception as e:  # a peer that does not export is a result, not a crash
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            record["artifacts"][fmt] = {"status": f"failed: {type(e).__name__}: {first}"}
+            record["artifacts"][fmt] = {"status": f"failed: {first_line(e, limit=200, typed=True)}"}
             log(f"  {name} {fmt}: {record['artifacts'][fmt]['status']}")
         write_json(record_path, record)
     return record
 
 
 def _run_artifact(fmt: str, path: Path, size: int, x: np.ndarray) -> np.ndarray:
-    runner = make_runner(fmt, path, size, None)
-    try:
+    from lowformer.engines import load
+
+    runtime, precision = RUNS.get(fmt, (None, None))
+    with load(str(path), "cpu", runtime=runtime, inference_precision=precision) as runner:
         return np.asarray(runner.run(x))
-    finally:
-        runner.close()
-
-
-def make_runner(fmt: str, path_or_model: Any, size: int, threads: Optional[int]):
-    from lowformer.engines import InputSpec, PyTorchRunner, TorchScriptRunner
-    from lowformer.engines.onnxrt import OnnxRuntimeRunner
-    from lowformer.engines.pt2 import load_pt2
-
-    spec = InputSpec(shape=(None, 3, size, size))
-    if fmt == "eager":
-        return PyTorchRunner(path_or_model, spec, threads=threads)
-    if fmt == "torchscript":
-        return TorchScriptRunner.from_file(str(path_or_model), spec, threads=threads)
-    if fmt in ("pt2", "aoti"):
-        return load_pt2(str(path_or_model), spec, threads=threads, fmt=fmt)
-    if fmt.startswith("openvino"):
-        from lowformer.engines.openvino import OpenVINORunner
-
-        hint = {"openvino-bf16": "bf16"}.get(fmt, "f32")
-        return OpenVINORunner(str(path_or_model), "int8" if fmt.endswith("int8") else "fp32", threads=threads,
-                              inference_precision=hint)
-    return OnnxRuntimeRunner(str(path_or_model), fmt.split("-")[1], "cpu", threads)
 
 
 # --------------------------------------------------------------------------- timing
 
 
-def open_format(name: str, fmt: str, target: Optional[str], size: int, threads: Optional[int]):
-    """One (model, format)'s runner, loaded in its own worker process (benchmarks/isolated.py):
-    (one inference call for a batch size, facts)."""
-    if threads and fmt in ("eager", "torchscript", "pt2", "aoti"):  # torch's pool only where torch runs
-        torch.set_num_threads(threads)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        runner = make_runner(fmt, inference_model(name)[0] if fmt == "eager" else target, size, threads)
+def open_eager(name: str, size: int, threads: Optional[int]):
+    """A harness worker (lowformer.core.harness) for the eager model, in its reparameterized inference
+    form: (one inference call for a batch size, facts). The artifacts' worker is the package's
+    `lowformer.bench.workers:open_artifact`."""
+    from lowformer.engines import InputSpec, PyTorchRunner
+    from lowformer.engines.timing import call_once
+
+    runner = PyTorchRunner(inference_model(name)[0], InputSpec(shape=(None, 3, size, size)), threads=threads)
     return (lambda bs: call_once(runner, runner.input_spec.example(bs))), {"backend": runner.backend}
+
+
+def timing_job(name: str, fmt: str, target: Optional[str], size: int, threads: Optional[int]):
+    """The harness job of one (model, format): (key, worker, keyword arguments)."""
+    if fmt == "eager":
+        return fmt, "run:open_eager", dict(name=name, size=size, threads=threads)
+    runtime, precision = RUNS.get(fmt, (None, None))
+    return fmt, "lowformer.bench.workers:open_artifact", dict(path=target, threads=threads, runtime=runtime,
+                                                              precision=precision, image_size=size)
 
 
 def bench_model(name: str, args, results: Dict[str, Any], save: Callable[[], None]) -> None:
@@ -245,15 +235,15 @@ def bench_model(name: str, args, results: Dict[str, Any], save: Callable[[], Non
                                                               "status": status}
             continue
         todo[fmt] = bss
-        jobs.append((fmt, "run:open_format", dict(name=spec.name, fmt=fmt, size=args.image_size, threads=args.threads,
-                                                  target=None if fmt == "eager" else str(folder / art["path"]))))
+        jobs.append(timing_job(spec.name, fmt, None if fmt == "eager" else str(folder / art["path"]), args.image_size,
+                               args.threads))
 
     def progress(fmt: str, bs: int, r: int, samples: Dict[str, List[float]]) -> None:
         log(f"  {fmt:13s} batch {bs:3d} round {r + 1}: {np.median(samples['wall_ms']):.2f} ms")
 
     batch_sizes = sorted({bs for bss in todo.values() for bs in bss})
     done = interleaved(jobs, batch_sizes, args.rounds, {bs: args.cell_seconds for bs in batch_sizes},
-                       args.max_iterations, progress, needs=todo)
+                       args.max_iterations, progress, needs=todo, path=[str(Path(__file__).resolve().parent)])
     for fmt, value in done.items():
         art = record["artifacts"].get(fmt, {})
         for bs in todo[fmt]:
@@ -262,7 +252,7 @@ def bench_model(name: str, args, results: Dict[str, Any], save: Callable[[], Non
                 results["cells"][key] = {"model": spec.name, "format": fmt, "batch_size": bs,
                                          "status": f"failed: {value}" if isinstance(value, JobFailed) else "failed"}
                 continue
-            stats = combine([v["wall_ms"] for v in value[bs]])
+            stats = combine(wall_rounds(value[bs]))
             ips = bs * 1000.0 / stats["mean_ms"]
             results["cells"][key] = {"model": spec.name, "format": fmt, "batch_size": bs, "status": "ok", **stats,
                                      "images_per_s": ips, "gflops": macs * 2 * ips / 1e9,
@@ -327,7 +317,7 @@ def write_report(results: Dict[str, Any], out: Path) -> None:
              + (f"each model × format in its own worker process, timed in {s['rounds']} short round(s) interleaved "
                 f"across the formats, about {s['cell_seconds']} s of timed calls per cell in all (per round at least "
                 f"3, at most {s['max_iterations']}, after a warm-up call); the median is over the calls of all rounds; "
-                if "rounds" in s else  # a run from before the interleaved harness (benchmarks/isolated.py)
+                if "rounds" in s else  # a run from before the interleaved harness (lowformer/core/harness.py)
                 f"each model × format timed alone in a fresh process, about {s['cell_seconds']} s of timed calls per "
                 f"cell (at least 3, at most {s['max_iterations']}) after one warm-up call; ")
              + "random weights (speed does not depend on them).",
@@ -399,7 +389,7 @@ def parse_args(argv: Optional[List[str]] = None):
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--cell-seconds", type=float, default=4.0, help="timed calls per cell, over all rounds")
     p.add_argument("--rounds", type=int, default=8,
-                   help="short rounds per cell, interleaved across the formats (benchmarks/isolated.py)")
+                   help="short rounds per cell, interleaved across the formats (lowformer/core/harness.py)")
     p.add_argument("--max-iterations", type=int, default=50)
     p.add_argument("--budget-minutes", type=float, default=120.0, help="stop starting new models after this")
     p.add_argument("--calib-data", default=str(DEFAULT_CALIB), help="INT8 calibration images (16 are used)")
@@ -490,7 +480,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             try:
                 record = build(spec.name, folder, args.image_size, args.calib)
             except Exception as e:
-                log(f"{name}: failed: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
+                log(f"{name}: failed: {first_line(e, limit=160, typed=True)}")
                 continue
             bad = {k: v["status"] for k, v in record["artifacts"].items() if v.get("status") != "ok"}
             log(f"  built {sum(v.get('status') == 'ok' for v in record['artifacts'].values())} artifacts"
@@ -525,7 +515,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         except Exception as e:
             log(f"{name}: failed: {e}")
             traceback.print_exc(file=sys.stderr)
-            results["notes"].append(f"{name}: failed ({type(e).__name__}: {str(e).splitlines()[0][:160]})")
+            results["notes"].append(f"{name}: failed ({first_line(e, limit=160, typed=True)})")
         save()
     log("measuring matmul peaks again")
     remeasure_peaks()

@@ -29,10 +29,6 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".manifest.lock"
 SCHEMA = 1
-# `.pt2` holds a torch.export program ("pt2") or an AOTInductor package ("aoti"): the entry's format
-# says which, else the archive (lowformer.engines.pt2.package_kind).
-FORMATS = {".onnx": "onnx", ".ts": "torchscript", ".pt": "torchscript", ".pt2": "pt2", ".engine": "tensorrt",
-           ".plan": "tensorrt", ".xml": "openvino"}  # .xml: an OpenVINO IR, its weights in the .bin beside it
 DEFAULT_LOCK_TIMEOUT_S = 600.0
 
 
@@ -471,10 +467,3 @@ def find_manifest_for(artifact: PathLike) -> Optional[Path]:
     """The manifest beside an artifact file, if any."""
     p = Path(artifact).resolve().parent / MANIFEST_NAME
     return p if p.is_file() else None
-
-
-def format_of(path: PathLike) -> str:
-    fmt = FORMATS.get(Path(path).suffix.lower())
-    if fmt is None:
-        raise LowformerError(f"unknown artifact type {Path(path).name!r} (expected .onnx, .ts/.pt, .pt2, .xml, .engine)")
-    return fmt

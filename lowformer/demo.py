@@ -135,7 +135,7 @@ def latency_warnings(models: List[DemoModel]) -> List[str]:
     for dm in models:
         kinds: Dict[str, List[Any]] = {}  # "the machine was busy" -> [first warning, its targets]
         for r in dm.bench.get("results", []):
-            target = "pytorch (reference)" if r.get("backend") == "pytorch" else \
+            target = "pytorch (reference)" if r.get("kind") == "model" else \
                 Path(str(r.get("path") or r.get("target"))).name
             for w in r.get("warnings") or []:
                 first, targets = kinds.setdefault(w.split(":")[0], [w, []])
@@ -154,7 +154,7 @@ def _score(dm: DemoModel, path: str) -> Dict[str, Any]:
 def _latency(dm: DemoModel, artifact: Optional[str]) -> Optional[float]:
     """Median batch-1 latency of an artifact (None: the eager model)."""
     for r in dm.bench.get("results", []):
-        if (artifact is None and r.get("backend") == "pytorch") or \
+        if (artifact is None and r.get("kind") == "model") or \
                 (artifact is not None and str(r.get("path") or "").endswith(artifact)):
             return r.get("median_ms")
     return None

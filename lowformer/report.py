@@ -28,8 +28,16 @@ from lowformer.verdict import IMAGENET_CLASSES, folder_order_labels
 log = logging.getLogger(__name__)
 
 THUMBNAIL_PX = 96
-# Formats `validate --explain` does not take apart (lowformer.explain.UNEXPLAINABLE, by format name).
-NOT_EXPLAINED = ("torchscript", "tensorrt", "pt2", "aoti")
+
+
+def _explainable(fmt: str) -> bool:
+    """Whether `validate --explain` takes an artifact of this format apart (its backend says)."""
+    from lowformer.engines import registry
+
+    try:
+        return registry.owner(fmt).can_explain
+    except LowformerError:
+        return False
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px;color:#1d1d1f;max-width:1400px}
@@ -414,13 +422,13 @@ def _divergence_section(data: ReportData) -> str:
                      f"matched {_e(ex.get('matched', '?'))} of {_e(ex.get('total', '?'))} blocks."
                      + (f" Suggested to keep in float: {_e(', '.join(map(str, ex['suggested_exclude'])))}."
                         if ex.get("suggested_exclude") and e.precision == "int8" else "") + "</p></div>")
-    fillable = [(f, e) for f, e in missing if e.format not in NOT_EXPLAINED]
+    fillable = [(f, e) for f, e in missing if _explainable(e.format)]
     if fillable:
         listed = ", ".join(f"{f.name} {e.path}" for f, e in fillable)
         dirs = " ".join(sorted({str(f.folder) for f, _ in fillable}))
         parts.append(f'<p class="note" id="divergence-missing">No per-block divergence recorded for {_e(listed)}: '
                      f"run <code>lowformer validate {_e(dirs)} --data ... --explain</code> to fill it.</p>")
-    other = [(f, e) for f, e in missing if e.format in NOT_EXPLAINED]
+    other = [(f, e) for f, e in missing if not _explainable(e.format)]
     if other:
         parts.append('<p class="note" id="divergence-unavailable">Not explained block by block (<code>validate '
                      "--explain</code> does not take these formats apart): " + _e(", ".join(f"{f.name} {e.path} ({e.format})" for f, e in other))
@@ -566,3 +574,7 @@ def write_html_report(folders: Sequence[PathLike], out: PathLike = "report.html"
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return path
+
+from lowformer.core.command_module import callable_as_command  # noqa: E402
+
+callable_as_command(__name__)  # `lowformer.report(...)` stays the API function

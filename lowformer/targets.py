@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from lowformer.artifacts import ArtifactEntry, format_of
+from lowformer.artifacts import ArtifactEntry
 from lowformer.core.errors import LowformerError
-from lowformer.engines import InputSpec, PyTorchRunner, Runner, load, resolve_artifacts
+from lowformer.engines import InputSpec, PyTorchRunner, Runner, load, registry, resolve_artifacts
 
 
 @dataclass
@@ -24,8 +24,8 @@ class Target:
     threads: Optional[int] = None
     label: str = ""
     model: Optional[str] = None  # registry name, when known (for MACs)
-    runtime: Optional[str] = None  # None: the format's own; "openvino" for an ONNX through OpenVINO
-    precision: Optional[str] = None  # OpenVINO inference precision (f32 | bf16 | f16); None: f32
+    runtime: Optional[str] = None  # None: the format's own; else another runtime that runs it (--runtime)
+    precision: Optional[str] = None  # the runtime's inference-precision setting (f32 | bf16 | f16); None: default
     format: str = ""  # the artifact's format (for checking --runtime / --precision)
 
     def build_runner(self) -> Runner:
@@ -60,11 +60,8 @@ def _artifact_targets(raw: str, device: str, threads: Optional[int], runtimes: S
     out = []
     for path, entry, manifest in resolve_artifacts([raw]):
         size = int(manifest.input_shape[-1] or 224) if manifest else 224
-        fmt = entry.format if entry else format_of(path)
-        if fmt == "openvino":  # before any work: the IR's .bin present (and as recorded)
-            from lowformer.engines.openvino import check_ir
-
-            check_ir(path, entry.fact("weights") if entry else None)
+        fmt = entry.format if entry else registry.format_of(path)
+        registry.owner(fmt).check_artifact(path, entry)  # before any work: its files present, as recorded
         for run in run_specs(fmt, runtimes, precisions):
             shown = [x for x in (run.runtime if run.runtime != runtime_for(fmt, None) else None, run.precision) if x]
             how = f", {' '.join(shown)}" if shown else ""
@@ -77,18 +74,15 @@ def _artifact_targets(raw: str, device: str, threads: Optional[int], runtimes: S
 
 
 def export_optit(model: str, image_size: int, checkpoint: Optional[str], folder: Path) -> Path:
-    """The paper's --optit: BN-fused, scripted, frozen TorchScript (optimize_for_inference runs at load)."""
-    import torch
+    """The paper's --optit: BN-fused, scripted, frozen TorchScript (optimize_for_inference runs at load),
+    written by the `torchscript` target through the export pipeline (so its parity is checked too)."""
+    from lowformer.export.pipeline import export_model
 
-    from lowformer.export.torchscript import export_torchscript
-    from lowformer.models.fusion import fuse
-    from lowformer.models.factory import create_model
-
-    m = create_model(model, checkpoint)
-    fuse(m)
-    path = folder / f"{model.replace(':', '_')}-{image_size}.ts"
-    export_torchscript(m, path, torch.zeros(1, 3, image_size, image_size))
-    return path
+    result = export_model(model, to=("torchscript",), checkpoint=checkpoint, image_size=image_size,
+                          out=str(folder / f"{model.replace(':', '_')}-{image_size}"))
+    if result.failed:
+        raise LowformerError(f"--optit: the TorchScript of {model} failed its parity check ({result.failed[0]})")
+    return result.out / result.artifacts[0].path
 
 
 def resolve_targets(args: Sequence[str], image_size: int = 224, checkpoint: Optional[str] = None,
@@ -108,7 +102,7 @@ def resolve_targets(args: Sequence[str], image_size: int = 224, checkpoint: Opti
         if os.path.exists(raw):
             out.extend(_artifact_targets(raw, device, threads, runtimes, precisions))
             continue
-        if raw.endswith((".onnx", ".xml", ".ts", ".pt", ".pt2", ".engine", ".json")) or os.sep in raw:
+        if raw.endswith((*registry.suffixes(), ".json")) or os.sep in raw:
             raise LowformerError(f"no such artifact or manifest: {raw}")
         spec = resolve(raw)
         if optit:
@@ -116,7 +110,7 @@ def resolve_targets(args: Sequence[str], image_size: int = 224, checkpoint: Opti
                 raise LowformerError("optit needs a work folder")
             path = export_optit(spec.name, image_size, checkpoint, workdir)
             out.append(Target(str(path), "artifact", image_size, None, device, threads,
-                              f"{spec.display} TorchScript (optit)", spec.name))
+                              f"{spec.display} TorchScript (optit)", spec.name, format=registry.format_of(path)))
         else:
             out.append(Target(spec.name, "model", image_size, checkpoint, device, threads,
                               f"{spec.display} eager", spec.name))
@@ -124,8 +118,6 @@ def resolve_targets(args: Sequence[str], image_size: int = 224, checkpoint: Opti
         raise LowformerError("nothing to benchmark")
     if runtimes or precisions:
         check_applicable([t.format for t in out if t.kind == "artifact" and t.format], runtimes, precisions)
-    if any(runtime_for(t.format, t.runtime) == "openvino" for t in out if t.kind == "artifact"):
-        from lowformer.engines.openvino import openvino_module
-
-        openvino_module()  # before any work: one line when OpenVINO is not installed
+    for name in dict.fromkeys(runtime_for(t.format, t.runtime) for t in out if t.kind == "artifact"):
+        registry.get(name).check_available()  # before any work: one line when a runtime is not installed
     return out

@@ -5,28 +5,33 @@ reference and every artifact run on that batch. Per artifact: top-1/top-5, top-1
 reference, top-1 agreement, logit cosine and max-abs difference, and the images whose prediction
 flipped. Precision-specific gates decide pass/fail; the caller (the CLI) turns that into an exit code.
 
-One cohesive job, hence its length: the validation pass and its recording.
+The pass itself (images, decoding, the reference, the tallies) is lowformer.evaluate's, shared with
+`explain`: `validate(..., explain_plan=)` runs both on one decode. Here: gates, scores, the result
+and its recording.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from lowformer import artifacts as _artifacts
 from lowformer.artifacts import ArtifactEntry, Manifest, ValidationRecord
-from lowformer.compare import (compare_logits, drop_decision, finite_or_none, mcnemar_exact, nonfinite_message,
-                               nonfinite_rows, paired_bootstrap_delta)
+from lowformer.compare import drop_decision, finite_or_none, mcnemar_exact, paired_bootstrap_delta
 from lowformer.core.progress import Progress, no_progress
 from lowformer.core.errors import LowformerError
 from lowformer.core.files import PathLike, write_json
-from lowformer.data.preprocess import Preprocessing
+from lowformer.evaluate import Deferred, Images, run_pass, select_images
+from lowformer.evaluate.data import calibration_images, default_workers  # noqa: F401 (re-exported)
+from lowformer.evaluate.items import Item, folder_of as _folder_of, unique_names as _unique_names  # noqa: F401
+from lowformer.evaluate.reference import reference_model, resolve_reference  # noqa: F401 (re-exported)
+from lowformer.evaluate.scoring import Scorer
+from lowformer.evaluate.tally import Tally as _Tally
 from lowformer.verdict import gates_not_applied
 
 # (pt drop of top-1 allowed, minimum top-1 agreement); None = not gated.
@@ -40,7 +45,6 @@ MAX_FLIPS_IN_MANIFEST = 50
 MAX_BAD_NAMED = 20  # --skip-bad-images: the warning names this many skipped files (--report has them all)
 
 log = logging.getLogger(__name__)
-Item = Tuple[Path, Optional[ArtifactEntry], Optional[Manifest]]
 
 
 @dataclass
@@ -105,6 +109,16 @@ class ValidationResult:
     seconds: float
     date: str
     items: List[Item] = field(default_factory=list, repr=False, compare=False)
+    # validate(..., explain_plan=): the ExplainResult of the same pass, or the error that stopped it
+    explanation: Any = field(default=None, repr=False, compare=False)
+    explain_error: Optional[Exception] = field(default=None, repr=False, compare=False)
+
+    def explained(self) -> Any:
+        """The ExplainResult of `validate(..., explain_plan=)` (None without a plan); raises, now, the
+        error that stopped the explanation (the validation itself is complete)."""
+        if self.explain_error is not None:
+            raise self.explain_error
+        return self.explanation
 
     @property
     def passed(self) -> bool:
@@ -115,7 +129,8 @@ class ValidationResult:
                 "images_per_second": round(self.data["images"] / self.seconds, 2) if self.seconds else None,
                 "data": self.data, "preprocessing": self.preprocessing,
                 "reference": self.reference.to_dict(), "artifacts": [a.to_dict() for a in self.artifacts],
-                "warnings": self.warnings, "machine": _machine()}
+                "warnings": self.warnings, "machine": _machine(),
+                **({"explain": self.explanation.to_dict()} if self.explanation is not None else {})}
 
     def rows(self) -> List[List[str]]:
         """The end-of-run table (model, top-1, top-5, delta, agreement, cosine, max|diff|, flips, gate)."""
@@ -143,81 +158,12 @@ class ValidationResult:
                "flips", "gate"]
 
 
-class _Tally:
-    """Running accuracy and (for artifacts) parity with the reference, over batches."""
-
-    def __init__(self) -> None:
-        self.n = self.top1 = self.top5 = self.agree = 0
-        self.cos_sum = self.max_abs = self.sq_diff = self.sq_ref = 0.0
-        self.flips: List[Dict[str, Any]] = []
-        self.num_classes = 0
-        self.correct: List[np.ndarray] = []  # per image, in order: the paired statistics need them
-        self.nonfinite = 0  # images whose logits hold NaN/Inf (then no parity metric is meaningful)
-        self.nonfinite_kinds: List[str] = []
-        self.nonfinite_first: Optional[str] = None
-
-    def accuracy(self, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        k = min(5, logits.shape[1])
-        pred = logits.argmax(1)
-        topk = np.argpartition(-logits, k - 1, axis=1)[:, :k]
-        self.n += len(labels)
-        self.top1 += int((pred == labels).sum())
-        self.correct.append(pred == labels)
-        self.top5 += int((topk == labels[:, None]).any(1).sum())
-        return pred
-
-    def parity(self, ref: np.ndarray, out: np.ndarray, ref_pred: np.ndarray, pred: np.ndarray,
-               labels: np.ndarray, paths: Sequence[str]) -> None:
-        cmp = compare_logits(ref, out)
-        self.cos_sum += cmp.cosine * cmp.n
-        self.max_abs = max(self.max_abs, cmp.max_abs)
-        self.sq_diff += float(np.square(out.astype(np.float64) - ref).sum())
-        self.sq_ref += float(np.square(ref.astype(np.float64)).sum())
-        same = ref_pred == pred
-        self.agree += int(same.sum())
-        for i in np.flatnonzero(~same):
-            self.flips.append({"path": paths[i], "label": int(labels[i]), "reference": int(ref_pred[i]),
-                               "artifact": int(pred[i]),
-                               # softmax probability of each side's predicted class, from its own logits
-                               "reference_prob": _prob(ref[i], int(ref_pred[i])),
-                               "artifact_prob": _prob(out[i], int(pred[i]))})
-
-    def pct(self, v: int) -> float:
-        return 100.0 * v / self.n if self.n else 0.0
-
-    def count_nonfinite(self, logits: np.ndarray, paths: Sequence[str]) -> bool:
-        """Count the images whose logits hold NaN/Inf; whether this batch had any."""
-        rows, kinds = nonfinite_rows(logits)
-        if not kinds:
-            return False
-        self.nonfinite += int(rows.sum())
-        self.nonfinite_kinds = [k for k in ("NaN", "+Inf", "-Inf") if k in kinds or k in self.nonfinite_kinds]
-        self.nonfinite_first = self.nonfinite_first or Path(paths[int(np.flatnonzero(rows)[0])]).name
-        return True
-
-    def nonfinite_failure(self, where: str) -> str:
-        return (nonfinite_message(where, self.nonfinite_kinds, self.nonfinite, self.n, "image") +
-                f" (first: {self.nonfinite_first})")
-
-
-def _prob(logits: np.ndarray, cls: int) -> float:
-    """Softmax probability of class `cls` from one image's logits (stable: max subtracted), 4 digits."""
-    z = logits.astype(np.float64)
-    e = np.exp(z - z.max())
-    return round(float(e[cls] / e.sum()), 4)
-
-
 def near_chance(top1: float, num_classes: int, n: int) -> bool:
     """Top-1 (percent) no better than guessing: chance + 3 standard errors + 1 pt."""
     if n < 20 or num_classes < 2:
         return False
     p = 1.0 / num_classes
     return top1 <= 100.0 * (p + 3.0 * (p * (1 - p) / n) ** 0.5) + 1.0
-
-
-def default_workers() -> int:
-    # Leave a core to the models: decoding runs beside inference, not instead of it.
-    return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
 def _check_input_size(runner, crop: int, name: str) -> None:
@@ -230,107 +176,6 @@ def _check_input_size(runner, crop: int, name: str) -> None:
     if (isinstance(h, int) and h != crop) or (isinstance(w, int) and w != crop):
         raise LowformerError(f"{name} takes {h}x{w} images but the preprocessing crops {crop}x{crop}; "
                              f"validate it with a matching manifest")
-
-
-def _folder_of(path: Path, entry: ArtifactEntry) -> Path:
-    """The export folder of an artifact: its path minus the entry's relative path."""
-    p = path.resolve()
-    for _ in Path(entry.path).parts:
-        p = p.parent
-    return p
-
-
-def reference_model(manifest: Manifest, folder: PathLike):
-    """The unfused PyTorch model an export folder came from (the parity reference)."""
-    from lowformer.models.factory import create_model
-
-    return create_model(manifest.model_name, manifest.checkpoint_path(folder), num_classes=manifest.num_classes)
-
-
-def _reference_from_manifests(items: Sequence[Item], checkpoint: Optional[str] = None, full: bool = False,
-                              notes: Optional[List[str]] = None) -> Tuple[Any, Manifest, Path, bool]:
-    """(reference model, manifest, folder, whether its weights are trained rather than random).
-
-    The manifest's checkpoint is held to the rules of artifacts (inside the folder, size and
-    sha256 as recorded: `Manifest.checkpoint_path`); `checkpoint`, given explicitly, replaces it
-    when it has the recorded sha256 (said in one line of `notes`)."""
-    from lowformer.models.checkpoints import sha256_file
-    from lowformer.models.factory import create_model
-
-    found = {}
-    for path, entry, manifest in items:
-        if manifest is None or entry is None:
-            raise LowformerError(f"{path} has no manifest entry: give --reference MODEL [--checkpoint PATH]")
-        folder = _folder_of(path, entry)
-        sha = manifest.checkpoint.get("sha256")
-        ckpt = None if checkpoint is not None else manifest.checkpoint_path(folder, full)
-        key = (manifest.model_name, str(Path(ckpt).resolve()) if ckpt else None, sha)
-        found.setdefault(key, (manifest, folder, ckpt, (ckpt is not None or checkpoint is not None)
-                               and sha != "random-init"))
-    if len(found) > 1:
-        raise LowformerError("the artifacts come from different models or checkpoints: validate them "
-                             "separately, or give --reference MODEL --checkpoint PATH")
-    manifest, folder, ckpt, trained = next(iter(found.values()))
-    if checkpoint is not None:
-        sha, size = manifest.checkpoint.get("sha256"), manifest.checkpoint.get("size")
-        if not os.path.isfile(checkpoint):
-            raise LowformerError(f"no such checkpoint: {checkpoint}")
-        if not (isinstance(sha, str) and len(sha) == 64):
-            raise LowformerError(f"the manifest of {folder} records no sha256 of its checkpoint to check "
-                                 f"{checkpoint} against: give --reference MODEL --checkpoint PATH")
-        if (isinstance(size, int) and os.path.getsize(checkpoint) != size) or sha256_file(checkpoint) != sha:
-            raise LowformerError(f"{checkpoint} is not the checkpoint the artifacts were exported from (sha256 "
-                                 "differs from the manifest's): to compare with other weights give "
-                                 f"--reference {manifest.model_name} --checkpoint PATH")
-        if notes is not None:
-            notes.append(f"reference: weights from --checkpoint {checkpoint} (the sha256 the manifest records), "
-                         "not the manifest's checkpoint path")
-        ckpt = checkpoint
-    model = create_model(manifest.model_name, ckpt, num_classes=manifest.num_classes)
-    return model, manifest, folder, trained
-
-
-def resolve_reference(items: Sequence[Item], reference: Optional[str], checkpoint: Optional[str],
-                      image_size: int = 224, crop_ratio: Optional[float] = None, interpolation: Optional[str] = None,
-                      mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
-                      notes: Optional[List[str]] = None, full: bool = False
-                      ) -> Tuple[Any, Optional[Manifest], str, bool, Preprocessing]:
-    """(reference model, manifest, its name, whether its weights are real, preprocessing) of a run:
-    the model named by `reference` (with `checkpoint`), else the one the artifacts' manifests came
-    from (with `checkpoint`: those weights, which must have the manifest's sha256); preprocessing
-    from the manifest (else the reference's own at `image_size`), overridden. A reference given
-    explicitly instead of a manifest's is said in one line of `notes`."""
-    from lowformer.models.factory import create_model
-    from lowformer.models.registry import resolve
-
-    if reference is not None:
-        ref_model = create_model(reference, checkpoint)
-        manifest = next((m for _, _, m in items if m is not None), None)
-        real_checkpoint, ref_name = checkpoint is not None, resolve(reference).display
-        if manifest is not None and notes is not None:
-            notes.append(_explicit_reference_note(manifest, reference, checkpoint))
-    else:
-        ref_model, manifest, _, real_checkpoint = _reference_from_manifests(items, checkpoint, full, notes)
-        ref_name = manifest.display_name
-    if manifest is not None:
-        pre = Preprocessing.from_dict(manifest.preprocessing)
-    else:
-        pre = resolve(reference).preprocessing(image_size)  # type: ignore[arg-type]
-    return ref_model, manifest, ref_name, real_checkpoint, pre.override(crop_ratio, interpolation, mean, std)
-
-
-def _explicit_reference_note(manifest: Manifest, reference: str, checkpoint: Optional[str]) -> str:
-    """One line: the reference was given with --reference (and --checkpoint), not the manifest's."""
-    from lowformer.models.checkpoints import sha256_file
-
-    sha = manifest.checkpoint.get("sha256")
-    if checkpoint is None:
-        weights = "random weights (no --checkpoint)"
-    else:
-        same = isinstance(sha, str) and len(sha) == 64 and os.path.isfile(checkpoint) and sha256_file(checkpoint) == sha
-        weights = f"--checkpoint {checkpoint} (" + ("the weights the artifacts were exported from" if same else
-                                                     "not the weights the artifacts were exported from") + ")"
-    return f"reference: {reference} with {weights}, given explicitly instead of the manifest's checkpoint"
 
 
 def _validation_record(s: ModelScore, result: ValidationResult) -> ValidationRecord:
@@ -382,17 +227,25 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
              device: str = "cpu", threads: Optional[int] = None, seed: int = 0, skip_missing: bool = False,
              runtimes: Sequence[str] = (), precisions: Sequence[str] = (),
              progress: Progress = no_progress, verify: str = "cache",
-             lock_timeout: float = _artifacts.DEFAULT_LOCK_TIMEOUT_S) -> ValidationResult:
+             lock_timeout: float = _artifacts.DEFAULT_LOCK_TIMEOUT_S,
+             explain_plan: Optional[Any] = None) -> ValidationResult:
     """Top-1/top-5 of the PyTorch reference and every artifact on one pass over `data`.
 
     `verify`: "cache" trusts `.verified.json` for files whose stat is unchanged; "full" re-hashes
     every artifact and the reference checkpoint.
 
     `runtimes` / `precisions` (lowformer.engines.runtimes): also run ONNX artifacts through OpenVINO,
-    at each OpenVINO inference precision; every such run is scored and gated on its own."""
+    at each OpenVINO inference precision; every such run is scored and gated on its own.
+
+    `explain_plan` (`validate --explain`): a `lowformer.explain.prepare_explain(...)` plan of the same
+    artifacts and data, explained in the same pass (each image decoded once): on validate's images
+    (held out, subset, seed), preprocessing and batches (give prepare_explain the same `batch_size`:
+    its figures are then those of `plan.run()`). Its ExplainResult is `result.explained()`, which
+    raises what stopped it (a failing boundary runner does not stop the validation); it is in
+    `result.to_dict()["explain"]`, in the `report`, and with `record` in the manifests too."""
     import torch
 
-    from lowformer.data.imagenet import list_samples, stratified_subset
+    from lowformer.data.imagenet import list_samples
     from lowformer.engines import PyTorchRunner, load_artifacts
     from lowformer.engines.base import InputSpec
 
@@ -415,78 +268,54 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
     items = [(p, e, m) for p, e, m, _ in loaded]
     runners = [r for *_, r in loaded]
     warnings += [w for r in runners for w in r.warnings]
-    held_out = calibration_images(items, data, listed.samples)
-    samples = stratified_subset(listed.samples, limit, seed=seed, exclude=held_out)
-    if held_out and not samples:
-        for r in runners:
-            r.close()
-        raise LowformerError(f"every image of {data} calibrated an INT8 artifact: validate on other images")
-    if held_out:
-        warnings.append(f"held out {len(held_out)} image(s) of {data} that calibrated an INT8 artifact: "
-                        f"evaluating on the other {len(samples)}")
-
-    size = next((r.input_spec.shape[-1] for r in runners if isinstance(r.input_spec.shape[-1], int)), 224)
-    ref_model, manifest, ref_name, real_checkpoint, pre = resolve_reference(
-        items, reference, checkpoint, int(size), crop_ratio, interpolation, mean, std, warnings, verify == "full")
-    paths = list(dict.fromkeys(p for p, _, _ in items))  # one artifact may run in several runtimes/precisions
-    short = dict(zip(paths, _unique_names(paths)))
-    names = [f"{short[p]} ({r.variant})" if getattr(r, "variant", None) else short[p]
-             for (p, _, _), r in zip(items, runners)]
-    for r, name in zip(runners, names):
-        _check_input_size(r, pre.crop, name)
-    if threads:
-        torch.set_num_threads(threads)
-    ref_runner = PyTorchRunner(ref_model, InputSpec(shape=(None, 3, pre.crop, pre.crop)), device=device)
-
-    ref_score = ModelScore(ref_name, "pytorch", "fp32", None)
-    scores = [ModelScore(n, r.backend, r.precision if getattr(r, "variant", None) else
-                         (e.precision if e else r.precision), str(p),
-                         runtime="openvino" if r.backend == "openvino" and getattr(r, "format", "") != "openvino" else None,
-                         inference_precision=getattr(r, "hint", None))
-              for n, r, (p, e, _) in zip(names, runners, items)]
-    for s in scores:
-        g = Gate.for_precision(s.precision, gate_top1_drop, gate_agreement)
-        s.gate = asdict(g)
-    ref_tally, tallies = _Tally(), [_Tally() for _ in runners]
-
-    workers = default_workers() if workers is None else max(0, workers)
     try:
-        bad = _one_pass(samples, pre, batch_size, workers, skip_bad_images, listed.label_source,
-                        ref_runner, ref_score, ref_tally, runners, scores, tallies, progress)
-        if ref_tally.nonfinite:  # nothing to compare with: refused, whatever the artifacts did
-            raise LowformerError(ref_tally.nonfinite_failure(f"the reference {ref_name}") +
+        samples, held_out = select_images(listed, items, data, limit, seed)
+        if held_out and not samples:
+            raise LowformerError(f"every image of {data} calibrated an INT8 artifact: validate on other images")
+        if held_out:
+            warnings.append(f"held out {len(held_out)} image(s) of {data} that calibrated an INT8 artifact: "
+                            f"evaluating on the other {len(samples)}")
+
+        size = next((r.input_spec.shape[-1] for r in runners if isinstance(r.input_spec.shape[-1], int)), 224)
+        ref_model, manifest, ref_name, real_checkpoint, pre = resolve_reference(
+            items, reference, checkpoint, int(size), crop_ratio, interpolation, mean, std, warnings, verify == "full")
+        paths = list(dict.fromkeys(p for p, _, _ in items))  # one artifact may run in several runtimes/precisions
+        short = dict(zip(paths, _unique_names(paths)))
+        names = [f"{short[p]} ({r.variant})" if r.variant else short[p] for (p, _, _), r in zip(items, runners)]
+        for r, name in zip(runners, names):
+            _check_input_size(r, pre.crop, name)
+        if threads:
+            torch.set_num_threads(threads)
+        ref_runner = PyTorchRunner(ref_model, InputSpec(shape=(None, 3, pre.crop, pre.crop)), device=device)
+
+        ref_score = ModelScore(ref_name, "pytorch", "fp32", None)
+        scores = [ModelScore(n, r.backend, r.precision if r.variant else (e.precision if e else r.precision), str(p),
+                             runtime=r.runtime, inference_precision=r.hint)
+                  for n, r, (p, e, _) in zip(names, runners, items)]
+        for s in scores:
+            g = Gate.for_precision(s.precision, gate_top1_drop, gate_agreement)
+            s.gate = asdict(g)
+        scorer = Scorer(ref_runner, runners, ref_name, names, listed.label_source)
+        images = Images(listed, samples, held_out, pre, limit, seed)
+        explaining = None if explain_plan is None else Deferred(explain_plan.consumer(images))
+        workers = default_workers() if workers is None else max(0, workers)
+        bad = run_pass(samples, pre, batch_size, workers, [scorer] + ([explaining] if explaining else []), progress,
+                       skip_bad_images, "validating")
+        if scorer.ref.nonfinite:  # nothing to compare with: refused, whatever the artifacts did
+            raise LowformerError(scorer.ref.nonfinite_failure(f"the reference {ref_name}") +
                                  ": its weights hold NaN/Inf or it overflows; no artifact can be validated against it")
     finally:
         for r in runners:
             r.close()
+    ref_tally = scorer.ref
     if ref_tally.n == 0:
         raise LowformerError("no readable images to validate")
 
     _fill(ref_score, ref_tally)
     not_applied = gates_not_applied(ref_tally.num_classes, listed.label_source)
-    for s, t in zip(scores, tallies):
-        _fill(s, t)
-        if s.error is None and t.n and t.nonfinite:  # NaN agrees, compares and argmaxes by accident
-            s.top1_delta = s.top1 - ref_score.top1
-            s.failures = [t.nonfinite_failure(f"the artifact {s.name}")]
-        elif s.error is None and t.n:
-            s.top1_delta = s.top1 - ref_score.top1
-            s.agreement = t.agree / t.n
-            s.cosine = finite_or_none(t.cos_sum / t.n)
-            s.max_abs = finite_or_none(t.max_abs)
-            s.rel_l2 = finite_or_none(float(np.sqrt(t.sq_diff / max(t.sq_ref, 1e-300))))
-            s.flipped = t.flips
-            s.failures = Gate(**s.gate).failures(s.top1_delta, s.agreement)  # type: ignore[arg-type]
-            if not_applied:  # recorded as not applied, with the reason: neither passed nor failed
-                s.gate, s.failures = {**(s.gate or {}), "applied": False, "reason": not_applied}, []
-            _paired_statistics(s, ref_tally, t)
-        elif s.error is None:
-            s.error = "no images were run"
-        if s.error:
-            s.failures = [s.error]
-        s.passed = s.error is None and not s.failures
-        if s.passed and (s.gate or {}).get("applied") is False:
-            s.passed = None
+    for s, t, error in zip(scores, scorer.tallies, scorer.errors):
+        s.error = error
+        _score(s, ref_score, ref_tally, t, not_applied)
 
     if real_checkpoint and near_chance(ref_score.top1, ref_tally.num_classes, ref_tally.n):
         chance = 100.0 / ref_tally.num_classes
@@ -505,11 +334,46 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
                               time.perf_counter() - started,
                               _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     result.items = items  # what `record_validation` writes into (not part of the JSON)
+    if explaining is not None:
+        try:
+            if explaining.error is not None:
+                raise explaining.error
+            result.explanation = explaining.consumer.result(bad)
+        except Exception as e:  # raised by result.explained(), once the validation is shown and recorded
+            result.explain_error = e
     if report is not None:
         write_json(report, result.to_dict())
     if record:
         record_validation(result, lock_timeout)
+        if result.explanation is not None:
+            result.explanation.record(lock_timeout)
     return result
+
+
+def _score(s: ModelScore, ref_score: ModelScore, ref_tally: _Tally, t: _Tally, not_applied: Optional[str]) -> None:
+    """An artifact's figures, gate and verdict from its tally (`s.error`: why it stopped being run)."""
+    _fill(s, t)
+    if s.error is None and t.n and t.nonfinite:  # NaN agrees, compares and argmaxes by accident
+        s.top1_delta = s.top1 - ref_score.top1
+        s.failures = [t.nonfinite_failure(f"the artifact {s.name}")]
+    elif s.error is None and t.n:
+        s.top1_delta = s.top1 - ref_score.top1
+        s.agreement = t.agree / t.n
+        s.cosine = finite_or_none(t.cos_sum / t.n)
+        s.max_abs = finite_or_none(t.max_abs)
+        s.rel_l2 = finite_or_none(float(np.sqrt(t.sq_diff / max(t.sq_ref, 1e-300))))
+        s.flipped = t.flips
+        s.failures = Gate(**s.gate).failures(s.top1_delta, s.agreement)  # type: ignore[arg-type]
+        if not_applied:  # recorded as not applied, with the reason: neither passed nor failed
+            s.gate, s.failures = {**(s.gate or {}), "applied": False, "reason": not_applied}, []
+        _paired_statistics(s, ref_tally, t)
+    elif s.error is None:
+        s.error = "no images were run"
+    if s.error:
+        s.failures = [s.error]
+    s.passed = s.error is None and not s.failures
+    if s.passed and (s.gate or {}).get("applied") is False:
+        s.passed = None
 
 
 def record_validation(result: ValidationResult, lock_timeout: float = _artifacts.DEFAULT_LOCK_TIMEOUT_S) -> None:
@@ -523,83 +387,6 @@ def _machine() -> Dict[str, Any]:
 
     flags = cpu_flags()
     return {"cpu": cpu_model(), "isa": cpu_isa(flags), "cpu_flags": flags}
-
-
-def calibration_images(items: Sequence[Item], data: PathLike,
-                       samples: Sequence[Any]) -> List[Any]:
-    """The `samples` that calibrated any of the artifacts (their manifests list the files and the
-    folder): an INT8 model evaluated on its own calibration images would look better than it is."""
-    used: Set[Path] = set()
-    for _, entry, _ in items:
-        calib = entry.calibration if entry else {}
-        if calib.get("files") and calib.get("folder"):
-            # resolved absolute paths: the same image whatever folder level `data` names
-            used.update((Path(calib["folder"]) / f).resolve() for f in calib["files"])
-    return [s for s in samples if Path(s.path).resolve() in used] if used else []
-
-
-def _one_pass(samples, pre: Preprocessing, batch_size: int, workers: int, skip_bad_images: bool,
-              label_source: str, ref_runner, ref_score: ModelScore, ref_tally: _Tally, runners,
-              scores: List[ModelScore], tallies: List[_Tally], progress: Progress) -> List[Dict[str, str]]:
-    """Decode each image once; run the reference and every artifact on the same batch."""
-    import torch
-
-    from lowformer.data.imagenet import ImageDataset
-
-    bad: List[Dict[str, str]] = []
-    loader = torch.utils.data.DataLoader(ImageDataset(samples, pre), batch_size=batch_size, shuffle=False,
-                                         num_workers=workers, prefetch_factor=2 if workers else None)
-    with progress.task("validating", total=len(samples)) as task:
-        for x, y, idx, errors in loader:
-            _one_batch(x, y, idx, errors, samples, skip_bad_images, label_source, ref_runner, ref_tally, runners,
-                       scores, tallies, bad)
-            running = [f"{ref_score.name} {ref_tally.pct(ref_tally.top1):.1f}%"]
-            running += [f"{s.name} {t.pct(t.top1):.1f}%" for s, t in zip(scores, tallies) if not s.error]
-            task.advance(len(errors), status="top-1: " + "  ".join(running))
-    return bad
-
-
-def _one_batch(x, y, idx, errors, samples, skip_bad_images: bool, label_source: str, ref_runner, ref_tally: _Tally,
-               runners, scores: List[ModelScore], tallies: List[_Tally], bad: List[Dict[str, str]]) -> None:
-    """The reference and every artifact on one decoded batch."""
-    import torch
-
-    ok = np.array([not e for e in errors], dtype=bool)
-    for i in np.flatnonzero(~ok):
-        bad.append({"path": str(samples[int(idx[i])].path), "error": errors[i]})
-    if bad and not skip_bad_images:
-        shown = "; ".join(f"{b['path']} ({b['error']})" for b in bad[:3])
-        raise LowformerError(f"unreadable image{'s' if len(bad) > 1 else ''}: {shown}; "
-                             f"rerun with skip_bad_images to skip and list them")
-    if not ok.any():
-        return
-    xb = x[torch.from_numpy(ok)] if not ok.all() else x
-    labels_b = y.numpy()[ok]
-    paths = [str(samples[int(i)].path) for i in idx.numpy()[ok]]
-    ref_logits = ref_runner.run(xb).numpy()
-    if ref_tally.count_nonfinite(ref_logits, paths):
-        ref_tally.n += len(labels_b)  # counted as run, compared with nothing (the caller refuses the run)
-        return
-    if ref_logits.shape[1] <= labels_b.max():
-        raise LowformerError(f"the labels go up to class {labels_b.max()} but the model has "
-                             f"{ref_logits.shape[1]} outputs ({label_source})")
-    ref_pred = ref_tally.accuracy(ref_logits, labels_b)
-    ref_tally.num_classes = ref_logits.shape[1]
-    xn = xb.numpy()
-    for r, s, t in zip(runners, scores, tallies):
-        if s.error:
-            continue
-        try:
-            out = np.asarray(r.run(xn), dtype=np.float32)  # fixed-batch artifacts run in chunks
-        except Exception as e:  # a backend failing mid-run fails that artifact, not the run
-            s.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-            continue
-        if out.shape != ref_logits.shape:
-            s.error = f"output shape {tuple(out.shape)} differs from the reference {tuple(ref_logits.shape)}"
-            continue
-        pred = t.accuracy(out, labels_b)
-        if not t.count_nonfinite(out, paths) and not t.nonfinite:
-            t.parity(ref_logits, out, ref_pred, pred, labels_b, paths)
 
 
 def _paired_statistics(score: ModelScore, ref: _Tally, art: _Tally) -> None:
@@ -619,8 +406,6 @@ def _fill(score: ModelScore, tally: _Tally) -> None:
     score.top5 = round(tally.pct(tally.top5), 4)
 
 
-def _unique_names(paths: List[Path]) -> List[str]:
-    names = [p.name for p in paths]
-    if len(set(names)) == len(names):
-        return names
-    return [f"{p.parent.name}/{p.name}" for p in paths]
+from lowformer.core.command_module import callable_as_command  # noqa: E402
+
+callable_as_command(__name__)  # `lowformer.validate(...)` stays the API function

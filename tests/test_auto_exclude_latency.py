@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from lowformer.calibrate.blocks import blocks_in_order
+from lowformer.core.blocks import blocks_in_order
 from lowformer.calibrate.data import split_eval_and_calibration
 from lowformer.calibrate.latency import UNATTRIBUTED, measure_block_latency
 from lowformer.calibrate.search import (MIN_COST_MS, harm_per_ms_order, harm_per_ms_table, search_exclusion)
@@ -47,7 +47,7 @@ def test_ranking_is_harm_per_ms_of_float_cost_not_harm_alone():
 
 
 def test_per_node_medians_come_from_each_profiled_run():
-    from lowformer.engines.onnxrt import OrtProfile, node_ms_by_run, parse_ort_profile
+    from lowformer.engines.onnxruntime.runner import OrtProfile, node_ms_by_run, parse_ort_profile
 
     def node(name, ts, dur):
         return {"cat": "Node", "name": f"{name}_kernel_time", "ts": ts, "dur": dur, "args": {"op_name": "Conv"}}
@@ -224,10 +224,10 @@ def test_auto_exclude_result_has_the_tried_table_and_the_old_keys(measured):
 
 
 def test_cli_prints_the_tried_table_and_the_conclusion(measured):
-    from lowformer import cli
+    from lowformer.commands import render
 
-    with cli.console.capture() as captured:
-        cli.print_auto_exclude(measured["aware"])
+    with render.console.capture() as captured:
+        render.print_auto_exclude(measured["aware"])
     text = captured.get()
     assert "candidates tried" in text and "(all INT8)" in text and "onnxruntime-cpu" in text
     assert "holds" in text and measured["aware"]["conclusion"].split(":")[0] in text.replace("\n", " ")

@@ -125,9 +125,49 @@ def test_reliability_warnings_from_recorded_samples():
 def test_cpu_defaults_time_by_duration_with_progress(tiny_onnx):
     from helpers import RecordingProgress
 
+    from lowformer.bench.run import ROUNDS
+
     progress = RecordingProgress()
     report = bench([str(tiny_onnx)], latency=True, duration=0.3, progress=progress)
     r = report.results[0]
     assert report.iterations == 0 and report.duration_s == 0.3 and r.per_job[0]["n"] >= 10
-    n = r.per_job[0]["n"]
-    assert (n, n) in progress.seen and (n + 1, n) not in progress.seen  # one step per timed call
+    # one step per round of timed calls, all of them, none beyond
+    assert progress.seen[-1] == (ROUNDS, ROUNDS) and (ROUNDS + 1, ROUNDS) not in progress.seen
+
+
+def test_targets_are_timed_in_interleaved_rounds(tiny_onnx, monkeypatch, tmp_path):
+    """Two targets through the harness (each in its own worker process): rounds alternating between them."""
+    import lowformer.bench.run as run
+    from helpers import RecordingProgress
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemAvailable:   64000000 kB\n")  # room for both workers at once
+    monkeypatch.setattr(run, "MEMINFO", str(meminfo))
+    order = []
+    real = run.interleaved
+
+    def spy(jobs, *a, on_round=None, **k):
+        def seen(key, bs, r, samples):
+            order.append(key)
+            on_round(key, bs, r, samples)
+        return real(jobs, *a, on_round=seen, **k)
+    monkeypatch.setattr(run, "interleaved", spy)
+    progress = RecordingProgress()
+    report = bench([str(tiny_onnx), TINY], latency=True, iterations=4, warmup=1, image_size=SIZE, threads=1,
+                   progress=progress)
+    onnx, eager = report.results
+    assert (onnx.backend, eager.backend) == ("onnxruntime", "pytorch")
+    assert onnx.per_job[0]["n"] == eager.per_job[0]["n"] == 4  # exactly the calls asked for
+    assert order == ["0", "1", "1", "0", "0", "1", "1", "0"]  # 4 rounds of one call, the first rotating
+    assert progress.seen[-1] == (8, 8)
+
+
+def test_as_many_targets_are_held_at_once_as_memory_allows(monkeypatch, tmp_path):
+    import lowformer.bench.run as run
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemAvailable:    2000000 kB\n")  # 2.05 GB: two worker processes of 800 MB
+    monkeypatch.setattr(run, "MEMINFO", str(meminfo))
+    assert (run._group_size(1, "cpu"), run._group_size(2, "cpu"), run._group_size(1, "cuda")) == (2, 1, 1)
+    monkeypatch.setattr(run, "MEMINFO", str(tmp_path / "absent"))
+    assert run._group_size(1, "cpu") > 1000  # unknown memory (not Linux): every target at once

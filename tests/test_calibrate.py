@@ -13,9 +13,10 @@ import pytest
 from helpers import assert_one_line_error, load_mini, run_cli
 from PIL import Image
 
-from lowformer.calibrate.blocks import block_of_path, blocks_in_order, node_blocks, nodes_matching
+from lowformer.core.blocks import block_of_path, blocks_in_order, node_blocks, nodes_matching
 from lowformer.calibrate.data import select_calibration, split_eval_and_calibration
 from lowformer.calibrate.qdq import qdq_summary
+from lowformer.calibrate.config import CalibrationConfig
 from lowformer.calibrate.quantize import quantize_onnx
 from lowformer.calibrate.session import calibrated
 from lowformer.calibrate.ranges import TensorHistogram, entropy_threshold
@@ -64,10 +65,12 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-def _quantize(tiny, images, dst, **kw):
+def _quantize(tiny, images, dst, cache_dir=None, progress=None, **kw):
     src, preprocessing = tiny
     kw.setdefault("calib_size", 16)
-    return quantize_onnx(src, dst, preprocessing, "mini_b1", calib_data=str(images), **kw)
+    config = CalibrationConfig.build(calib_data=str(images), **kw)
+    extra = {"progress": progress} if progress is not None else {}
+    return quantize_onnx(src, dst, preprocessing, config, "mini_b1", cache_dir=cache_dir, **extra)
 
 
 def _augmented_sessions(monkeypatch) -> list:
@@ -353,7 +356,10 @@ def test_effnet_lite0_int8_cpu_within_one_point_on_real_images(imagenet_val, eff
     from lowformer.export.pipeline import Exporter
     from lowformer.data.preprocess import Preprocessing
 
-    ex = Exporter("timm:tf_efficientnet_lite0", effnet_lite0_checkpoint, 224, out=str(tmp_path / "eff"))
+    from lowformer.export.config import ExportConfig
+
+    ex = Exporter("timm:tf_efficientnet_lite0",
+                  ExportConfig(checkpoint=effnet_lite0_checkpoint, image_size=224, out=str(tmp_path / "eff")))
     src = ex.ensure_onnx()
     pp = Preprocessing.from_dict(ex.manifest.preprocessing)
     calib, ev = split_eval_and_calibration(str(imagenet_val), 128, None, 400)

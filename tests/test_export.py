@@ -16,7 +16,7 @@ from lowformer.validate import reference_model
 from lowformer.core.naming import module_path_of_node
 from lowformer.export.onnx_export import export_onnx
 from lowformer.export.pipeline import export_model
-from lowformer.export.torchscript import export_torchscript
+from lowformer.engines.torchscript.writer import export_torchscript
 from lowformer.models.fusion import fuse
 
 SIZE = 64  # small inputs keep these tests fast; odd feature maps appear at 64 too (64 -> 2 at stage 4)

@@ -13,7 +13,7 @@ import pytest
 
 from helpers import assert_ends_in_error, assert_one_line_error, run_cli
 from lowformer.core.errors import LowformerError
-from lowformer.engines import openvino as ov_engine
+from lowformer.engines.openvino import runner as ov_engine
 
 TINY = "timm:test_efficientnet"  # ~0.1 M params: a real network, milliseconds per image at 32x32
 SIZE = 32
@@ -114,15 +114,17 @@ def test_export_writes_checked_ir_pairs_with_weights_and_isa(ov_export):
 @needs_openvino
 def test_qdq_openvino_target_is_symmetric_s8_and_converts(ov_export, images, tmp_path):
     from lowformer.calibrate.qdq import qdq_summary
+    from lowformer.calibrate.config import CalibrationConfig
     from lowformer.calibrate.quantize import quantize_onnx
     from lowformer.data.preprocess import Preprocessing
     from lowformer.engines import load
-    from lowformer.export.openvino import convert_onnx
+    from lowformer.engines.openvino.writer import convert_onnx
 
     m = _manifest(ov_export)
     dst = tmp_path / "model_int8.onnx"
-    facts = quantize_onnx(ov_export / "model.onnx", dst, Preprocessing.from_dict(m.preprocessing), "x",
-                          calib_data=str(images), calib_size=16, target="openvino", cache_dir=tmp_path / "cache")
+    facts = quantize_onnx(ov_export / "model.onnx", dst, Preprocessing.from_dict(m.preprocessing),
+                          CalibrationConfig(calib_data=str(images), calib_size=16, target="openvino"), "x",
+                          cache_dir=tmp_path / "cache")
     q = qdq_summary(dst)
     assert facts["int8"]["target"] == "openvino" and q["activation_dtypes"] == ["int8"]
     assert q["activation_zero_points"] == [0] and q["weight_dtypes"] == ["int8"]
@@ -142,7 +144,7 @@ def test_quantizer_follows_the_weight_bits(flags, bits, monkeypatch):
     import platform
 
     from lowformer.core import machine
-    from lowformer.export import openvino as ovx
+    from lowformer.calibrate import nncf as ovx
 
     monkeypatch.setattr(machine, "cpu_flags", lambda: list(flags))  # the CPU we are not on
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
@@ -168,7 +170,7 @@ def test_export_refuses_nncf_without_openvino_target_before_any_work(tmp_path, i
 
 @needs_openvino
 def test_save_ir_failure_leaves_nothing(tmp_path, monkeypatch, ov_export):
-    from lowformer.export import openvino as ov_export_mod
+    from lowformer.engines.openvino import writer as ov_export_mod
 
     def broken(*a, **k):
         raise RuntimeError("disk full\nmore")
@@ -180,7 +182,7 @@ def test_save_ir_failure_leaves_nothing(tmp_path, monkeypatch, ov_export):
 
 @needs_openvino
 def test_exclude_globs_become_nncf_ignored_names(ov_export):
-    from lowformer.export.openvino import ignored_names
+    from lowformer.engines.openvino.writer import ignored_names
 
     model = ov_engine.read_model(str(ov_export / "model.onnx"))
     head = ignored_names(model, ["conv_head"])
@@ -450,7 +452,7 @@ def test_keep_f32_refusals_are_one_line_and_write_nothing(tmp_path):
     assert_ends_in_error(r, "--keep-f32 'nope' matches no module")  # after the ONNX it matches against
     assert not (out / "manifest.json").exists() and not list(out.glob("*.xml"))
     r = run_cli("export", TINY, "--image-size", str(SIZE), "--keep-f32", "stem", "--out", str(out))
-    assert_one_line_error(r, "--keep-f32 marks blocks of an OpenVINO IR: add --to openvino")
+    assert_one_line_error(r, "--keep-f32 is an option of OpenVINO artifacts: add --to openvino")
 
 
 @needs_bf16

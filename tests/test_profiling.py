@@ -28,7 +28,7 @@ STAGES = {"stem", "stages.0", "stages.1", "stages.2", "stages.3", "head"}
 def mini(mini_dir, tmp_path_factory):
     """The mini LowFormer-B1 (real reference weights), BN-fused, exported to ONNX and TorchScript."""
     from lowformer.export.onnx_export import export_onnx
-    from lowformer.export.torchscript import export_torchscript
+    from lowformer.engines.torchscript.writer import export_torchscript
     from lowformer.models.fusion import fuse
 
     model, _, _ = load_mini(mini_dir / "mini_b1.safetensors")

@@ -16,7 +16,7 @@ from helpers import assert_ends_in_error, assert_one_line_error, manifest_dict, 
 from lowformer.core.errors import LowformerError
 from lowformer.engines import load
 from lowformer.engines.base import InputSpec
-from lowformer.engines.pt2 import AOTIRunner, ExportedProgramRunner, package_kind
+from lowformer.engines.pt2.runner import AOTIRunner, ExportedProgramRunner, package_kind
 from lowformer.export.pipeline import export_model
 
 MODEL, SIZE = "timm:test_efficientnet", 64
@@ -126,7 +126,7 @@ def test_exported_graph_names_every_op_node_exactly(pt2_export):
 
 
 def test_fixed_batch_program_is_static(tmp_path):
-    from lowformer.export.pt2 import export_program, save_program
+    from lowformer.engines.pt2.writer import export_program, save_program
     from lowformer.models.factory import create_model
 
     model = create_model(MODEL).eval()
@@ -174,7 +174,7 @@ def test_pt2_from_another_torch_is_one_line_error(pt2_export, tmp_path):
 
 def test_package_for_another_cpu_is_one_line_error(pt2_export, monkeypatch):
     out, _ = pt2_export
-    import lowformer.engines.pt2 as pt2
+    import lowformer.engines.pt2.runner as pt2
 
     monkeypatch.setattr(pt2, "_cpu_flags", lambda: {"sse2", "avx2", "fma"})
     isa = manifest_dict(out)["artifacts"][1]["cpu_isa"] or ""
@@ -206,8 +206,8 @@ def test_failed_compile_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
 
 
 def test_torchscript_runner_hides_only_the_jit_deprecation(tmp_path):
-    from lowformer.engines.torch_runners import TorchScriptRunner, jit_deprecation_filtered
-    from lowformer.export.torchscript import export_torchscript
+    from lowformer.engines.torchscript.runner import TorchScriptRunner, jit_deprecation_filtered
+    from lowformer.engines.torchscript.writer import export_torchscript
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
     export_torchscript(model, tmp_path / "m.ts", torch.zeros(1, 3, 8, 8))

@@ -389,8 +389,8 @@ def test_the_demo_table_is_followed_by_the_busy_machine_warning(monkeypatch, tmp
 
     busy = "the machine was busy: load average 9.3 on 2 cores; measure again on an idle machine"
     dm = demo.DemoModel("b0", tmp_path / "b0", "random", bench={"results": [
-        {"target": "b0", "backend": "pytorch", "path": None, "median_ms": 728.0, "warnings": [busy]},
-        {"target": str(tmp_path / "b0" / "model.onnx"), "backend": "onnxruntime", "median_ms": 20.0,
+        {"target": "b0", "kind": "model", "backend": "pytorch", "path": None, "median_ms": 728.0, "warnings": [busy]},
+        {"target": str(tmp_path / "b0" / "model.onnx"), "kind": "artifact", "backend": "onnxruntime", "median_ms": 20.0,
          "path": str(tmp_path / "b0" / "model.onnx"), "warnings": []}]})
     warnings = demo.latency_warnings([dm])
     assert len(warnings) == 1 and busy in warnings[0] and "b0" in warnings[0], warnings

@@ -25,7 +25,7 @@ from onnx import TensorProto, helper
 from fake_tensorrt import CpuIO, make_fake_tensorrt
 from helpers import assert_one_line_error, run_cli
 from lowformer.engines import tensorrt as trt_layer
-from lowformer.profiling import trtexec
+from lowformer.engines.tensorrt import trtexec
 from lowformer.core.errors import LowformerError, NeedsTargetDevice
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "trt"

@@ -336,6 +336,7 @@ def test_trained_lowformer_keeps_its_predictions_in_int8(trained_run, tmp_path):
     import onnxruntime as ort
 
     from lowformer import create_model
+    from lowformer.calibrate.config import CalibrationConfig
     from lowformer.calibrate.quantize import quantize_onnx
     from lowformer.data.imagenet import list_samples, load_images
     from lowformer.export.onnx_export import export_onnx
@@ -347,7 +348,7 @@ def test_trained_lowformer_keeps_its_predictions_in_int8(trained_run, tmp_path):
     fuse(model)
     export_onnx(model, tmp_path / "model.onnx", 32)
     quantize_onnx(tmp_path / "model.onnx", tmp_path / "model_int8.onnx", resolve("b0").preprocessing(32),
-                  calib_data=str(data / "train"), calib_size=256, target="cpu")
+                  CalibrationConfig(calib_data=str(data / "train"), calib_size=256, target="cpu"))
     images = load_images(list_samples(data / "test").samples, model_preprocessing())
     fp32, int8 = (ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"])
                   .run(None, {"input": images})[0] for f in ("model.onnx", "model_int8.onnx"))

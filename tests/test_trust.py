@@ -158,7 +158,7 @@ def test_cache_works_on_a_read_only_folder(folder, images, monkeypatch):
 def _concurrent_validation(monkeypatch, folder: Path, tamper_sha: bool = False) -> None:
     """While the export runs (after its artifacts are written, before its commit), another process
     records a validation and a latency on model.onnx."""
-    real = Exporter.fp16
+    real = Exporter.fp16_onnx
 
     def fp16(self):
         entry = real(self)
@@ -172,7 +172,7 @@ def _concurrent_validation(monkeypatch, folder: Path, tamper_sha: bool = False) 
         artifacts.update(folder, record)
         return entry
 
-    monkeypatch.setattr(Exporter, "fp16", fp16)
+    monkeypatch.setattr(Exporter, "fp16_onnx", fp16)
 
 
 def test_export_keeps_the_records_of_unchanged_artifacts(folder, monkeypatch):

@@ -1,8 +1,11 @@
 """Throughput and latency of models and artifacts, optionally in several processes at once.
 
-Throughput: images/s at a batch size. Latency: ms per batch-1 call. With `jobs` > 1, that many
-spawned processes (each with its own runner) wait on a barrier and time together; the result is the
-mean of their medians (the paper's multi-process latency).
+Throughput: images/s at a batch size. Latency: ms per batch-1 call. Timed by the one harness
+(lowformer.core.harness): every target in its own worker process, in ROUNDS short rounds interleaved
+across the targets, so that no runtime's threads disturb another's and a slow stretch of the machine
+hits every target alike (on a GPU, one target after another). With `jobs` > 1, that many processes per
+target (each with its own runner) time each round together; the result is the mean of their medians
+(the paper's multi-process latency).
 
 JSON (`BenchReport.to_dict`, `lowformer bench --json`), schema 1:
   {"schema": 1, "mode": "throughput"|"latency", "batch_size", "iterations" (0: timed by duration),
@@ -21,26 +24,22 @@ JSON (`BenchReport.to_dict`, `lowformer bench --json`), schema 1:
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import os
-import queue as _queue
 import shutil
 import statistics
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from lowformer.compare import nonfinite
 from lowformer.core.errors import LowformerError
 from lowformer.core.machine import load_average, machine_info
-from lowformer.core.timing import (MIN_ITERATIONS, TimingStats, iterations_for, reliability_warnings,
-                                   time_calls)
+from lowformer.core.harness import JobFailed, combine, drift_note, interleaved, wall_rounds
+from lowformer.core.timing import MIN_ITERATIONS, TimingStats, reliability_warnings
 from lowformer.core.progress import Progress, no_progress
-from lowformer.engines.timing import call_once
 from lowformer.targets import Target, resolve_targets
 
 log = logging.getLogger(__name__)
@@ -48,8 +47,10 @@ log = logging.getLogger(__name__)
 DEFAULT_CPU_BATCH = 16  # the paper's 200 is a GPU figure: on a CPU it takes minutes per model
 DEFAULT_CPU_DURATION_S = 5.0
 MAX_ITERATIONS = 10000
-JOB_TIMEOUT_S = 1800.0  # a spawned job that has not reported by then is a failure, not a hang
-MEMORY_PER_JOB = 800 * 1024 ** 2  # what one spawned job (interpreter, torch, a runner) holds, about
+ROUNDS = 5  # rounds per target, interleaved across the targets (fewer when fewer calls are asked for)
+WORKER = "lowformer.bench.workers:open_target"  # the harness worker that builds a target's runner
+JOB_TIMEOUT_S = 1800.0  # a worker that has not answered by then is a failure, not a hang
+MEMORY_PER_JOB = 800 * 1024 ** 2  # what one worker process (interpreter, torch, a runner) holds, about
 MEMINFO = "/proc/meminfo"
 
 
@@ -106,12 +107,8 @@ class BenchReport:
         return d
 
 
-_FORMATS = {"pytorch": "eager", "torchscript": "torchscript", "onnxruntime": "onnx", "tensorrt": "tensorrt",
-            "openvino": "openvino", "pt2": "pt2", "aoti": "aoti"}
-
-
 def _combine(target: Target, describe: Dict[str, Any], stats: List[TimingStats], batch_size: int,
-             macs: Optional[int]) -> BenchResult:
+             macs: Optional[int], drift: Optional[str] = None) -> BenchResult:
     """One result from each job's stats: mean of the per-job medians (and of the other statistics)."""
     mean = lambda key: statistics.fmean(getattr(s, key) for s in stats)  # noqa: E731
     mean_ms = mean("mean_ms")
@@ -120,13 +117,13 @@ def _combine(target: Target, describe: Dict[str, Any], stats: List[TimingStats],
     return BenchResult(
         target=target.label or target.spec, kind=target.kind, model=target.model,
         backend=describe.get("backend", ""),
-        format=describe.get("format") or _FORMATS.get(describe.get("backend", ""), ""),
+        format=describe.get("format", ""),
         precision=describe.get("precision", "fp32"), provider=describe.get("provider", ""),
         path=target.spec if target.kind == "artifact" else None, image_size=target.image_size, batch_size=batch_size, jobs=len(stats),
         threads=describe.get("threads"), median_ms=mean("median_ms"), mean_ms=mean_ms, p90_ms=mean("p90_ms"),
         min_ms=mean("min_ms"), max_ms=mean("max_ms"), images_per_s=ips, p10_ms=mean("p10_ms"),
         macs_per_image=macs, gflops=gflops, per_job=[s.to_dict() for s in stats],
-        warnings=list(describe.get("warnings") or []) + _reliability(stats))
+        warnings=list(describe.get("warnings") or []) + _reliability(stats) + ([drift] if drift else []))
 
 
 def _reliability(stats: List[TimingStats]) -> List[str]:
@@ -163,81 +160,66 @@ def check_output(runner, batch, target: Target) -> None:
         raise LowformerError(f"{bad}: not timed (the latency of a model that computes NaN/Inf means nothing)")
 
 
-def _job_main(target: Target, batch_size: int, iterations: Optional[int], warmup: int, barrier, results,
-              index: int, duration: float = DEFAULT_CPU_DURATION_S) -> None:
-    """One spawned benchmark process: build, warm up, wait for the others, time, report."""
-    try:
-        runner = target.build_runner()
-        example = runner.input_spec.example(batch_size)
-        check_output(runner, example, target)
-        fn = call_once(runner, example)
-        n = iterations or iterations_for(fn, duration, MAX_ITERATIONS, MIN_ITERATIONS)
-        stats = time_calls(fn, n, warmup, before_timing=lambda: barrier.wait(timeout=JOB_TIMEOUT_S))
-        results.put((index, "ok", stats.to_dict(), runner.describe()))
-    except BaseException as e:  # report, never hang the parent
-        try:
-            barrier.abort()
-        except Exception:
-            pass
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        results.put((index, "error", msg, {}))
+TimedTarget = Tuple[List[TimingStats], Dict[str, Any], Optional[str]]  # (stats per job, description, drift)
+
+
+def rounds_for(iterations: Optional[int]) -> int:
+    """Rounds per target: ROUNDS, or fewer when fewer timed calls are asked for."""
+    return min(ROUNDS, max(iterations, 1)) if iterations else ROUNDS
+
+
+def _group_size(jobs: int, device: str) -> int:
+    """How many targets' workers are held at once: all that fit the available memory; one on a GPU
+    (every worker holds its own GPU memory)."""
+    if device == "cuda":
+        return 1
+    available = available_memory()
+    return max(1, available // (MEMORY_PER_JOB * jobs)) if available else 1 << 30
+
+
+def time_targets(targets: Sequence[Target], batch_size: int, iterations: Optional[int], warmup: int, jobs: int = 1,
+                 duration: float = DEFAULT_CPU_DURATION_S,
+                 on_round: Optional[Callable[[Target], None]] = None) -> List[TimedTarget]:
+    """Time each target in its own worker process (`jobs` processes timing at once), through the harness
+    (lowformer.core.harness): `warmup` untimed calls, then `iterations` timed calls, or about `duration`
+    seconds of them when None (at least MIN_ITERATIONS, at most MAX_ITERATIONS), in rounds interleaved
+    across the targets. Per target: (stats per job, runner description, drift note or None). A target that
+    cannot be built or timed raises its own error (a LowformerError as it was raised) in one line."""
+    rounds = rounds_for(iterations)
+    group = _group_size(jobs, targets[0].device if targets else "cpu")
+    out: List[TimedTarget] = []
+    for at in range(0, len(targets), group):
+        chunk = list(targets[at:at + group])
+        done = interleaved([(str(i), WORKER, {"target": asdict(t)}) for i, t in enumerate(chunk)], [batch_size],
+                           rounds, {batch_size: duration}, -(-MAX_ITERATIONS // rounds),
+                           on_round=(lambda key, bs, r, samples: on_round(chunk[int(key)])) if on_round else None,
+                           calls=iterations, min_calls=MIN_ITERATIONS, warmup=warmup, copies=jobs,
+                           timeout_s=JOB_TIMEOUT_S)
+        for i, t in enumerate(chunk):
+            value = done[str(i)]
+            if isinstance(value, JobFailed):
+                raise value.user_error() or LowformerError(f"benchmark of {t.label or t.spec} failed: {value}")
+            per_round = value[batch_size]
+            stats = [TimingStats.from_ms([v for r in wall_rounds(per_round, c) for v in r]) for c in range(jobs)]
+            out.append((stats, value["facts"], drift_note(combine(wall_rounds(per_round)))))
+    return out
 
 
 def run_jobs(target: Target, batch_size: int, iterations: Optional[int], warmup: int, jobs: int,
              duration: float = DEFAULT_CPU_DURATION_S):
-    """Time `target` in `jobs` spawned processes at once; (stats per job, runner description)."""
-    ctx = mp.get_context("spawn")
-    barrier = ctx.Barrier(jobs)
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_job_main, args=(target, batch_size, iterations, warmup, barrier, results, i,
-                                                 duration), daemon=True) for i in range(jobs)]
-    for p in procs:
-        p.start()
-    got: Dict[int, Any] = {}
-    errors: List[str] = []
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    try:
-        while len(got) + len(errors) < jobs:
-            try:
-                index, status, payload, describe = results.get(timeout=1.0)
-            except _queue.Empty:
-                if time.monotonic() > deadline:
-                    raise LowformerError(f"benchmark jobs did not finish within {JOB_TIMEOUT_S:.0f} s") from None
-                dead = [p for p in procs if not p.is_alive() and p.exitcode not in (0, None)]
-                if dead and results.empty():
-                    raise LowformerError(f"a benchmark process died (exit code {dead[0].exitcode})") from None
-                continue
-            if status == "ok":
-                got[index] = (TimingStats(**payload), describe)
-            else:
-                errors.append(payload)
-    finally:
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.terminate()
-    if errors:
-        raise LowformerError(f"benchmark of {target.label or target.spec} failed: {errors[0]}")
-    ordered = [got[i] for i in sorted(got)]
-    return [s for s, _ in ordered], ordered[0][1]
+    """Time `target` in `jobs` worker processes at once; (stats per job, runner description)."""
+    stats, describe, _ = time_targets([target], batch_size, iterations, warmup, jobs, duration)[0]
+    return stats, describe
 
 
 def bench_target(target: Target, batch_size: int, iterations: Optional[int], warmup: int, jobs: int = 1,
                  with_macs: bool = True, duration: float = DEFAULT_CPU_DURATION_S,
                  progress: Progress = no_progress) -> BenchResult:
     """Time one target: `iterations` calls, or as many as fit in `duration` seconds when None."""
-    if jobs > 1:
-        stats, describe = run_jobs(target, batch_size, iterations, warmup, jobs, duration)
-    else:
-        with target.build_runner() as runner:
-            example = runner.input_spec.example(batch_size)
-            check_output(runner, example, target)
-            fn = call_once(runner, example)
-            n = iterations or iterations_for(fn, duration, MAX_ITERATIONS, MIN_ITERATIONS)
-            with progress.task(target.label or target.spec, total=n) as task:
-                stats = [time_calls(fn, n, warmup, on_call=task.advance)]
-            describe = runner.describe()
-    return _combine(target, describe, stats, batch_size, macs_of(target) if with_macs else None)
+    with progress.task(target.label or target.spec, total=rounds_for(iterations)) as task:
+        ((stats, describe, drift),) = time_targets([target], batch_size, iterations, warmup, jobs, duration,
+                                                   on_round=lambda t: task.advance())
+    return _combine(target, describe, stats, batch_size, macs_of(target) if with_macs else None, drift)
 
 
 def available_memory() -> Optional[int]:
@@ -305,13 +287,13 @@ def bench(args: Sequence[str], batch_size: Optional[int] = None, iterations: Opt
     try:
         targets = resolve_targets(args, image_size, checkpoint, device, threads, optit, workdir, runtimes,
                                   precisions)
-        with progress.task("benchmarking", total=len(targets)) as task:
-            for t in targets:
-                how = f"{iterations} iterations" if iterations else f"{duration:g} s"
-                log.info("benchmarking %s (batch %d, %s, %d job(s))", t.label or t.spec, bs, how, jobs)
-                report.results.append(bench_target(t, bs, iterations, warmup, jobs, duration=duration,
-                                                   progress=progress))
-                task.advance()
+        how = f"{iterations} iterations" if iterations else f"{duration:g} s"
+        for t in targets:
+            log.info("benchmarking %s (batch %d, %s, %d job(s))", t.label or t.spec, bs, how, jobs)
+        with progress.task("benchmarking", total=len(targets) * rounds_for(iterations)) as task:
+            timed = time_targets(targets, bs, iterations, warmup, jobs, duration, on_round=lambda t: task.advance())
+        for t, (stats, describe, drift) in zip(targets, timed):
+            report.results.append(_combine(t, describe, stats, bs, macs_of(t), drift))
     finally:
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -394,5 +376,5 @@ def fastest_passing(r: BenchResult, results: Sequence[BenchResult]) -> str:
     if not passing:
         return f"no timed artifact of {folder.name} has a passing verdict (validate them)"
     best = min(passing, key=lambda c: c.median_ms)
-    how = f"{best.backend}" + (f" {best.provider}" if best.provider and best.backend == "openvino" else "")
+    how = f"{best.backend}" + (f" {best.provider}" if best.provider and best.provider != "cpu" else "")
     return f"fastest passing artifact here: {Path(best.path).name} ({best.median_ms:.2f} ms, {how})"

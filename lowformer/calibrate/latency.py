@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from lowformer.calibrate.blocks import node_blocks
+from lowformer.core.blocks import node_blocks
 from lowformer.calibrate.search import MIN_COST_MS
 from lowformer.core.naming import GraphNeighbours, attribute_names, module_of_name, module_path_of_node
 
@@ -33,13 +33,19 @@ UNATTRIBUTED = "(unattributed)"
 MIN_FLOAT_COST_MS = MIN_COST_MS  # floor of a block's float cost (its INT8 version may be no faster)
 PROFILE_RUNS, PROFILE_WARMUP = 10, 3
 TIMING_RUNS, TIMING_WARMUP = 30, 5
-RUNTIMES = {"cpu": "onnxruntime-cpu", "openvino": "onnxruntime-cpu (proxy for OpenVINO)",
-            "tensorrt": "onnxruntime-cpu (proxy for TensorRT: no TensorRT here)"}
 
 
 def latency_source(target: str) -> str:
-    """Where the per-block figures come from, for the INT8 `target` (cpu, tensorrt, openvino)."""
-    return RUNTIMES.get(target, f"onnxruntime-cpu (proxy for {target})")
+    """Where the per-block figures come from, for the INT8 `target` (cpu, tensorrt, openvino): ONNX
+    Runtime on this CPU, a stated proxy for the runtime the target is made for (Backend.int8_targets)."""
+    from lowformer.engines import registry
+
+    backend = next((b for b in registry.all_backends() if target in b.int8_targets), None)
+    if backend is None:
+        return f"onnxruntime-cpu (proxy for {target})"
+    if "onnx" in backend.formats:
+        return "onnxruntime-cpu"
+    return f"onnxruntime-cpu (proxy for {backend.label}{'' if backend.runs_on_cpu else f': no {backend.label} here'})"
 
 
 def block_resolver(node_names: Sequence[str]):
@@ -94,7 +100,7 @@ def profile_blocks(path: Path, node_names: Sequence[str], threads: Optional[int]
     any), then its end-to-end latency from a separate, un-instrumented timing."""
     import numpy as np
 
-    from lowformer.engines.onnxrt import OnnxRuntimeRunner
+    from lowformer.engines.onnxruntime.runner import OnnxRuntimeRunner
 
     runner = OnnxRuntimeRunner(str(path), device="cpu", threads=threads)
     prof = runner.profile_run(runner.input_spec.example(1), runs, warmup)
@@ -178,6 +184,6 @@ def measure_block_latency(fp32_onnx: Path, int8_onnx: Path, node_names: Sequence
 def time_onnx(path: Path, threads: Optional[int] = None, iterations: int = TIMING_RUNS,
               warmup: int = TIMING_WARMUP) -> float:
     """End-to-end median latency (ms; batch 1, un-instrumented) of an ONNX on ORT's CPU provider."""
-    from lowformer.engines.onnxrt import OnnxRuntimeRunner
+    from lowformer.engines.onnxruntime.runner import OnnxRuntimeRunner
 
     return _time_runner(OnnxRuntimeRunner(str(path), device="cpu", threads=threads), iterations, warmup)

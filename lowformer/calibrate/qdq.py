@@ -70,12 +70,12 @@ TARGET_CONFIGS: Dict[str, TargetConfig] = {
     # follows the quantizing machine's ISA (`--weight-bits 7` for an artifact bound for an AVX2 CPU).
     "cpu": TargetConfig("cpu", "QUInt8", "QInt8", ("Conv", "MatMul", "Gemm", "Add", "Clip", "Relu"), {},
                         reduce_range=None),
-    # OpenVINO CPU plugin (the Q/DQ alternative to NNCF, lowformer/export/openvino.py): symmetric s8
+    # OpenVINO CPU plugin (the Q/DQ alternative to NNCF, lowformer/calibrate/nncf.py): symmetric s8
     # activations and full 8-bit s8 weights, Q/DQ on the inputs of weighted layers and residual Adds.
     # The `cpu` graph's u8 activations with a zero point make the plugin subtract the zero point in a
     # separate (reference-kernel) Convert + Subtract before each convolution: B1 at 224 ran 1.3-1.7x
     # slower than with this graph, no faster than its own BF16 run of the FP32 ONNX. Measured against
-    # NNCF's INT8 IR of the same model: 10-15 % faster, as accurate (lowformer/export/openvino.py).
+    # NNCF's INT8 IR of the same model: 4-10 % faster, as accurate (lowformer/calibrate/nncf.py).
     # The plugin's oneDNN kernels are u8 x s8 too (s8 activations shifted by 128): without VNNI their
     # int16 pair sums saturate like ORT's (B1 on an AVX2 EPYC: IR cosine 0.852 with 8-bit weights), so
     # the weight range follows the ISA as for the cpu target.

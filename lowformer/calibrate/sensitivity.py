@@ -19,8 +19,8 @@ from lowformer.core.batching import run_in_fixed_batches
 from lowformer.data.imagenet import load_images
 from lowformer.core.errors import LowformerError
 from lowformer.data.preprocess import Preprocessing
-from lowformer.calibrate.blocks import blocks_in_order, nodes_of_blocks
-from lowformer.calibrate.blocks import nodes_matching
+from lowformer.core.blocks import blocks_in_order, nodes_of_blocks
+from lowformer.core.blocks import nodes_matching
 from lowformer.calibrate.data import ImageSet, split_eval_and_calibration
 from lowformer.calibrate.session import calibrated, check_calibration_args
 from lowformer.core.progress import Progress, no_progress
@@ -34,7 +34,7 @@ def run_onnx(path: Path, images: np.ndarray, batch: int = 16) -> np.ndarray:
     """Logits of an ONNX model on the CPU (fixed-batch models get padded chunks)."""
     import onnxruntime as ort
 
-    from lowformer.engines.onnxrt import session_options
+    from lowformer.engines.onnxruntime.runner import session_options
 
     sess = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]

@@ -1,7 +1,7 @@
 """Running data through models built for a fixed batch size: exact-size chunks, the last one padded."""
 from __future__ import annotations
 
-from typing import Callable, Iterator, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -23,3 +23,12 @@ def fixed_batches(x: np.ndarray, size: int) -> Iterator[Tuple[np.ndarray, int]]:
 def run_in_fixed_batches(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, size: int) -> np.ndarray:
     """`fn` over `x` in chunks of exactly `size`; the outputs of padding samples are dropped."""
     return np.concatenate([np.asarray(fn(chunk))[:n] for chunk, n in fixed_batches(x, size)])
+
+
+def run_in_fixed_batches_multi(fn: Callable[[np.ndarray], Sequence[np.ndarray]], x: np.ndarray,
+                               size: Optional[int]) -> List[np.ndarray]:
+    """`fn` returning several outputs per batch, over `x` in chunks of exactly `size` (None: `x` at once)."""
+    if not size or len(x) == size:
+        return list(fn(x))
+    parts = [[np.asarray(o)[:n] for o in fn(chunk)] for chunk, n in fixed_batches(x, size)]
+    return [np.concatenate(col) for col in zip(*parts)]

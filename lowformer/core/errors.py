@@ -23,3 +23,23 @@ def env_int(name: str, default: int, unit: str = "") -> int:
         return int(text) if text else default
     except ValueError:
         raise LowformerError(f"{name} must be a whole number{' of ' + unit if unit else ''}, not {text!r}") from None
+
+
+def first_line(error: "BaseException | str", limit: "int | None" = None, skip: "tuple[str, ...]" = (),
+               typed: bool = False) -> str:
+    """The first useful line of an exception's message (or of a text), for a one-line error.
+
+    Lines are stripped and empty ones passed over; lines starting with one of `skip` too (e.g. OpenVINO's
+    "Exception from ..." / "Check '...' failed" frames), unless every line does. An exception with an
+    empty message gives its type's name, an empty text "unknown error". `typed`: "TypeName: line" (the
+    type alone when the message is empty). `limit`: at most that many characters of the line.
+    """
+    text = error if isinstance(error, str) else str(error)
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(tuple(skip))] if skip else lines
+    line = (useful or lines or [""])[0]
+    line = line if limit is None else line[:limit]
+    name = "" if isinstance(error, str) else type(error).__name__
+    if not line:
+        return name or "unknown error"
+    return f"{name}: {line}" if typed and name else line

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import importlib.metadata as md
 import os
 import platform
 import re
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, FrozenSet, List
 
 # Every package whose version can change a result; recorded in manifests and benchmark JSON.
 TOOLS = ("lowformer", "torch", "torchvision", "timm", "onnx", "onnxruntime", "onnxsim", "openvino", "nncf",
@@ -38,17 +39,22 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_flags() -> List[str]:
-    """The ISA flags of ISA_FLAGS that this CPU has (from /proc/cpuinfo)."""
+@functools.lru_cache(maxsize=1)
+def all_cpu_flags() -> FrozenSet[str]:
+    """Every flag of this CPU, from the `flags` line of /proc/cpuinfo (read once; empty where it cannot
+    be read, e.g. not Linux). The one place that parses it."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return []
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            have = set(line.split(":", 1)[1].split())
-            return sorted(f for f in ISA_FLAGS if f in have)
-    return []
+        return frozenset()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return frozenset(line.split(":", 1)[1].split()) if ":" in line else frozenset()
+
+
+def cpu_flags() -> List[str]:
+    """The ISA flags of ISA_FLAGS that this CPU has (from /proc/cpuinfo)."""
+    have = all_cpu_flags()
+    return sorted(f for f in ISA_FLAGS if f in have)
 
 
 def has_int8_dot_product(flags: List[str] = None) -> bool:

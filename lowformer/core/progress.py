@@ -3,7 +3,7 @@
 Library code never imports rich or click. A long job takes a `progress: Progress` argument, opens
 `with progress.task(description, total) as task:` and calls `task.advance(n)` (optionally with a
 short `status`, e.g. running top-1); `no_progress` is the silent default. The CLI passes its
-rich-backed implementation (lowformer.cli_progress).
+rich-backed implementation (lowformer.commands.progress).
 """
 from __future__ import annotations
 

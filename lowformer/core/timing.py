@@ -1,4 +1,7 @@
-"""The one timing loop: warm-up, timed calls, median / mean / p90 / min / max in ms."""
+"""Timing statistics (median / mean / p10 / p90 / min / max in ms, reliability warnings) and the in-process
+loop that profiling and sensitivity measurements use beside their profile. Speed figures (`bench`, the
+export's INT8 speed check, benchmarks/) come from the harness, lowformer.core.harness: every job in its
+own worker process, in interleaved rounds."""
 from __future__ import annotations
 
 import time
@@ -59,20 +62,15 @@ def reliability_warnings(stats: TimingStats, load_average: Optional[Sequence[flo
 
 
 def time_calls(fn: Callable[[], Any], iterations: int, warmup: int = 10,
-               sync: Optional[Callable[[], None]] = None,
-               before_timing: Optional[Callable[[], None]] = None,
-               on_call: Optional[Callable[[], None]] = None) -> TimingStats:
-    """Call `fn` `warmup` times untimed, then `iterations` times timed.
+               sync: Optional[Callable[[], None]] = None) -> TimingStats:
+    """Call `fn` `warmup` times untimed, then `iterations` times timed, in this process.
 
-    `sync` runs inside each timed call (e.g. torch.cuda.synchronize, so GPU work is counted);
-    `before_timing` runs once between warm-up and timing (e.g. a barrier shared by processes).
+    `sync` runs inside each timed call (e.g. torch.cuda.synchronize, so GPU work is counted).
     """
     for _ in range(max(warmup, 0)):
         fn()
     if sync:
         sync()
-    if before_timing:
-        before_timing()
     times = []
     for _ in range(max(iterations, 1)):
         t0 = time.perf_counter()
@@ -80,8 +78,6 @@ def time_calls(fn: Callable[[], Any], iterations: int, warmup: int = 10,
         if sync:
             sync()
         times.append((time.perf_counter() - t0) * 1000.0)
-        if on_call:
-            on_call()
     return TimingStats.from_ms(times)
 
 
@@ -93,21 +89,3 @@ def best_seconds(fn: Callable[[], Any], repeats: int) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
-
-
-def iterations_for(fn: Callable[[], Any], seconds: float, max_iterations: int, min_iterations: int = 3,
-                   sync: Optional[Callable[[], None]] = None) -> int:
-    """How many calls of `fn` fit in `seconds`, from one (warm-up) call."""
-    t0 = time.perf_counter()
-    fn()
-    if sync:
-        sync()
-    first = time.perf_counter() - t0
-    return max(min_iterations, min(max_iterations, int(seconds / max(first, 1e-4))))
-
-
-def time_for(fn: Callable[[], Any], seconds: float, max_iterations: int, min_iterations: int = 3,
-             sync: Optional[Callable[[], None]] = None) -> TimingStats:
-    """One warm-up call, then as many timed calls as fit in `seconds` (within the bounds)."""
-    n = iterations_for(fn, seconds, max_iterations, min_iterations, sync)
-    return time_calls(fn, n, warmup=0, sync=sync)

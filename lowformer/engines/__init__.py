@@ -1,26 +1,42 @@
-"""Runners for every artifact format behind one interface: `load(path) -> Runner`."""
+"""Runners for every artifact format behind one interface: `load(path) -> Runner`.
+
+Each runtime is a backend in its own folder (`lowformer/engines/<name>/`), registered here;
+`lowformer.engines.registry` answers every question about formats and runtimes.
+"""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from lowformer.core.errors import LowformerError
-from lowformer.artifacts import MANIFEST_NAME, ArtifactEntry, Manifest, find_manifest_for, format_of
+from lowformer.artifacts import MANIFEST_NAME, ArtifactEntry, Manifest, find_manifest_for
+from lowformer.engines import registry
+from lowformer.engines.backend import Backend, BoundaryRunner, LoadRequest
 from lowformer.engines.base import InputSpec, LayerTiming, Runner
-from lowformer.engines.torch_runners import PyTorchRunner, TorchScriptRunner
+from lowformer.engines.onnxruntime.backend import OnnxRuntimeBackend
+from lowformer.engines.openvino.backend import OpenVINOBackend
+from lowformer.engines.pt2.backend import Pt2Backend
+from lowformer.engines.pytorch.backend import PyTorchBackend
+from lowformer.engines.pytorch.runner import PyTorchRunner
+from lowformer.engines.tensorrt.backend import TensorRTBackend
+from lowformer.engines.torchscript.backend import TorchScriptBackend
+from lowformer.engines.torchscript.runner import TorchScriptRunner
 
-__all__ = ["InputSpec", "LayerTiming", "Runner", "PyTorchRunner", "TorchScriptRunner", "load",
-           "load_artifacts", "resolve_artifacts"]
+__all__ = ["Backend", "BoundaryRunner", "InputSpec", "LayerTiming", "LoadRequest", "Runner", "PyTorchRunner",
+           "TorchScriptRunner", "load", "load_artifacts", "resolve_artifacts", "registry", "format_of"]
+
+for _builtin in (PyTorchBackend, TorchScriptBackend, Pt2Backend, OnnxRuntimeBackend, OpenVINOBackend,
+                 TensorRTBackend):
+    if _builtin.name not in registry.names():
+        registry.register(_builtin())
+
+registry.load_plugins(os.environ.get(registry.PLUGINS_ENV, ""))  # backends from outside lowformer
+
+format_of = registry.format_of
 
 
 Resolved = Tuple[Path, Optional[ArtifactEntry], Optional[Manifest]]
-
-
-def _input_spec_from_manifest(manifest: Optional[Manifest]) -> InputSpec:
-    if not manifest:
-        return InputSpec()
-    i = manifest.input
-    return InputSpec(i.get("name", "input"), tuple(manifest.input_shape), i.get("dtype", "float32"))
 
 
 def resolve_artifacts(paths: List[str], skip_missing: bool = False,
@@ -44,7 +60,7 @@ def resolve_artifacts(paths: List[str], skip_missing: bool = False,
                 warnings.extend(notes)
             out += [(folder / e.path, e, manifest) for e in manifest.artifacts]
             continue
-        format_of(p)
+        registry.format_of(p)
         mpath = find_manifest_for(p)
         manifest = Manifest.load(mpath) if mpath else None
         entry = manifest.entry_for(p, mpath.parent) if manifest else None
@@ -76,10 +92,11 @@ def _once_each(resolved: List[Resolved], warnings: Optional[List[str]]) -> List[
 def load(path: str, device: str = "cpu", threads: Optional[int] = None,
          entry: Optional[ArtifactEntry] = None, manifest: Optional[Manifest] = None,
          runtime: Optional[str] = None, inference_precision: Optional[str] = None) -> Runner:
-    """A runner for one artifact file (.onnx, .xml, .ts/.pt, .engine); reads the manifest beside it.
+    """A runner for one artifact file; reads (and verifies) the manifest beside it.
 
-    `runtime`: None for the format's native one, or `openvino` for an ONNX; `inference_precision`
-    (f32 | bf16 | f16) is a setting of OpenVINO runners (lowformer.engines.runtimes)."""
+    `runtime`: None for the format's own backend, or another registered one that can run it
+    (`registry.runtimes_for`); `inference_precision`: a setting of backends that have one
+    (lowformer.engines.runtimes)."""
     p = Path(path)
     if manifest is None:
         mpath = find_manifest_for(p)
@@ -88,43 +105,27 @@ def load(path: str, device: str = "cpu", threads: Optional[int] = None,
             entry = manifest.entry_for(p, mpath.parent)
             if entry is not None:
                 manifest.verify(mpath.parent, only=[entry.path])
-    fmt = format_of(p)
-    precision = entry.precision if entry else "fp32"
+    fmt = entry.format if entry and entry.format in registry.known_formats() else registry.format_of(p)
     if not p.is_file():
         raise LowformerError(f"artifact not found: {p}")
-    from lowformer.engines.runtimes import SUPPORTED, runtime_for
+    owner = registry.owner(fmt)
+    backend = registry.get(runtime) if runtime is not None else owner
+    if backend.name not in registry.runtimes_for(fmt):
+        raise LowformerError(f"runtime {backend.name} cannot run {p.name} ({fmt} runs on "
+                             f"{', '.join(registry.runtimes_for(fmt))})")
+    if inference_precision is not None and not backend.inference_precisions:
+        from lowformer.engines.runtimes import is_default_precision, precision_backends
 
-    chosen = runtime_for(fmt, runtime)
-    if runtime is not None and runtime not in SUPPORTED.get(fmt, ()):
-        raise LowformerError(f"runtime {runtime} cannot run {p.name} ({fmt} runs on "
-                             f"{', '.join(SUPPORTED.get(fmt, (chosen,)))})")
-    if chosen == "openvino":
-        from lowformer.engines.openvino import OpenVINORunner
-
-        return OpenVINORunner(str(p), precision, device, threads, inference_precision,
-                              weights=entry.fact("weights") if entry else None)
-    if inference_precision is not None:
-        from lowformer.engines.openvino import normalize_precision
-
-        if normalize_precision(inference_precision) != "f32":
-            raise LowformerError(f"precision {inference_precision} is a setting of the OpenVINO runtime, not of "
-                                 f"{chosen} (run {p.name} with runtime openvino)")
-    if fmt == "onnx":
-        from lowformer.engines.onnxrt import OnnxRuntimeRunner
-
-        # A TensorRT-target INT8 graph (s8 activations) is checked with reference Q/DQ math on the CPU.
-        exact = bool(entry and entry.int8.get("parity_needs_reference_math")) and device == "cpu"
-        return OnnxRuntimeRunner(str(p), precision, device, threads, exact=exact)
-    if fmt == "torchscript":
-        return TorchScriptRunner.from_file(str(p), _input_spec_from_manifest(manifest), device, threads)
-    if fmt == "pt2":  # a torch.export program or an AOTInductor package: the entry says, else the archive
-        from lowformer.engines.pt2 import load_pt2
-
-        return load_pt2(str(p), _input_spec_from_manifest(manifest), device, threads,
-                        entry.format if entry else None, entry.facts if entry else None)
-    from lowformer.engines.tensorrt import TensorRTRunner
-
-    return TensorRTRunner.from_file(str(p), device=device, entry=entry.to_dict() if entry else None)
+        if not is_default_precision(inference_precision):
+            raise LowformerError(f"precision {inference_precision} is a setting of {precision_backends()}, not of "
+                                 f"{backend.name} (run {p.name} with runtime {precision_backends(' or ')})")
+        inference_precision = None
+    request = LoadRequest(p, fmt, device, threads, entry, manifest, inference_precision)
+    runner = backend.load(request)
+    runner.format = runner.format or fmt
+    if backend is not owner:
+        runner.runtime = backend.name
+    return runner
 
 
 def load_artifacts(paths: List[str], device: str = "cpu", threads: Optional[int] = None,
@@ -136,7 +137,7 @@ def load_artifacts(paths: List[str], device: str = "cpu", threads: Optional[int]
 
     resolved = resolve_artifacts(paths, skip_missing, warnings, full)
     runtimes, precisions = normalize_runtimes(runtimes), normalize_precisions(precisions)
-    formats = [e.format if e else format_of(p) for p, e, _ in resolved]
+    formats = [e.format if e else registry.format_of(p) for p, e, _ in resolved]
     check_applicable(formats, runtimes, precisions)
     out = []
     try:

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from lowformer.core.batching import run_in_fixed_batches
+from lowformer.core.errors import LowformerError
 
 
 @dataclass
@@ -43,11 +44,36 @@ class LayerTiming:
     precision: Optional[str] = None  # the precision the layer really ran in, where the runtime says (OpenVINO)
 
 
+GraphNodes = Sequence[Tuple[str, Sequence[str], Sequence[str]]]  # (node name, input tensors, output tensors)
+
+
+@dataclass
+class LayerProfile:
+    """A runner's per-layer profile, and how its layer names map to the model (`naming`):
+    `modules` (eager module scopes), `code-lines` (TorchScript code lines), `graph-nodes`
+    (exported-graph nodes with their nn_module_stack), `onnx-nodes` (module-scoped ONNX node
+    names), `runtime-layers` (runtime layers listing the ONNX nodes fused into them and the
+    precision they ran in), `fused-layers` (engine layers listing their ONNX nodes)."""
+
+    timings: List[LayerTiming]
+    naming: str
+    run_ms: Optional[List[float]] = None  # each profiled run's total, where the runtime says
+    graph: GraphNodes = ()  # the graph that ran (after the runtime's fusions), to place nodes it made
+    warnings: List[str] = field(default_factory=list)
+    source: str = ""  # how it was measured, when not by a runner of this process (trtexec files)
+
+
 class Runner(abc.ABC):
     """Runs one artifact. `run` takes a numpy array or torch tensor and returns the same kind."""
 
     backend: str = ""
     native: str = "numpy"  # the array type `_run` works in
+    format: str = ""  # the artifact format it runs (set by lowformer.engines.load when the runner does not)
+    runtime: Optional[str] = None  # the runtime asked for when it is not the format's own (an ONNX via OpenVINO)
+    hint: Optional[str] = None  # the runtime's inference-precision setting, where it has one
+    variant: Optional[str] = None  # None: run as exported; else the key its results are recorded under
+    profile_source: str = ""  # how `profile` measures (shown in profile reports)
+    profile_naming: str = ""  # what its layer names are (LayerProfile.naming)
 
     def __init__(self, input_spec: InputSpec, precision: str = "fp32", device: str = "cpu",
                  threads: Optional[int] = None, path: Optional[str] = None):
@@ -84,13 +110,27 @@ class Runner(abc.ABC):
         return torch.from_numpy(out) if as_torch else out
 
     def profile_layers(self, batch: np.ndarray, iterations: int = 10) -> List[LayerTiming]:
-        """Per-layer times; backends that can profile override this."""
-        raise NotImplementedError(f"per-layer profiling is not available for {self.backend}")
+        """Per-layer times; backends that can profile override this (or `profile`)."""
+        raise LowformerError(f"per-layer profiling is not available for {self.backend}")
+
+    def profile(self, batch: Any, iterations: int = 10, warmup: int = 2) -> LayerProfile:
+        """Per-layer times of `iterations` runs after `warmup`. Runners with a `profile_run` (which
+        also gives each run's total and the graph that ran) are read through it."""
+        run = getattr(self, "profile_run", None)
+        if run is None:
+            return LayerProfile(self.profile_layers(batch, iterations), self.profile_naming)
+        prof = run(batch, iterations, warmup)
+        return LayerProfile(prof.timings, self.profile_naming, prof.run_ms, prof.graph or (), list(prof.warnings))
+
+    def timed_call(self, batch: np.ndarray) -> Callable[[], None]:
+        """A zero-argument function doing one inference call on `batch`, finished (on the device)
+        when it returns: what timing loops call. Runners that can skip host copies override it."""
+        return lambda: self.run(batch)
 
     def describe(self) -> Dict[str, Any]:
         return {"backend": self.backend, "precision": self.precision, "device": self.device,
                 "provider": self.provider, "threads": self.threads, "path": self.path,
-                "warnings": list(self.warnings)}
+                "format": self.format, "warnings": list(self.warnings)}
 
     def close(self) -> None:
         pass

@@ -1,10 +1,10 @@
 """Which runtime runs an artifact, at which inference precision (`--runtime`, `--precision`).
 
-Every format has a native runtime (ONNX: ONNX Runtime, IR: OpenVINO, .ts: torch, .engine:
-TensorRT). An ONNX artifact can also run through OpenVINO (`runtime openvino`). The inference
-precision (f32 | bf16 | f16) is a setting of OpenVINO runners only. Asking for several runtimes
-or precisions runs each artifact once per combination that applies to it, so one `validate` pass
-scores, e.g., ORT FP32, ORT INT8, OpenVINO FP32 / BF16 and OpenVINO INT8 side by side.
+Every format has a native runtime, the backend that owns it (lowformer.engines.registry); a format
+other backends also run (an ONNX through OpenVINO) can be run by those when asked. An inference
+precision (f32 | bf16 | f16) is a setting of the backends that declare one. Asking for several
+runtimes or precisions runs each artifact once per combination that applies to it, so one
+`validate` pass scores, e.g., ORT FP32, ORT INT8, OpenVINO FP32 / BF16 and OpenVINO INT8 side by side.
 """
 from __future__ import annotations
 
@@ -12,12 +12,7 @@ from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 from lowformer.core.errors import LowformerError
-
-NATIVE = {"onnx": "onnxruntime", "openvino": "openvino", "torchscript": "torchscript", "tensorrt": "tensorrt"}
-SUPPORTED = {"onnx": ("onnxruntime", "openvino"), "openvino": ("openvino",), "torchscript": ("torchscript",),
-             "tensorrt": ("tensorrt",)}
-CHOOSABLE = ("onnxruntime", "openvino")  # what `--runtime` names (plus `auto`: each format's native one)
-_ALIASES = {"onnxruntime": "onnxruntime", "ort": "onnxruntime", "openvino": "openvino", "ov": "openvino"}
+from lowformer.engines import registry
 
 
 @dataclass(frozen=True)
@@ -34,33 +29,63 @@ class RunSpec:
 
 def normalize_runtimes(runtimes: Iterable[str]) -> Tuple[str, ...]:
     out: List[str] = []
+    choosable = registry.choosable_runtimes()
     for r in runtimes or ():
         key = str(r).strip().lower()
         if key == "auto":
             continue
-        if key not in _ALIASES:
-            raise LowformerError(f"unknown runtime {r!r} (use auto, {', '.join(CHOOSABLE)})")
-        out.append(_ALIASES[key])
+        try:
+            name = registry.get(key).name
+        except LowformerError:
+            name = None
+        if name not in choosable:
+            raise LowformerError(f"unknown runtime {r!r} (use auto, {', '.join(choosable)})")
+        out.append(name)
     return tuple(dict.fromkeys(out))
 
 
-def normalize_precisions(precisions: Iterable[str]) -> Tuple[str, ...]:
-    from lowformer.engines.openvino import normalize_precision
+def _setting_backends():
+    return [b for b in registry.all_backends() if b.inference_precisions]
 
+
+def precision_backends(sep: str = ", ") -> str:
+    """The names of the runtimes that take an inference-precision setting."""
+    return sep.join(b.name for b in _setting_backends())
+
+
+def normalize_precision(precision: str) -> str:
+    """A precision setting in its backends' spelling (fp32 -> f32), one line for an unknown one."""
+    error: Optional[LowformerError] = None
+    for b in _setting_backends():
+        try:
+            return b.normalize_precision(precision)
+        except LowformerError as e:
+            error = e
+    raise error or LowformerError(f"precision {precision}: no runtime here takes a precision setting")
+
+
+def normalize_precisions(precisions: Iterable[str]) -> Tuple[str, ...]:
     return tuple(dict.fromkeys(normalize_precision(p) for p in (precisions or ())))
 
 
+def is_default_precision(precision: str) -> bool:
+    """Whether a setting is what every runtime does anyway (f32): harmless where it is not a setting."""
+    p = normalize_precision(precision)
+    return all(b.inference_precisions[0] == p for b in _setting_backends())
+
+
 def runtime_for(fmt: str, runtime: Optional[str]) -> str:
-    return runtime or NATIVE.get(fmt, fmt)
+    return runtime or registry.owner(fmt).name
 
 
 def run_specs(fmt: str, runtimes: Sequence[str] = (), precisions: Sequence[str] = ()) -> List[RunSpec]:
     """The runs of one artifact of format `fmt`: each asked runtime that can run it (else its native
-    one), and for OpenVINO each asked precision."""
-    chosen: List[Optional[str]] = [r for r in runtimes if r in SUPPORTED.get(fmt, ())] or [None]
+    one), and, for a runtime with precision settings, each asked precision."""
+    can = registry.runtimes_for(fmt)
+    chosen: List[Optional[str]] = [r for r in runtimes if r in can] or [None]
     out: List[RunSpec] = []
     for rt in chosen:
-        if runtime_for(fmt, rt) == "openvino" and precisions:
+        if registry.get(runtime_for(fmt, rt)).inference_precisions and precisions:
             out += [RunSpec(rt, p) for p in precisions]
         else:
             out.append(RunSpec(rt, None))
@@ -69,16 +94,18 @@ def run_specs(fmt: str, runtimes: Sequence[str] = (), precisions: Sequence[str] 
 
 def check_applicable(formats: Sequence[str], runtimes: Sequence[str], precisions: Sequence[str]) -> None:
     """Options that would silently do nothing are refused: a runtime none of the artifacts can use,
-    a precision with no OpenVINO run among them."""
+    a precision with no run of a runtime that takes it."""
     for r in runtimes:
-        if not any(r in SUPPORTED.get(f, ()) for f in formats):
+        if not any(r in registry.runtimes_for(f) for f in formats):
             raise LowformerError(f"runtime {r} runs none of the artifacts given ({', '.join(sorted(set(formats)))})")
     if precisions:
-        ov = any(runtime_for(f, s.runtime) == "openvino" for f in formats for s in run_specs(f, runtimes, ()))
-        if not ov:
-            raise LowformerError(f"precision {', '.join(precisions)} is a setting of the OpenVINO runtime: add "
-                                 "runtime openvino, or give an OpenVINO IR (.xml)")
-        from lowformer.engines.openvino import check_precision
-
-        for p in precisions:  # before any work: bf16 / f16 on a CPU without them is refused
-            check_precision(p)
+        takes = [registry.get(runtime_for(f, s.runtime)) for f in formats for s in run_specs(f, runtimes, ())]
+        if not any(b.inference_precisions for b in takes):
+            owners = _setting_backends()
+            files = ", ".join(s for b in owners for s in b.suffixes)
+            raise LowformerError(f"precision {', '.join(precisions)} is a setting of the "
+                                 f"{' / '.join(b.label for b in owners)} runtime: add runtime "
+                                 f"{precision_backends(' or ')}, or give an artifact it owns ({files})")
+        for b in _setting_backends():  # before any work: bf16 / f16 on a CPU without them is refused
+            for p in precisions:
+                b.check_precision(p)

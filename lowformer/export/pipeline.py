@@ -17,7 +17,7 @@ import torch
 
 from lowformer.models.checkpoints import sha256_file
 from lowformer.compare import PARITY_THRESHOLDS, compare_logits, finite_or_none, nonfinite, parity_passes
-from lowformer.core.errors import LowformerError, NeedsTargetDevice
+from lowformer.core.errors import LowformerError
 from lowformer.models.fusion import fuse
 from lowformer.core.files import ensure_dir
 from lowformer.models.factory import create_model
@@ -25,18 +25,15 @@ from lowformer.models.registry import ModelSpec, resolve
 from lowformer import artifacts
 from lowformer.artifacts import DEFAULT_LOCK_TIMEOUT_S, MANIFEST_NAME, ArtifactEntry, Manifest, ParityRecord
 from lowformer.calibrate.cache import CACHE_DIRNAME
+from lowformer.export.config import ExportConfig
 from lowformer.export.speed import int8_speed_check, slower_int8_warning
 from lowformer.export.staging import Staging
 from lowformer.export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
 from lowformer.export.prepare import groupnorm1_paths
+from lowformer.engines import registry
+from lowformer.engines.backend import Backend
 from lowformer.core.progress import Progress, no_progress
 from lowformer.data.preprocess import Preprocessing
-
-TARGETS = ("torchscript", "onnx", "trt", "pt2", "openvino")
-FILENAMES = {("torchscript", "fp32"): "model.ts", ("pt2", "fp32"): "model.pt2", ("onnx", "fp32"): "model.onnx",
-             ("onnx", "fp16"): "model_fp16.onnx", ("onnx", "int8"): "model_int8.onnx",
-             ("openvino", "fp32"): "model.xml", ("openvino", "fp16"): "model_fp16.xml",
-             ("openvino", "int8"): "model_int8.xml"}
 
 log = logging.getLogger(__name__)
 
@@ -168,19 +165,18 @@ def _refuse_nonfinite_reference(model: torch.nn.Module, logits: np.ndarray, spec
 class Exporter:
     """Holds the model pair (reference and fused) and writes artifacts into one folder."""
 
-    def __init__(self, model_name: str, checkpoint: Optional[str] = None, image_size: int = 224,
-                 batch_size: Optional[int] = None, opset: int = 17, out: Optional[str] = None,
-                 do_fuse: bool = True, data: Optional[str] = None, progress: Progress = no_progress):
+    def __init__(self, model_name: str, config: ExportConfig, progress: Progress = no_progress):
         self.spec = resolve(model_name)
-        self.progress = progress
-        self.image_size, self.batch_size, self.opset = image_size, batch_size, opset
-        out_dir = Path(out or default_out_dir(self.spec, image_size))
+        self.config, self.progress = config, progress
+        checkpoint, image_size, batch_size = config.checkpoint, config.image_size, config.batch_size
+        self.image_size, self.batch_size, self.opset = image_size, batch_size, config.opset
+        out_dir = Path(config.out or default_out_dir(self.spec, image_size))
         shape = [batch_size, 3, image_size, image_size]
         reused = _reusable_random_weights(out_dir, self.spec, shape) if checkpoint is None else None
         _refuse_replacing_trained(out_dir, self.spec, shape, checkpoint)
         self.reference = create_model(model_name, reused or checkpoint)
         # the reference's own logits first: a model that gives NaN/Inf is refused before anything is written
-        self.inputs = parity_inputs(self.spec, image_size, data)
+        self.inputs = parity_inputs(self.spec, image_size, config.data)
         with torch.no_grad():
             self.ref_logits = self.reference(torch.from_numpy(self.inputs)).numpy()
         _refuse_nonfinite_reference(self.reference, self.ref_logits, self.spec, reused or checkpoint)
@@ -188,13 +184,13 @@ class Exporter:
         self.result = ExportResult(self.out, self.out / MANIFEST_NAME)
         self.staging = Staging(self.out)
         try:
-            self._prepare(model_name, checkpoint, reused, image_size, batch_size, do_fuse, data, shape)
+            self._prepare(reused, shape)
         except BaseException:
             self.staging.discard()
             raise
 
-    def _prepare(self, model_name: str, checkpoint: Optional[str], reused: Optional[str], image_size: int,
-                 batch_size: Optional[int], do_fuse: bool, data: Optional[str], shape: List[Optional[int]]) -> None:
+    def _prepare(self, reused: Optional[str], shape: List[Optional[int]]) -> None:
+        checkpoint = self.config.checkpoint
         if checkpoint is None:
             self.warn(f"no checkpoint: {self.spec.display} has RANDOM weights; its artifacts are for "
                       "testing the toolchain, not for accuracy")
@@ -202,14 +198,15 @@ class Exporter:
             log.info("reusing the random weights of %s (%s), so every artifact there stays consistent",
                      self.out, RANDOM_WEIGHTS)
         self.model = copy.deepcopy(self.reference)
-        self.fused = fuse(self.model).folded if do_fuse else 0
+        self.fused = fuse(self.model).folded if self.config.fuse else 0
         self.manifest = Manifest.new(
             model={"name": self.spec.name, "timm_name": self.spec.timm_name, "display": self.spec.display,
                    "num_classes": int(self.ref_logits.shape[1]), "fused_batchnorms": self.fused},
             checkpoint=self._checkpoint_record(checkpoint, reused),
             input_spec={"name": INPUT_NAME, "output": OUTPUT_NAME, "shape": shape, "dtype": "float32",
-                        "dynamic_axes": {} if batch_size else {INPUT_NAME: {"0": "batch"}, OUTPUT_NAME: {"0": "batch"}}},
-            preprocessing=self.spec.preprocessing(image_size).to_dict())
+                        "dynamic_axes": {} if self.batch_size else {INPUT_NAME: {"0": "batch"},
+                                                                    OUTPUT_NAME: {"0": "batch"}}},
+            preprocessing=self.spec.preprocessing(self.image_size).to_dict())
         from lowformer.core.machine import cpu_flags, cpu_isa
 
         flags = cpu_flags()  # the ISA decides which kernels (INT8, BF16) the CPU artifacts were checked with
@@ -238,7 +235,21 @@ class Exporter:
 
     def path(self, fmt: str, precision: str) -> Path:
         """Where this run writes an artifact: the staging folder (moved into place by `commit`)."""
-        return self.staging.path(FILENAMES[(fmt, precision)])
+        return self.staging.path(_file_name(fmt, precision))
+
+    def staged(self, name: str) -> Path:
+        return self.staging.path(name)
+
+    def committed(self, fmt: str, precision: str) -> Path:
+        return self.out / _file_name(fmt, precision)
+
+    def adopt(self, entry: ArtifactEntry) -> None:
+        """An entry a writer recorded in the folder itself (a TensorRT build): keep ours in step."""
+        self.manifest.upsert(entry)
+        self.result.artifacts.append(entry)
+
+    def next_step(self, message: str) -> None:
+        self.result.next_steps.append(message)  # the CLI prints it once, last
 
     def record(self, entry: ArtifactEntry) -> None:
         self.manifest.upsert(entry)
@@ -270,8 +281,8 @@ class Exporter:
                     raise LowformerError(_stale_message(self.out, stale))
                 for name in stale:
                     (self.out / name).unlink(missing_ok=True)
-                    if name.endswith(".xml"):  # an OpenVINO IR is a pair: its weights go with it
-                        (self.out / name).with_suffix(".bin").unlink(missing_ok=True)
+                    for companion in registry.all_companions(self.out / name):  # an IR's .bin goes with it
+                        companion.unlink(missing_ok=True)
                 if stale:
                     self.warn(f"removed {len(stale)} artifact(s) of earlier random weights from {self.out}: "
                               f"{', '.join(stale)}")
@@ -309,32 +320,22 @@ class Exporter:
                  "parity ok" if passed else "PARITY FAILED", cmp.rel_l2, cmp.cosine, 100 * cmp.top1_agreement)
         return entry
 
-    def torchscript(self) -> ArtifactEntry:
-        from lowformer.export.torchscript import export_torchscript
-
-        path = self.path("torchscript", "fp32")
-        example = torch.from_numpy(self.inputs[: self.batch_size or 1])
-        facts = export_torchscript(self.model, path, example)
-        for note in facts["notes"]:
-            self.warn(note)
-        return self.check_and_record(path, "torchscript", "fp32", facts)
-
-    def onnx(self) -> ArtifactEntry:
-        path = self.path("onnx", "fp32")
-        facts = export_onnx(self.model, path, self.image_size, self.batch_size, self.opset)
-        for note in facts["notes"]:
-            self.warn(note)
-        if facts["ops"].get("BatchNormalization"):
-            self.warn(f"{facts['ops']['BatchNormalization']} BatchNormalization nodes remain in the ONNX")
-        return self.check_and_record(path, "onnx", "fp32", facts)
+    def _recorded(self, path: Path) -> Optional[ArtifactEntry]:
+        return next((a for a in self.result.artifacts if a.path == path.name), None)
 
     def ensure_onnx(self) -> Path:
+        """model.onnx, the graph every ONNX-based target starts from: written and checked once."""
         path = self.path("onnx", "fp32")
-        if not any(a.path == path.name for a in self.result.artifacts):
-            self.onnx()
+        if self._recorded(path) is None:
+            facts = export_onnx(self.model, path, self.image_size, self.batch_size, self.opset)
+            for note in facts["notes"]:
+                self.warn(note)
+            if facts["ops"].get("BatchNormalization"):
+                self.warn(f"{facts['ops']['BatchNormalization']} BatchNormalization nodes remain in the ONNX")
+            self.check_and_record(path, "onnx", "fp32", facts)
         return path
 
-    def fp16(self) -> ArtifactEntry:
+    def fp16_onnx(self) -> ArtifactEntry:
         from lowformer.export.fp16 import convert_fp16
 
         src = self.ensure_onnx()
@@ -342,143 +343,121 @@ class Exporter:
         facts = convert_fp16(src, path, groupnorm1_paths(self.model))
         return self.check_and_record(path, "onnx", "fp16", {"opset": self.opset, **facts})
 
-    def int8(self, **calib: Any) -> ArtifactEntry:
+    def int8_onnx(self) -> ArtifactEntry:
+        """The Q/DQ INT8 ONNX (lowformer.calibrate), calibrated once per export."""
         from lowformer.calibrate.quantize import quantize_onnx
 
         src = self.ensure_onnx()
         path = self.path("onnx", "int8")
-        calib.setdefault("cache_dir", self.out / CACHE_DIRNAME)  # the cache outlives the staging folder
-        facts = quantize_onnx(src, path, Preprocessing.from_dict(self.manifest.preprocessing),
+        made = self._recorded(path)
+        if made is not None:
+            return made
+        calib = self.config.calib
+        facts = quantize_onnx(src, path, Preprocessing.from_dict(self.manifest.preprocessing), calib,
                               str(self.manifest.checkpoint.get("sha256") or "unknown"),
-                              progress=self.progress, **calib)
-        facts["speed_check"] = int8_speed_check(src, path, str(calib.get("target") or "cpu"))
-        fp32 = next((a for a in self.result.artifacts if a.path == src.name), None)
+                              cache_dir=self.out / CACHE_DIRNAME,  # the cache outlives the staging folder
+                              progress=self.progress)
+        facts["speed_check"] = int8_speed_check(src, path, str(calib.target or "cpu"))
+        fp32 = self._recorded(src)
         slower = slower_int8_warning(facts["speed_check"], src.name,
                                      fp32.parity.passed if fp32 is not None and fp32.parity else None)
         if slower:
             self.warn(slower)
         return self.check_and_record(path, "onnx", "int8", {"opset": self.opset, **facts})
 
-    def pt2(self) -> List[ArtifactEntry]:
-        """model.pt2 (torch.export, dynamic batch unless --batch-size) and its AOTInductor package
-        model_aoti_cpu.pt2 (and model_aoti_cuda.pt2 with a GPU), each checked like every artifact."""
-        from lowformer.export.pt2 import AOTI_NAMES, aoti_devices, compile_aoti, export_program, save_program
+    def quantize_ir(self, quantizer: str, src: Path, dst: Path) -> Dict[str, Any]:
+        """An INT8 model written by a runtime's own quantizer (NNCF for OpenVINO IR) from `src`."""
+        if quantizer != "nncf":
+            raise LowformerError(f"unknown quantizer {quantizer!r}")
+        from lowformer.calibrate.nncf import nncf_quantize
 
-        dynamic = self.batch_size is None
-        example = torch.from_numpy(self.inputs[: self.batch_size or 2])
-        program, facts = export_program(self.model, example, dynamic)
-        path = self.path("pt2", "fp32")
-        facts.update(save_program(program, path))
-        entries = [self.check_and_record(path, "pt2", "fp32", facts)]
-        for device in aoti_devices():
-            package = self.staging.path(AOTI_NAMES[device])
-            entries.append(self.check_and_record(package, "aoti", "fp32",
-                                                 compile_aoti(program, package, device, dynamic, path.name)))
-        return entries
-
-    def openvino(self, int8: bool = False, quantizer: str = "qdq", keep_f32: Optional[Sequence[str]] = None,
-                 **calib: Any) -> List[ArtifactEntry]:
-        """model.xml (FP32 IR) and model_fp16.xml (FP16-compressed weights) from model.onnx, the
-        `keep_f32` blocks marked to stay f32 under a bf16/f16 hint (none by default); with
-        `int8`, model_int8.xml: NNCF's (quantizer nncf) or the Q/DQ ONNX converted (quantizer qdq)."""
-        from lowformer.export.openvino import convert_onnx, keep_f32_blocks, nncf_quantize
-
-        src = self.ensure_onnx()
-        keep = keep_f32_blocks(keep_f32)
-        entries = []
-        for precision, compress in (("fp32", False), ("fp16", True)):
-            path = self.path("openvino", precision)
-            facts = convert_onnx(src, path, compress, keep)
-            entries.append(self.check_and_record(path, "openvino", precision, facts))
-        if int8:
-            path = self.path("openvino", "int8")
-            if quantizer == "nncf":
-                facts = nncf_quantize(src, path, Preprocessing.from_dict(self.manifest.preprocessing),
-                                      progress=self.progress, **calib)
-            else:
-                qdq = self.path("onnx", "int8")
-                made = next((a for a in self.result.artifacts if a.path == qdq.name), None) or self.int8(**calib)
-                facts = {**convert_onnx(qdq, path), "int8": {**made.int8, "quantizer": "qdq", "source": qdq.name},
-                         "calibration": made.calibration}
-            entries.append(self.check_and_record(path, "openvino", "int8", facts))
-        return entries
-
-    def trt(self, precision: str, **build: Any) -> None:
-        from lowformer.engines.tensorrt import build_engine, require_tensorrt_support
-
-        onnx_path = self.out / FILENAMES[("onnx", precision)]
-        require_tensorrt_support(onnx_path)  # one line (exit 1) before the exit-3 device step
-        try:
-            entry = build_engine(str(onnx_path), str(onnx_path.with_suffix(".engine")),
-                                 fp16=precision == "fp16", int8=precision == "int8",
-                                 manifest_folder=str(self.out), **build)
-            record = ArtifactEntry.from_dict(entry)
-            self.manifest.upsert(record)  # build_engine recorded it in the folder; keep ours in step
-            self.result.artifacts.append(record)
-        except NeedsTargetDevice as e:
-            self.result.next_steps.append(str(e))  # the CLI prints it once, last
+        return nncf_quantize(src, dst, Preprocessing.from_dict(self.manifest.preprocessing), self.config.calib,
+                             progress=self.progress)
 
 
-def export_model(model: str, to: Sequence[str] = ("onnx",), fp16: bool = False, int8: bool = False,
-                 checkpoint: Optional[str] = None, image_size: int = 224, batch_size: Optional[int] = None,
-                 opset: int = 17, out: Optional[str] = None, do_fuse: bool = True, data: Optional[str] = None,
-                 calib: Optional[Dict[str, Any]] = None, trt_build: Optional[Dict[str, Any]] = None,
-                 progress: Progress = no_progress, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
-                 keep_f32: Optional[Sequence[str]] = None) -> ExportResult:
-    """Export `model` to every target in `to` (torchscript, onnx, trt, pt2, openvino) and check each
-    artifact's parity. `keep_f32`: the blocks OpenVINO IRs keep at f32 under a bf16/f16 hint."""
-    unknown = [t for t in to if t not in TARGETS]
-    if unknown or not to:
-        raise LowformerError(f"targets must be among {', '.join(TARGETS)}")
-    if keep_f32 and "openvino" not in to:
-        raise LowformerError("keep_f32 marks blocks of an OpenVINO IR: add --to openvino")
-    if int8 and not (calib or {}).get("calib_data"):
+def _file_name(fmt: str, precision: str) -> str:
+    names = registry.owner(fmt).artifact_names
+    if (fmt, precision) not in names:
+        raise LowformerError(f"no {precision} artifact of format {fmt} is written by an export")
+    return names[(fmt, precision)]
+
+
+def _writers(targets: Sequence[str]) -> List[Backend]:
+    """The backends that write `targets` and every target they need first, in writing order."""
+    out: List[Backend] = []
+    todo = list(targets)
+    while todo:
+        b = registry.writer(todo.pop(0))
+        if b not in out:
+            out.append(b)
+            todo += [registry.writer(t).export_targets[0] for t in b.export_needs]
+    return sorted(out, key=lambda b: b.export_order)
+
+
+def _check_config(config: ExportConfig, writers: List[Backend]) -> ExportConfig:
+    """Before any work: every target's own option goes with that target, the data folders exist,
+    each writer accepts the export, and the INT8 quantizer is chosen (lowformer.calibrate.nncf).
+    Returns the config with that choice made."""
+    asked = [registry.writer(t) for t in config.to]
+    for b in registry.all_backends():
+        for key in b.export_options:
+            if getattr(config, key, None) and b not in asked:
+                raise LowformerError(f"{key} is an option of {b.label} artifacts: add --to {b.export_targets[0]}")
+    calib = config.calib
+    if config.int8 and not calib.calib_data:
         raise LowformerError("INT8 needs calibration images (calib_data)")
-    if fp16 and int8 and "trt" in to:
-        raise LowformerError("a TensorRT export builds one engine: choose one of FP16 and INT8")
-    if "trt" in to and int8 and (calib or {}).get("target", "cpu") == "cpu":
-        raise LowformerError("a TensorRT INT8 engine needs the tensorrt INT8 target (int8_target): a cpu-target "
-                             "graph (u8 activations, non-zero zero points) cannot build")
-    if calib and calib.get("calib_data") and not os.path.isdir(calib["calib_data"]):
-        raise LowformerError(f"calibration data {calib['calib_data']}: no such folder")
-    if data and not os.path.isdir(data):
-        raise LowformerError(f"parity data {data}: no such folder")
-    calib, quantizer = dict(calib or {}), None
-    if int8 or "openvino" in to:  # before any work: OpenVINO (and NNCF) are optional packages
-        from lowformer.export.openvino import check_openvino_export
+    if calib.calib_data and not os.path.isdir(calib.calib_data):
+        raise LowformerError(f"calibration data {calib.calib_data}: no such folder")
+    if config.data and not os.path.isdir(config.data):
+        raise LowformerError(f"parity data {config.data}: no such folder")
+    for b in writers:
+        b.check_export(config)
+    if not config.int8:
+        return config
+    from lowformer.calibrate.nncf import check_quantizer
 
-        quantizer = check_openvino_export(to, int8, calib)
-    if "pt2" in to:  # before any work: the AOTInductor package needs a C++ compiler
-        from lowformer.export.pt2 import find_cpp_compiler
+    calib = check_quantizer(calib, any("nncf" in b.quantizers for b in writers))
+    if calib.quantizer != "qdq" and not any(calib.quantizer in b.quantizers for b in writers):
+        owners = [b for b in registry.all_backends() if calib.quantizer in b.quantizers]
+        raise LowformerError(f"the {calib.quantizer} quantizer writes {' / '.join(b.label for b in owners) or 'no'} "
+                             "artifacts: add " + " or ".join(f"--to {b.export_targets[0]}" for b in owners)
+                             + " (or use --quantizer qdq for a Q/DQ ONNX)")
+    return config.replace(calib=calib)
 
-        find_cpp_compiler()
+
+def export_model(model: str, config: Optional[ExportConfig] = None, progress: Progress = no_progress,
+                 **fields: Any) -> ExportResult:
+    """Export `model` to every target of `config.to` (the registered writers:
+    registry.export_targets()) and check each artifact's parity against the unfused model.
+
+    `config`: an ExportConfig, or its fields as keywords (`to=("onnx", "openvino"), int8=True,
+    calib={"calib_data": ...}`)."""
+    config = ExportConfig.build(config, **fields)
+    known = registry.export_targets()
+    if not config.to or any(t not in known for t in config.to):
+        raise LowformerError(f"targets must be among {', '.join(known)}")
+    config = config.replace(to=tuple(dict.fromkeys(registry.writer(t).export_targets[0] for t in config.to)))
+    writers = _writers(config.to)
+    config = _check_config(config, writers)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        ex = Exporter(model, checkpoint, image_size, batch_size, opset, out, do_fuse, data, progress)
+        ex = Exporter(model, config, progress)
         try:
             with _temporaries_in(ex.staging.path("work")):
-                if "torchscript" in to:
-                    ex.torchscript()
-                if "pt2" in to:
-                    ex.pt2()
-                if "onnx" in to or "trt" in to or "openvino" in to:
-                    ex.ensure_onnx()
-                    if fp16:
-                        ex.fp16()
-                    if int8 and quantizer != "nncf":
-                        ex.int8(**calib)
-                if "openvino" in to:
-                    ex.openvino(int8, quantizer or "qdq", keep_f32, **calib)
-            ex.commit(lock_timeout=lock_timeout)
+                for b in writers:
+                    b.export(ex, config)
+            ex.commit(lock_timeout=config.lock_timeout)
         finally:
             ex.staging.discard()
-        if "trt" in to:  # built from the committed ONNX; build_engine records the engine itself
-            ex.trt("fp16" if fp16 else "int8" if int8 else "fp32", **(trt_build or {}))
+        later = [b for b in writers if type(b).after_commit is not Backend.after_commit]
+        for b in later:  # e.g. a TensorRT engine, built from the committed ONNX (it records itself)
+            b.after_commit(ex, config)
+        if later:
             pending = list(ex.result.next_steps)  # what remains to run on the target device
 
             def set_pending(m: Manifest) -> None:
                 m.pending = pending
-            ex.manifest = artifacts.update(ex.out, set_pending, timeout=lock_timeout)
+            ex.manifest = artifacts.update(ex.out, set_pending, timeout=config.lock_timeout)
     return ex.result
 
 
@@ -493,7 +472,7 @@ def fp32_onnx(model: str, checkpoint: Optional[str] = None, image_size: int = 22
         return folder / "model.onnx", Manifest.load(folder)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        ex = Exporter(model, checkpoint, image_size, out=out)
+        ex = Exporter(model, ExportConfig(checkpoint=checkpoint, image_size=image_size, out=out))
         try:
             with _temporaries_in(ex.staging.path("work")):
                 ex.ensure_onnx()

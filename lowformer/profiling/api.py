@@ -10,29 +10,21 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from lowformer.artifacts import Manifest
+from lowformer.artifacts import ArtifactEntry, Manifest
 from lowformer.engines.timing import time_runner
 from lowformer.targets import Target, resolve_targets
 from lowformer.core.errors import LowformerError
 from lowformer.core.progress import Progress, no_progress
+from lowformer.engines import Runner, registry
+from lowformer.engines.base import LayerProfile
 from lowformer.profiling.collect import (rows_from_fused, rows_from_graph, rows_from_lines, rows_from_modules,
                                          rows_from_nodes)
+from lowformer.profiling.runtime_layers import precision_notes, rows_from_runtime_layers
 from lowformer.profiling.names import GraphNeighbours
-from lowformer.profiling.report import ProfileReport
+from lowformer.profiling.report import LayerRow, ProfileReport
 from lowformer.profiling.structure import UNATTRIBUTED, ModelStructure, structure_of
 
 log = logging.getLogger(__name__)
-
-_SOURCES = {"pytorch": "torch.profiler, one record_function scope per module call (exclusive times)",
-            "torchscript": "torch.profiler with_stack: ops per serialized code line, start-to-next-start",
-            "onnxruntime": "ONNX Runtime session profiling (per-node kernel_time events)",
-            "tensorrt": "TensorRT IProfiler per engine layer, fused layers split over their ONNX nodes",
-            "openvino": "OpenVINO PERF_COUNT per runtime layer (originalLayersNames: fused layers split over their "
-                        "ONNX nodes; runtimePrecision in each op)",
-            "pt2": "torch.profiler, one scope per exported-graph node, named by its nn_module_stack (exact)",
-            "aoti": "torch.profiler kernel events of the AOTInductor package, named through kernel_information.json "
-                    "and the exported graph's nn_module_stack; fused kernels split over their modules"}
-
 
 def export_reference(manifest: Manifest) -> Optional[nn.Module]:
     """The model an export folder was written from, as the export saw it (BN fused or not).
@@ -75,7 +67,27 @@ def _input_size(manifest: Optional[Manifest], default: int) -> Tuple[Optional[in
     return shape[0], int(shape[-1] or default)
 
 
-def profile_runner(runner, *, artifact: str, label: str, batch_size: int = 1, iterations: int = 100,
+def _rows(prof: LayerProfile, iterations: Optional[int], structure: ModelStructure,
+          line_map: Optional[Dict[str, str]]) -> List[LayerRow]:
+    """The profile's layers attributed to the model's modules, by what its layer names are.
+    `iterations`: the profiled runs (None: each layer's own call count, for files made elsewhere)."""
+    graph = GraphNeighbours(prof.graph) if prof.graph else None
+    if prof.naming == "modules":
+        return rows_from_modules(prof.timings, iterations, structure)
+    if prof.naming == "code-lines":
+        return rows_from_lines(prof.timings, iterations, structure, line_map)
+    if prof.naming == "graph-nodes":
+        return rows_from_graph(prof.timings, iterations, structure)
+    if prof.naming == "onnx-nodes":
+        return rows_from_nodes(prof.timings, iterations, structure, graph)
+    if prof.naming == "runtime-layers":
+        return rows_from_runtime_layers(prof.timings, iterations, structure, graph)
+    if prof.naming == "fused-layers":
+        return rows_from_fused(prof.timings, structure, iterations)
+    raise LowformerError(f"profile layers named {prof.naming!r}: no way to attribute them to modules")
+
+
+def profile_runner(runner: Runner, *, artifact: str, label: str, batch_size: int = 1, iterations: int = 100,
                    warmup: int = 20, structure: Optional[ModelStructure] = None,
                    line_map: Optional[Dict[str, str]] = None, line_note: Optional[str] = None) -> ProfileReport:
     """Latency (un-instrumented) first, then the per-layer profile, of one runner."""
@@ -83,62 +95,36 @@ def profile_runner(runner, *, artifact: str, label: str, batch_size: int = 1, it
     batch = runner.input_spec.example(batch_size)
     latency = time_runner(runner, batch, iterations, warmup)
     notes: List[str] = list(runner.warnings)
-    run_ms: Optional[List[float]] = None
-    backend = runner.backend
-    if backend in ("pt2", "aoti"):
-        prof = runner.profile_run(batch, iterations, warmup)
-        run_ms = prof.run_ms
-        notes += prof.warnings
-        rows = rows_from_graph(prof.timings, iterations, structure)
-    elif backend in ("onnxruntime", "pytorch", "torchscript"):
-        prof = runner.profile_run(batch, iterations, warmup)
-        run_ms = prof.run_ms
-        notes += prof.warnings
-        if backend == "onnxruntime":
-            graph = GraphNeighbours(prof.graph) if prof.graph else None
-            rows = rows_from_nodes(prof.timings, iterations, structure, graph)
-        elif backend == "pytorch":
-            rows = rows_from_modules(prof.timings, iterations, structure)
-        else:
-            rows = rows_from_lines(prof.timings, iterations, structure, line_map)
-            if line_note:
-                notes.append(line_note)
-    elif backend == "tensorrt":
-        rows = rows_from_fused(runner.profile_layers(batch, iterations), structure, iterations)
-    elif backend == "openvino":
-        from lowformer.profiling.openvino import precision_notes, rows_from_openvino
-
-        prof = runner.profile_run(batch, iterations, warmup)
-        run_ms = prof.run_ms
-        notes += prof.warnings
-        rows = rows_from_openvino(prof.timings, iterations, structure,
-                                  GraphNeighbours(prof.graph) if prof.graph else None)
+    prof = runner.profile(batch, iterations, warmup)
+    notes += prof.warnings
+    rows = _rows(prof, iterations, structure, line_map)
+    if prof.naming == "code-lines" and line_note:
+        notes.append(line_note)
+    if prof.naming == "runtime-layers":  # the runtime said which precision each layer really ran in
         notes += precision_notes(rows, runner.precision)
-    else:
-        raise LowformerError(f"per-layer profiling is not available for {backend}")
+    run_ms = prof.run_ms
     d = runner.describe()
-    fmt = d.get("format") or {"pytorch": "eager", "onnxruntime": "onnx"}.get(backend, backend)
-    return ProfileReport(artifact=artifact, label=label, backend=backend, format=fmt,
+    return ProfileReport(artifact=artifact, label=label, backend=runner.backend, format=runner.format,
                          precision=d.get("precision", "fp32"), device=d.get("device", "cpu"),
                          provider=d.get("provider", ""), batch_size=len(batch), iterations=iterations,
                          warmup=warmup, threads=d.get("threads"), rows=rows,
                          profiled_run_ms=sum(run_ms) / len(run_ms) if run_ms else None,
-                         latency=latency.to_dict(), warnings=notes, source=_SOURCES.get(backend, ""))
+                         latency=latency.to_dict(), warnings=notes, source=runner.profile_source)
 
 
-def torchscript_lines(path: str, model: Optional[nn.Module], entry: Optional[Dict[str, Any]],
-                      batch: Optional[int], size: int) -> Tuple[Optional[Dict[str, str]], Optional[str]]:
-    """(line -> module map, note) for a TorchScript artifact; the note says what went wrong, if anything."""
-    from lowformer.profiling.torchscript_names import line_modules
-
+def code_lines(runner: Runner, model: Optional[nn.Module], entry: Optional[ArtifactEntry],
+               batch: Optional[int], size: int) -> Tuple[Optional[Dict[str, str]], Optional[str]]:
+    """(code line -> module map, note) for a runner whose layers are code lines (TorchScript), through
+    its `code_line_modules`; the note says what went wrong, if anything."""
     if model is None:
-        return None, "no manifest beside the TorchScript file (and no model given): its code lines cannot be named"
+        return None, f"no manifest beside {Path(runner.path or '').name} (and no model given): its code lines " \
+                     "cannot be named"
     method = entry.fact("method", "script") if entry else "script"
     try:
-        mapping, ratio = line_modules(path, model, torch.zeros(batch or 1, 3, size, size), method)
+        mapping, ratio = runner.code_line_modules(model, torch.zeros(batch or 1, 3, size, size), method)
     except Exception as e:  # naming is best effort: the times stand without it
-        return None, f"could not map TorchScript lines to modules ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
-    note = None if ratio >= 0.99 else f"TorchScript op sequence matched the rebuilt model only {ratio:.0%}"
+        return None, f"could not map code lines to modules ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+    note = None if ratio >= 0.99 else f"the code's op sequence matched the rebuilt model only {ratio:.0%}"
     return mapping, note
 
 
@@ -211,7 +197,7 @@ def record_profiles(reports: Sequence[ProfileReport]) -> None:
     from lowformer import artifacts as _artifacts
     from lowformer.core.machine import cpu_model
 
-    on_disk = [r for r in reports if r.backend != "pytorch" and Path(r.artifact).is_file()]  # eager: no file
+    on_disk = [r for r in reports if r.format in registry.file_formats() and Path(r.artifact).is_file()]
     cpu = cpu_model() if on_disk else None
     _artifacts.record_runs(((r.artifact, profile_key(r), profile_record(r, cpu)) for r in on_disk), "profile")
 
@@ -229,11 +215,11 @@ def _profile_target(target: Target, refs: _References, batch_size: int, iteratio
                                       structure=structure_of(runner.module))
         (path, entry, manifest), = resolve_artifacts([target.spec])
         model, structure = refs.get(manifest)
-        line_map, note = None, None
-        if path.suffix in (".ts", ".pt"):
-            fixed, size = _input_size(manifest, image_size)
-            line_map, note = torchscript_lines(str(path), model, entry, fixed, size)
         with target.build_runner() as runner:
+            line_map, note = None, None
+            if runner.profile_naming == "code-lines":  # TorchScript: its code lines named through the model
+                fixed, size = _input_size(manifest, image_size)
+                line_map, note = code_lines(runner, model, entry, fixed, size)
             return profile_runner(runner, artifact=str(path), label=target.label, batch_size=batch_size,
                                   iterations=iterations, warmup=warmup, structure=structure,
                                   line_map=line_map, line_note=note)
@@ -243,14 +229,13 @@ def report_from_trtexec(profile_json: Any, layer_info_json: Any = None, *, label
                         structure: Optional[ModelStructure] = None, onnx_nodes: Optional[Sequence[str]] = None,
                         latency: Optional[Dict[str, Any]] = None) -> ProfileReport:
     """A report from `trtexec --exportProfile` (and `--exportLayerInfo`) files, made on the GPU machine."""
-    from lowformer.profiling.trtexec import layer_timings
-
-    timings = layer_timings(profile_json, layer_info_json, onnx_nodes)
-    rows = rows_from_fused(timings, structure or ModelStructure())
-    runs = max((t.calls for t in timings), default=1)
+    backend = registry.get("tensorrt")  # the engine's own profiler, read from trtexec's files
+    prof = backend.profile_files(profile_json, layer_info_json, onnx_nodes)
+    rows = _rows(prof, None, structure or ModelStructure(), None)
+    runs = max((t.calls for t in prof.timings), default=1)
     src = str(profile_json) if isinstance(profile_json, (str, Path)) else "trtexec profile"
-    return ProfileReport(artifact=src, label=label, backend="tensorrt", format="tensorrt", precision="",
-                         device="cuda", provider="tensorrt", batch_size=0, iterations=runs, warmup=0,
+    return ProfileReport(artifact=src, label=label, backend=backend.name, format=backend.formats[0], precision="",
+                         device="cuda", provider=backend.name, batch_size=0, iterations=runs, warmup=0,
                          threads=None, rows=rows, profiled_run_ms=None, latency=latency or {},
-                         warnings=["per-layer times read from trtexec files (not measured here)"],
-                         source=_SOURCES["tensorrt"])
+                         warnings=["per-layer times read from trtexec files (not measured here)"] + prof.warnings,
+                         source=prof.source)

@@ -67,6 +67,9 @@ class TensorRTRunner(Runner):
     """Runs a serialized engine with torch CUDA tensors as I/O buffers on a torch stream."""
 
     backend = "tensorrt"
+    format = "tensorrt"
+    profile_naming = "fused-layers"
+    profile_source = "TensorRT IProfiler per engine layer, fused layers split over their ONNX nodes"
     native = "torch"
     io_factory = TorchCudaIO  # replaced by tests (no CUDA here)
 

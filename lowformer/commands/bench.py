@@ -1,0 +1,54 @@
+"""`lowformer bench`: throughput or latency of models and artifacts, in one or several processes."""
+from __future__ import annotations
+
+import click
+
+from lowformer.commands.errors import handle_errors
+from lowformer.commands.options import json_option, runtime_options
+from lowformer.commands.progress import RichProgress
+from lowformer.commands.render import emit_json, print_bench
+
+
+@click.command("bench")
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--batch-size", type=click.IntRange(1, 65536),
+              help="Images per call [default: 200 (the paper's) on cuda, 16 on cpu].")
+@click.option("--iterations", type=click.IntRange(1), help="Timed calls per target [default: 400 on cuda].")
+@click.option("--duration", type=click.FloatRange(0.1), help="Seconds of timed calls per target, instead of "
+                                                             "--iterations [default on cpu: 5].")
+@click.option("--warmup", type=click.IntRange(0), help="Untimed calls first [default: 20 on cuda, 3 on cpu].")
+@click.option("--latency", is_flag=True, help="Latency mode: ms per batch-1 call (ignores --batch-size).")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="Worker processes per target timing together (one runner each); reports the mean of their medians.")
+@click.option("--threads", type=click.IntRange(1), help="Threads per process [default: runtime's; cores/jobs with --jobs].")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option("--image-size", default=224, show_default=True, type=click.IntRange(32, 2048), help="For MODEL arguments.")
+@click.option("--optit", is_flag=True, help="Benchmark MODELs as BN-fused TorchScript + optimize_for_inference (the paper's --optit).")
+@click.option("--checkpoint", type=click.Path(), help="Weights for MODEL arguments (default: random init).")
+@json_option("Print one JSON document to stdout (schema in lowformer/bench/run.py).")
+@runtime_options
+@click.option("--no-record", is_flag=True, help="Do not write the timings into the artifacts' manifests.")
+@handle_errors
+def bench_cmd(targets, batch_size, iterations, duration, warmup, latency, jobs, threads, device, image_size, optit,
+              checkpoint, as_json, runtimes, precisions, no_record):
+    """Throughput (images/s) or latency (ms) of MODEL_OR_ARTIFACT... (b1, timm:resnet50, model.onnx, folders).
+
+    \b
+    `lowformer bench b1 --latency --optit` reproduces the paper's latency command;
+    `--jobs 4` times four processes at once (the paper's multi-process latency).
+    """
+    from lowformer.bench import bench
+    from lowformer.bench.run import record_latencies
+
+    if iterations and duration:
+        raise click.UsageError("--iterations and --duration exclude each other")
+    report = bench(list(targets), batch_size=batch_size, iterations=iterations, warmup=warmup, latency=latency,
+                   jobs=jobs, threads=threads, device=device, image_size=image_size, optit=optit,
+                   checkpoint=checkpoint, progress=RichProgress(), duration=duration, runtimes=runtimes,
+                   precisions=precisions, record=False)
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        print_bench(report)
+    if not no_record:  # after the table: a folder we cannot write to still shows what was measured
+        record_latencies(report)

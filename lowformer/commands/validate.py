@@ -1,0 +1,117 @@
+"""`lowformer validate` (and `--explain`): ImageNet parity of every artifact against the reference."""
+from __future__ import annotations
+
+import sys
+from typing import Any, Dict, Optional
+
+import click
+
+from lowformer.commands.errors import handle_errors
+from lowformer.commands.options import json_option, parse_triplet, runtime_options
+from lowformer.commands.progress import RichProgress
+from lowformer.commands.render import emit_json, print_explain, print_validation, warning_line
+
+
+@click.command("validate")
+@click.argument("artifacts", nargs=-1, required=True, metavar="ARTIFACT_OR_MANIFEST...")
+@click.option("--data", required=True, type=click.Path(), help="val/<wnid>/*.JPEG folder, or a flat folder with --labels.")
+@click.option("--labels", type=click.Path(), help="LOC_val_solution.csv, or lines of '<file> <wnid-or-index>'.")
+@click.option("--limit", type=int, help="Validate a deterministic, class-stratified subset of N images.")
+@click.option("--batch-size", default=50, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--workers", type=click.IntRange(0, 64), help="DataLoader decode workers [default: cores-1, max 4].")
+@click.option("--reference", help="Reference MODEL (default: the one in the artifacts' manifest).")
+@click.option("--checkpoint", type=click.Path(),
+              help="Weights of --reference (omit: random init); alone: the manifest's model with these weights, "
+                   "which must have the sha256 the manifest records.")
+@click.option("--verify", "verify", default="cache", show_default=True, type=click.Choice(["cache", "full"]),
+              help="cache: trust .verified.json for files whose size, mtime, ctime and inode are unchanged; "
+                   "full: re-hash every artifact and the reference checkpoint.")
+@click.option("--gate-top1-drop", type=float, help="Max top-1 drop in pt vs the reference [fp16 0.2, int8 1.0].")
+@click.option("--gate-agreement", type=float, help="Min top-1 agreement with the reference, 0..1 [fp32 0.999, fp16 0.995].")
+@click.option("--crop-ratio", type=float, help="Override the manifest's crop/resize ratio (e.g. 0.875).")
+@click.option("--interpolation", type=click.Choice(["bicubic", "bilinear", "nearest"]), help="Override the resize filter.")
+@click.option("--mean", help="Override normalization mean, e.g. 0.485,0.456,0.406.")
+@click.option("--std", help="Override normalization std, e.g. 0.229,0.224,0.225.")
+@click.option("--skip-bad-images", is_flag=True, help="Skip (and list) unreadable images instead of failing.")
+@click.option("--report", type=click.Path(), help="Write the full result (incl. flipped images) as JSON.")
+@click.option("--threads", type=click.IntRange(1, 256), help="Inference threads (torch and ONNX Runtime).")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda", "tensorrt"]),
+              help="Where artifacts run (cuda/tensorrt: ONNX Runtime GPU providers, TensorRT engines).")
+@click.option("--skip-missing", is_flag=True, help="Skip manifest entries whose file is missing (else an error).")
+@click.option("--no-record", is_flag=True, help="Do not write the results into the artifacts' manifests.")
+@runtime_options
+@click.option("--explain", is_flag=True,
+              help="Then compare every block's output with the reference's (SQNR, cosine, ...; CPU): where it diverges; "
+                   "INT8: the blocks to --exclude (largest SQNR loss first, >= 90% of it).")
+@click.option("--lock-timeout", default=600.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds to wait while another lowformer process writes into a folder this records into.")
+@json_option()
+@handle_errors
+def validate_cmd(artifacts, data, labels, limit, batch_size, workers, reference, checkpoint, verify, gate_top1_drop,
+                 gate_agreement, crop_ratio, interpolation, mean, std, skip_bad_images, report, threads, device,
+                 skip_missing, no_record, runtimes, precisions, explain, lock_timeout, as_json) -> None:
+    """ImageNet top-1/top-5 of every artifact against the PyTorch reference, on the same images.
+
+    \b
+    Exit code 0 only if every artifact passes its gate:
+      fp32: top-1 agreement >= 99.9%;  fp16: drop <= 0.2 pt and agreement >= 99.5%;  int8: drop <= 1.0 pt;
+      bf16 (an FP32 model run by OpenVINO with --precision bf16): as fp16.
+    A 1000-class model on class folders that are not ImageNet wnids (labels in folder order,
+    e.g. generated images): the gates are recorded as not applied, with the reason (a warning).
+    The outcome is also recorded under "validation" in each artifact's manifest entry.
+    """
+    from lowformer.validate import record_validation, validate
+
+    # what validate and prepare_explain both take: the same images, reference and runtimes
+    shared = dict(labels=labels, limit=limit, workers=workers, threads=threads, skip_missing=skip_missing,
+                  reference=reference, checkpoint=checkpoint, runtimes=runtimes, precisions=precisions,
+                  skip_bad_images=skip_bad_images, crop_ratio=crop_ratio, interpolation=interpolation,
+                  mean=parse_triplet(mean, "--mean"), std=parse_triplet(std, "--std"))
+    plan = None
+    if explain:  # its checks first: a refused artifact costs nothing and shows nothing
+        from lowformer.explain import prepare_explain
+
+        plan = prepare_explain(list(artifacts), data, batch_size=batch_size, **shared)
+    # one pass over the images: validate's scores and, with --explain, the block-by-block comparison
+    result = validate(list(artifacts), data, batch_size=batch_size, gate_top1_drop=gate_top1_drop,
+                      gate_agreement=gate_agreement, report=None if explain else report, device=device,
+                      record=False, progress=RichProgress(), verify=verify, explain_plan=plan, **shared)
+    _show_validation(result, as_json)
+    if not no_record:  # after the table: a folder we cannot write to still shows what was measured
+        record_validation(result, lock_timeout)
+    out = result.to_dict()
+    if plan is not None:
+        _show_explanation(result.explained(), not no_record, as_json, lock_timeout)  # raises if it failed
+        _write_report(report, out)
+    if as_json:
+        emit_json(out)
+    if not result.passed:
+        sys.exit(1)
+
+
+def _show_validation(result, as_json: bool) -> None:
+    """The warnings, then (without --json) the table and one error line per failed gate."""
+    for w in result.warnings:
+        warning_line(w)
+    if not as_json:
+        print_validation(result)
+
+
+def _show_explanation(ex, record: bool, as_json: bool, lock_timeout: float = 600.0) -> None:
+    """`validate --explain`: record the explanation, then its warnings, a table and the findings."""
+    if record:
+        from lowformer.explain import record_explanation
+
+        record_explanation(ex, lock_timeout)
+    for w in ex.warnings:
+        warning_line(w)
+    if not as_json:
+        print_explain(ex)
+
+
+def _write_report(report: Optional[str], out: Dict[str, Any]) -> None:
+    """--report with --explain: the validation and the explanation in one JSON file."""
+    if report:
+        from lowformer.core.files import write_json
+
+        write_json(report, out)

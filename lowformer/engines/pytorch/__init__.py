@@ -1,0 +1,1 @@
+"""PyTorch eager: the reference every artifact is compared with, and model names in bench/profile."""
