@@ -5,6 +5,14 @@ This module is the only code that reads or writes `manifest.json`. The manifest 
 it through `update(folder, fn)`, which re-reads, applies and writes atomically under a file lock, so
 two processes recording into one folder never lose each other's entries. The JSON layout is schema 1
 as before: old manifests load unchanged.
+
+What other commands measure of an artifact is typed too: `ExplainRecord` (`validate --explain`),
+`ProfileRecord` (`profile`), `LatencyRecord` (`bench`) and the `ValidationRecord`s of other runtimes,
+read through `ArtifactEntry.explanation()` / `explain_runs()` / `profiles()` / `latencies()` /
+`validation_runs()` and written through its `set_...` methods. They stay in the entry's facts as the
+JSON they always were (a record writes exactly today's keys, in today's order), so manifests are
+byte-compatible both ways. A measurement is recorded only onto an entry whose sha256 is that of the
+bytes measured (`record_runs`, `recordable`): a file re-exported meanwhile keeps no figure of the old one.
 """
 from __future__ import annotations
 
@@ -16,7 +24,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, ClassVar, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from filelock import FileLock, Timeout
 
@@ -112,6 +120,149 @@ class ValidationRecord:
         return dataclasses.asdict(self)
 
 
+class _Measured:
+    """A record another command keeps of an artifact (a dataclass): the keys it knows are typed fields,
+    in the order they are written; keys it does not know (a newer lowformer's) are kept in `extra` and
+    written back after them; a key missing from an older manifest takes its field's default. Fields in
+    `OPTIONAL` are written only when set (`gpu`: only measurements on a GPU have one)."""
+
+    WHAT: ClassVar[str] = "record"
+    OPTIONAL: ClassVar[Tuple[str, ...]] = ()
+
+    @classmethod
+    def from_dict(cls, data: Any):
+        d = _require_dict(data, f"a {cls.WHAT} record")
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        try:
+            return cls(**{k: v for k, v in d.items() if k in names},
+                       extra={k: v for k, v in d.items() if k not in names})
+        except TypeError as e:
+            raise LowformerError(f"manifest: bad {cls.WHAT} record ({e})") from None
+
+    def to_dict(self) -> Dict[str, Any]:
+        out = dataclasses.asdict(self)
+        extra = out.pop("extra")
+        for key in self.OPTIONAL:
+            if out[key] is None:
+                del out[key]
+        out.update(extra)
+        return out
+
+
+@dataclass
+class LatencyRecord(_Measured):
+    """One `lowformer bench` timing of an artifact (`facts["latency"]["<runtime>/<precision>/b<batch>"]`,
+    `/j<jobs>` added for several processes): the figures, and the machine and date they hold for."""
+
+    WHAT: ClassVar[str] = "latency"
+    OPTIONAL: ClassVar[Tuple[str, ...]] = ("gpu",)
+
+    date: Optional[str] = None
+    median_ms: Optional[float] = None
+    p10_ms: Optional[float] = None
+    p90_ms: Optional[float] = None
+    mean_ms: Optional[float] = None
+    images_per_s: Optional[float] = None
+    isa: Optional[str] = None
+    cpu: Optional[str] = None
+    threads: Optional[int] = None
+    jobs: int = 1
+    batch: Optional[int] = None
+    backend: Optional[str] = None
+    precision: Optional[str] = None
+    provider: Optional[str] = None
+    device: Optional[str] = None
+    load_average: Optional[List[float]] = None
+    warnings: List[str] = field(default_factory=list)
+    gpu: Optional[str] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ProfileRecord(_Measured):
+    """One `lowformer profile` of an artifact (`facts["profile"]["<runtime>/<precision>/b<batch>"]`): the
+    per-block and per-stage times (`[{"key", "ms", "share"}]`, model order), where and when measured."""
+
+    WHAT: ClassVar[str] = "profile"
+    OPTIONAL: ClassVar[Tuple[str, ...]] = ("gpu",)
+
+    date: Optional[str] = None
+    backend: Optional[str] = None
+    precision: Optional[str] = None
+    batch: Optional[int] = None
+    device: Optional[str] = None
+    isa: Optional[str] = None
+    cpu: Optional[str] = None
+    threads: Optional[int] = None
+    iterations: Optional[int] = None
+    coverage: Optional[float] = None
+    total_ms: Optional[float] = None
+    latency_median_ms: Optional[float] = None
+    blocks: List[Dict[str, Any]] = field(default_factory=list)
+    stages: List[Dict[str, Any]] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+    gpu: Optional[str] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExplainRecord(_Measured):
+    """One `validate --explain` of an artifact (`facts["explain"]`; another runtime's or precision's run:
+    `facts["explain_runs"]["<runtime>/<hint>"]`): per-block divergence from the reference
+    (`blocks`: `[{"block", "cosine", "rel_l2", "sqnr_db", "max_abs", "added_db"}]`), flips, suggestion."""
+
+    WHAT: ClassVar[str] = "explain"
+
+    date: Optional[str] = None
+    images: Optional[int] = None
+    boundaries_kept: bool = True
+    tolerance: Dict[str, Any] = field(default_factory=dict)
+    blocks: List[Dict[str, Any]] = field(default_factory=list)
+    first_diverging: Optional[str] = None
+    flip_blocks: Dict[str, int] = field(default_factory=dict)
+    flips: List[Dict[str, Any]] = field(default_factory=list)
+    flipped: int = 0
+    matched: Optional[int] = None
+    total: Optional[int] = None
+    unmatched: List[str] = field(default_factory=list)
+    suggested_exclude: List[str] = field(default_factory=list)
+    suggestion: Dict[str, Any] = field(default_factory=dict)
+    top1: Optional[float] = None
+    reference_top1: Optional[float] = None
+    logits_max_abs_vs_artifact: Optional[float] = None
+    name: Optional[str] = None
+    path: Optional[str] = None
+    backend: Optional[str] = None
+    precision: Optional[str] = None
+    runtime: Optional[str] = None
+    inference_precision: Optional[str] = None
+    first_nonfinite: Optional[Dict[str, Any]] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sqnr_floor(self) -> Optional[float]:
+        """The SQNR (dB) below which a block counted as diverging (None: not recorded)."""
+        return self.tolerance.get("sqnr_db") if isinstance(self.tolerance, dict) else None
+
+    def charted_blocks(self) -> List[Dict[str, Any]]:
+        """The block rows that carry an SQNR (what a chart of the divergence shows)."""
+        return [b for b in self.blocks or [] if isinstance(b, dict) and "sqnr_db" in b]
+
+
+def _keyed(raw: Any, cls, on_error: Optional[Callable[[str, LowformerError], None]] = None) -> Dict[str, Any]:
+    """`{key: record}` of one keyed fact (profile, latency, explain_runs, validations), read as `cls`: a
+    value that is not a record is skipped (`on_error` hears of it with the error; None: raise)."""
+    out: Dict[str, Any] = {}
+    for key, value in (raw.items() if isinstance(raw, dict) else ()):
+        try:
+            out[key] = cls.from_dict(value)
+        except LowformerError as e:
+            if on_error is None:
+                raise
+            on_error(key, e)
+    return out
+
+
 # Keys of an artifact entry with a typed field; every other key is a format-specific fact.
 _ENTRY_KEYS = ("path", "format", "precision", "sha256", "size", "parity", "validation")
 # Facts other commands record on an artifact (bench, profile, validate --explain, validate in another
@@ -180,6 +331,50 @@ class ArtifactEntry:
             if key in old.facts and key not in self.facts:
                 self.facts[key] = old.facts[key]
         return True
+
+    # ------------------------------------------------------------ what other commands measured (typed)
+    def explanation(self) -> Optional[ExplainRecord]:
+        """The artifact's last `validate --explain` as exported (None: none, or not a record)."""
+        raw = self.facts.get("explain")
+        return ExplainRecord.from_dict(raw) if isinstance(raw, dict) else None
+
+    def explain_runs(self) -> Dict[str, ExplainRecord]:
+        """Its explanations in other runtimes / precisions, by run key (`openvino/bf16`)."""
+        return _keyed(self.facts.get("explain_runs"), ExplainRecord, lambda key, e: None)
+
+    def profiles(self) -> Dict[str, ProfileRecord]:
+        """Its `lowformer profile` records by `<runtime>/<precision>/b<batch>`."""
+        return _keyed(self.facts.get("profile"), ProfileRecord, lambda key, e: None)
+
+    def latencies(self) -> Dict[str, LatencyRecord]:
+        """Its `lowformer bench` timings by `<runtime>/<precision>/b<batch>[/j<jobs>]`."""
+        return _keyed(self.facts.get("latency"), LatencyRecord, lambda key, e: None)
+
+    def validation_runs(self, on_error: Optional[Callable[[str, LowformerError], None]] = None,
+                        ) -> Dict[str, ValidationRecord]:
+        """Its validations in other runtimes / precisions (`openvino/bf16`) than its own (`validation`).
+        An unreadable one raises, or is skipped and told to `on_error(key, error)` when given."""
+        return _keyed(self.facts.get("validations"), ValidationRecord, on_error)
+
+    def set_explanation(self, record: ExplainRecord, run: Optional[str] = None) -> None:
+        """Record an explanation: the artifact's own (`run` None) or one of another runtime / precision."""
+        if run is None:
+            self.facts["explain"] = record.to_dict()
+        else:
+            self._set_keyed("explain_runs", run, record.to_dict())
+
+    def set_profile(self, key: str, record: ProfileRecord) -> None:
+        self._set_keyed("profile", key, record.to_dict())
+
+    def set_latency(self, key: str, record: LatencyRecord) -> None:
+        self._set_keyed("latency", key, record.to_dict())
+
+    def set_validation_run(self, key: str, record: ValidationRecord) -> None:
+        self._set_keyed("validations", key, record.to_dict())
+
+    def _set_keyed(self, fact: str, key: str, value: Dict[str, Any]) -> None:
+        old = self.facts.get(fact)
+        self.facts[fact] = {**(old if isinstance(old, dict) else {}), key: value}
 
     @property
     def int8(self) -> Dict[str, Any]:
@@ -442,25 +637,58 @@ def update(folder: PathLike, fn: Callable[[Manifest], Optional[Manifest]],
         return manifest
 
 
-def record_runs(runs: Iterable[Tuple[PathLike, str, Dict[str, Any]]], fact: str) -> int:
-    """Record measurements of artifact files: each (file, key, record) goes into
-    `facts[fact][key]` of the file's manifest entry, one locked update per folder. Files without a
-    manifest (or an entry) beside them are skipped; returns how many were recorded."""
-    by_folder: Dict[Path, List[Tuple[str, str, Dict[str, Any]]]] = {}
-    for path, key, record in runs:
-        mpath = find_manifest_for(path)
-        entry = Manifest.load(mpath).entry_for(path, mpath.parent) if mpath else None
-        if entry is not None:
-            by_folder.setdefault(mpath.parent, []).append((entry.path, key, record))  # type: ignore[union-attr]
+@dataclass(frozen=True)
+class Measurement:
+    """One measurement of an artifact file, to record on its manifest entry: `record` (a LatencyRecord
+    or ProfileRecord) under `key`, made on the bytes whose sha256 is `sha256` (the entry's digest as
+    verified when the file was opened for measuring; None: it had no entry then)."""
 
+    path: PathLike
+    sha256: Optional[str]
+    key: str
+    record: Any
+
+
+_SETTERS: Dict[str, Callable[[ArtifactEntry, str, Any], None]] = {
+    "latency": ArtifactEntry.set_latency, "profile": ArtifactEntry.set_profile,
+    "explain_runs": lambda entry, key, record: entry.set_explanation(record, key),
+    "validations": ArtifactEntry.set_validation_run}
+
+
+def recordable(target: ArtifactEntry, sha256: Optional[str], name: Any) -> bool:
+    """Whether a measurement of the bytes `sha256` may go onto `target` (the entry as it is now, read
+    under the folder's lock): only when they are the bytes it records. Otherwise the file was
+    re-exported or replaced meanwhile; one warning line names it and nothing is recorded."""
+    if target.sha256 == sha256:
+        return True
+    log.warning("%s changed while it was measured: not recorded (measure it again)", name)
+    return False
+
+
+def record_runs(runs: Iterable[Measurement], fact: str, timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> int:
+    """Record measurements of artifact files: each one's record goes into `facts[fact][key]` of the
+    file's manifest entry (`fact`: latency, profile, explain_runs or validations), one locked update per
+    folder, and only onto an entry whose sha256 is that of the bytes measured (`recordable`). Files
+    without a manifest (or an entry) beside them are skipped; returns how many were recorded."""
+    setter = _SETTERS[fact]
+    by_folder: Dict[Path, List[Tuple[str, Measurement]]] = {}
+    for run in runs:
+        mpath = find_manifest_for(run.path)
+        entry = Manifest.load(mpath).entry_for(run.path, mpath.parent) if mpath else None
+        if entry is not None:
+            by_folder.setdefault(mpath.parent, []).append((entry.path, run))  # type: ignore[union-attr]
+
+    recorded = 0
     for folder, items in by_folder.items():
         def apply(manifest: Manifest, items=items) -> None:
-            for rel, key, record in items:
+            nonlocal recorded
+            for rel, run in items:
                 target = manifest.entry(rel)
-                if target is not None:
-                    target.facts[fact] = {**(target.facts.get(fact) or {}), key: record}
-        update(folder, apply)
-    return sum(len(v) for v in by_folder.values())
+                if target is not None and recordable(target, run.sha256, run.path):
+                    setter(target, run.key, run.record)
+                    recorded += 1
+        update(folder, apply, timeout=timeout)
+    return recorded
 
 
 def find_manifest_for(artifact: PathLike) -> Optional[Path]:

@@ -64,7 +64,7 @@ def run_demo(out: str = "demo-out", checkpoint: Optional[str] = None, data: Opti
     `out/report.html` (lowformer.report: self-contained, from the folders' manifests)."""
     from lowformer.bench import bench
     from lowformer.data.synthetic import generate_images
-    from lowformer.engines.tensorrt import build_engine
+    from lowformer.engines import registry
     from lowformer.explain import explain
     from lowformer.export.pipeline import export_model
     from lowformer.profiling import profile
@@ -107,7 +107,7 @@ def run_demo(out: str = "demo-out", checkpoint: Optional[str] = None, data: Opti
         dm.bench = bench([name, *paths], latency=True, iterations=30, warmup=5, image_size=image_size,
                          checkpoint=ckpt, progress=progress).to_dict()
         try:
-            build_engine(str(dm.folder / "model_fp16.onnx"), fp16=True)
+            registry.get("tensorrt").build(str(dm.folder / "model_fp16.onnx"), "fp16")
         except NeedsTargetDevice as e:
             dm.next_step = str(e)
         models.append(dm)

@@ -41,14 +41,17 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from lowformer import artifacts as _artifacts
-from lowformer.artifacts import ArtifactEntry, Manifest
+from lowformer.artifacts import ArtifactEntry, ExplainRecord, Manifest
 from lowformer.core.blocks import module_blocks, node_blocks
+from lowformer.core.config import Config
 from lowformer.compare import finite_or_none
 from lowformer.core.errors import LowformerError
 from lowformer.core.files import PathLike
 from lowformer.core.progress import Progress, no_progress
 from lowformer.evaluate import Images, Item, default_workers, folder_of, resolve_reference, run_pass, select_images
 from lowformer.evaluate import unique_names
+from lowformer.evaluate.config import DataConfig, ReferenceConfig
+from lowformer.engines.config import RunConfig
 from lowformer.evaluate.divergence import BlockSums, Divergence
 from lowformer.evaluate.tally import SQNR_CAP_DB
 
@@ -147,18 +150,20 @@ class ArtifactExplanation:
 
     variant: Optional[str] = None  # None for the artifact run as exported; else the key it is recorded under
 
+    def to_record(self) -> ExplainRecord:
+        """What the manifest keeps of it (`facts["explain"]` or `facts["explain_runs"][variant]`)."""
+        return ExplainRecord(
+            date=self.date, images=self.images, boundaries_kept=True, tolerance=self.tolerance, blocks=self.blocks,
+            first_diverging=self.first_diverging, flip_blocks=self.flip_blocks, flips=self.flips[:MAX_FLIPS],
+            flipped=self.flipped, matched=self.matched, total=self.total, unmatched=self.unmatched,
+            suggested_exclude=self.suggested_exclude, suggestion=self.suggestion, top1=self.top1,
+            reference_top1=self.reference_top1, logits_max_abs_vs_artifact=self.logits_max_abs_vs_artifact,
+            name=self.name, path=self.path, backend=self.backend, precision=self.precision, runtime=self.runtime,
+            inference_precision=self.inference_precision, first_nonfinite=self.first_nonfinite)
+
     def to_dict(self) -> Dict[str, Any]:
-        """The JSON-ready record (the manifest's `facts["explain"]`; lowformer.report reads these keys)."""
-        return {"date": self.date, "images": self.images, "boundaries_kept": True, "tolerance": self.tolerance,
-                "blocks": self.blocks, "first_diverging": self.first_diverging, "flip_blocks": self.flip_blocks,
-                "flips": self.flips[:MAX_FLIPS], "flipped": self.flipped, "matched": self.matched,
-                "total": self.total, "unmatched": self.unmatched, "suggested_exclude": self.suggested_exclude,
-                "suggestion": self.suggestion,
-                "top1": self.top1, "reference_top1": self.reference_top1,
-                "logits_max_abs_vs_artifact": self.logits_max_abs_vs_artifact,
-                "name": self.name, "path": self.path, "backend": self.backend, "precision": self.precision,
-                "runtime": self.runtime, "inference_precision": self.inference_precision,
-                "first_nonfinite": self.first_nonfinite}
+        """The JSON-ready record (the manifest's `facts["explain"]`: ExplainRecord, which lowformer.report reads)."""
+        return self.to_record().to_dict()
 
     COLUMNS = ["block", "cosine", "rel L2", "SQNR dB", "added dB", "max|Δ|", "flips", "note"]
 
@@ -287,29 +292,60 @@ class ExplainPlan:
         return result
 
 
-def prepare_explain(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathLike] = None,
-                    limit: Optional[int] = None, batch_size: int = 25, workers: Optional[int] = None,
-                    seed: int = 0, threads: Optional[int] = None, skip_missing: bool = False,
-                    reference: Optional[str] = None, checkpoint: Optional[str] = None,
-                    runtimes: Sequence[str] = (), precisions: Sequence[str] = (), skip_bad_images: bool = False,
-                    crop_ratio: Optional[float] = None, interpolation: Optional[str] = None,
-                    mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None) -> ExplainPlan:
+EXPLAIN_BATCH_SIZE = 25
+
+
+@dataclass(frozen=True)
+class ExplainConfig(Config):
+    """Everything `explain` is asked, one typed object (its nested configs' fields also as flat
+    keywords: `explain(paths, data, limit=8, workers=0)`).
+
+    `images`: which images and their preprocessing (lowformer.evaluate.config.DataConfig: labels,
+    limit, batch_size (default 25), workers, seed, skip_bad_images, crop_ratio, interpolation, mean,
+    std: the same images `validate` would use); `run`: how the artifacts run
+    (lowformer.engines.config.RunConfig: threads, runtimes, precisions; device is cpu, the only one
+    explain runs on); `ref`: the PyTorch reference (lowformer.evaluate.config.ReferenceConfig:
+    reference, checkpoint, verify). `skip_missing`: skip manifest entries whose file is missing (else
+    an error); `record`: write each artifact's explanation into its manifest entry."""
+
+    images: DataConfig = field(default_factory=DataConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    ref: ReferenceConfig = field(default_factory=ReferenceConfig)
+    skip_missing: bool = False
+    record: bool = True
+
+    def __post_init__(self) -> None:
+        if self.images.batch_size is None:
+            object.__setattr__(self, "images", self.images.replace(batch_size=EXPLAIN_BATCH_SIZE))
+
+
+def prepare_explain(artifacts: Sequence[str], data: PathLike, config: Optional[ExplainConfig] = None,
+                    **fields: Any) -> ExplainPlan:
+    """Everything `explain` checks before any image is run (the artifacts can be explained, their
+    blocks match the reference's, there are images), as a plan: `plan.run()` explains;
+    `lowformer.validate.validate(..., explain_plan=plan)` explains in validate's pass.
+
+    `config`: an ExplainConfig, or its fields (and its nested configs' fields) as keywords: labels,
+    limit, batch_size, workers, seed, skip_bad_images, crop_ratio, interpolation, mean, std, threads,
+    runtimes, precisions, reference, checkpoint, verify, skip_missing (`record` is `run`'s)."""
     from lowformer.data.imagenet import list_samples
     from lowformer.engines import LoadRequest, registry, resolve_artifacts
     from lowformer.engines.runtimes import (check_applicable, normalize_precisions, normalize_runtimes, run_specs,
                                             runtime_for)
 
-    if batch_size < 1:
-        raise LowformerError("batch size must be at least 1")
-    if limit is not None and limit < 1:
-        raise LowformerError("limit must be at least 1")
+    config = ExplainConfig.build(config, **fields)
+    images, run = config.images.checked(), config.run
     if not artifacts:
         raise LowformerError("name at least one artifact, export folder or manifest")
-    listed = list_samples(data, labels)
+    ref = config.ref.checked()
+    if run.device != "cpu":
+        raise LowformerError(f"explain runs on the CPU, not {run.device!r}")
+    limit, seed, threads = images.limit, images.seed, run.threads
+    listed = list_samples(data, images.labels)
     warnings: List[str] = list(getattr(listed, "warnings", []))
-    resolved = resolve_artifacts(list(artifacts), skip_missing, warnings)
-    runtimes = normalize_runtimes(runtimes)
-    precisions = normalize_precisions(precisions)
+    resolved = resolve_artifacts(list(artifacts), config.skip_missing, warnings, ref.full)
+    runtimes = normalize_runtimes(run.runtimes)
+    precisions = normalize_precisions(run.precisions)
     # before any work, as validate: options that run nothing, bf16 / f16 on a CPU without them
     check_applicable([e.format if e else registry.format_of(p) for p, e, _ in resolved], runtimes, precisions)
     refused = []
@@ -327,8 +363,7 @@ def prepare_explain(artifacts: Sequence[str], data: PathLike, *, labels: Optiona
     if not samples:
         raise LowformerError(f"no images to explain in {data}" + (" (every image calibrated an INT8 artifact)"
                                                                    if held_out else ""))
-    ref_model, manifest, ref_name, _, pre = resolve_reference(items, reference, checkpoint, 224, crop_ratio,
-                                                              interpolation, mean, std)
+    ref_model, manifest, ref_name, _, pre = resolve_reference(items, ref, 224, images=images)
     ref_model.eval()
     ref_blocks = reference_blocks(ref_model, pre.crop)
 
@@ -353,25 +388,21 @@ def prepare_explain(artifacts: Sequence[str], data: PathLike, *, labels: Optiona
                                     len(ref_blocks), unmatched, open_, backend.name, hint, key))
     return ExplainPlan(items=items, planned=planned, samples=samples, data=data, listed=listed, held_out=held_out,
                        ref_model=ref_model, ref_name=ref_name, pre=pre, ref_blocks=ref_blocks, warnings=warnings,
-                       limit=limit, seed=seed, batch_size=batch_size, threads=threads,
-                       workers=default_workers() if workers is None else max(0, workers),
-                       skip_bad_images=skip_bad_images)
+                       limit=limit, seed=seed, batch_size=images.batch_size, threads=threads,
+                       workers=default_workers() if images.workers is None else max(0, images.workers),
+                       skip_bad_images=images.skip_bad_images)
 
 
-def explain(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathLike] = None,
-            limit: Optional[int] = None, batch_size: int = 25, workers: Optional[int] = None, seed: int = 0,
-            threads: Optional[int] = None, skip_missing: bool = False, record: bool = True,
-            reference: Optional[str] = None, checkpoint: Optional[str] = None, runtimes: Sequence[str] = (),
-            precisions: Sequence[str] = (), skip_bad_images: bool = False, progress: Progress = no_progress,
-            **preprocessing: Any) -> ExplainResult:
+def explain(artifacts: Sequence[str], data: PathLike, config: Optional[ExplainConfig] = None,
+            progress: Progress = no_progress, **fields: Any) -> ExplainResult:
     """Block-by-block divergence of every artifact from the PyTorch reference, on the images
     `validate` would use (the same stratified subset, calibration images held out). With `record`,
-    each artifact's explanation goes into its manifest entry (`facts["explain"]`)."""
-    plan = prepare_explain(artifacts, data, labels=labels, limit=limit, batch_size=batch_size, workers=workers,
-                           seed=seed, threads=threads, skip_missing=skip_missing, reference=reference,
-                           checkpoint=checkpoint, runtimes=runtimes, precisions=precisions,
-                           skip_bad_images=skip_bad_images, **preprocessing)
-    return plan.run(progress, record)
+    each artifact's explanation goes into its manifest entry (`facts["explain"]`).
+
+    `config`: an ExplainConfig, or its fields (and its nested configs' fields) as keywords (as
+    `prepare_explain`, and `record`)."""
+    config = ExplainConfig.build(config, **fields)
+    return prepare_explain(artifacts, data, config).run(progress, config.record)
 
 
 class _Explaining(Divergence):
@@ -456,7 +487,9 @@ def _explanation(p: _Planned, sums: BlockSums, date: str) -> ArtifactExplanation
 
 def record_explanation(result: ExplainResult, lock_timeout: float = _artifacts.DEFAULT_LOCK_TIMEOUT_S) -> None:
     """Each artifact's explanation into its manifest entry: `facts["explain"]` (another runtime's
-    or precision's run of it: `facts["explain_runs"]["openvino/<hint>"]`)."""
+    or precision's run of it: `facts["explain_runs"]["openvino/<hint>"]`), only when the entry still
+    records the bytes that were explained (the sha256 of the entry as verified when the artifact was
+    resolved; a file re-exported meanwhile is one warning line, not recorded)."""
     by_folder: Dict[Path, List[Tuple[ArtifactEntry, ArtifactExplanation]]] = {}
     for (path, entry, _), r in result.items:
         if entry is not None:
@@ -465,14 +498,9 @@ def record_explanation(result: ExplainResult, lock_timeout: float = _artifacts.D
         def apply(manifest: Manifest, pairs=pairs) -> None:
             for entry, r in pairs:
                 target = manifest.entry(entry.path)
-                if target is None:
+                if target is None or not _artifacts.recordable(target, entry.sha256, r.path):
                     continue
-                if r.variant:
-                    runs = dict(target.facts.get("explain_runs") or {})
-                    runs[r.variant] = r.to_dict()
-                    target.facts["explain_runs"] = runs
-                else:
-                    target.facts["explain"] = r.to_dict()
+                target.set_explanation(r.to_record(), r.variant or None)
         _artifacts.update(folder, apply, timeout=lock_timeout)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from lowformer.artifacts import ArtifactEntry, Manifest, ValidationRecord
+from lowformer.core.config import Config
 from lowformer.core.errors import LowformerError
 from lowformer.core.files import PathLike, atomic_path
 from lowformer.verdict import IMAGENET_CLASSES, folder_order_labels
@@ -91,8 +92,8 @@ class ReportData:
                 "validated": sum(1 for _, e in arts if e.validation is not None),
                 "flipped_images": sum(len(e.validation.flipped_images) for _, e in arts if e.validation),
                 "divergence_charts": sum(1 for _, e in arts if _explain_blocks(e)),
-                "latency_records": sum(len(e.facts.get("latency") or {}) for _, e in arts),
-                "profile_charts": sum(len(e.facts.get("profile") or {}) for _, e in arts),
+                "latency_records": sum(len(e.latencies()) for _, e in arts),
+                "profile_charts": sum(len(e.profiles()) for _, e in arts),
                 "notes": list(self.notes)}
 
 
@@ -155,11 +156,14 @@ def _day(date: Any) -> str:
     return str(date)[:10] if date else "date not recorded"
 
 
+def _known(value: Any) -> Any:
+    """A recorded figure, or '?' where the manifest has none."""
+    return "?" if value is None else value
+
+
 def _explain_blocks(entry: ArtifactEntry) -> List[Dict[str, Any]]:
-    ex = entry.facts.get("explain")
-    if not isinstance(ex, dict):
-        return []
-    return [b for b in ex.get("blocks") or [] if isinstance(b, dict) and "sqnr_db" in b]
+    ex = entry.explanation()
+    return ex.charted_blocks() if ex is not None else []
 
 
 class ClassNames:
@@ -227,12 +231,27 @@ class Thumbnails:
 # ---------------------------------------------------------------------------------------------- SVG
 
 
+@dataclass(frozen=True)
+class ChartStyle(Config):
+    """What a `bar_chart` marks: `highlight`, the label whose bar is drawn red (e.g. the first
+    diverging block); `css_class`, the svg element's class; `threshold`, a dashed vertical line at that
+    value (e.g. the tolerance; None: none), labelled `threshold_label`."""
+
+    highlight: Optional[str] = None
+    css_class: str = "chart"
+    threshold: Optional[float] = None
+    threshold_label: str = ""
+
+
 def bar_chart(title: str, labels: Sequence[str], values: Sequence[Optional[float]], unit: str,
-              pattern: str = "{:.3f}", highlight: Optional[str] = None, css_class: str = "chart",
-              threshold: Optional[float] = None, threshold_label: str = "") -> str:
+              pattern: str = "{:.3f}", style: Optional[ChartStyle] = None, **fields: Any) -> str:
     """A horizontal bar chart as inline SVG (no script, no external resource); None/inf/NaN values get
-    no bar and their text ("-", "∞"); bars start at zero (negative values: no bar). `threshold`: a
-    dashed vertical line (e.g. the tolerance) labelled `threshold_label`."""
+    no bar and their text ("-", "∞"); bars start at zero (negative values: no bar). `style`: a
+    ChartStyle, or its fields as keywords (highlight, css_class, threshold: a dashed vertical line,
+    e.g. the tolerance, labelled threshold_label)."""
+    style = ChartStyle.build(style, **fields)
+    highlight, css_class, threshold, threshold_label = (style.highlight, style.css_class, style.threshold,
+                                                        style.threshold_label)
     label_w, bar_w, row_h = 170, 420, 16
     finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     line = float(threshold) if threshold is not None and math.isfinite(float(threshold)) else None
@@ -297,14 +316,13 @@ def _validation_cells(v: Optional[ValidationRecord], labelled: bool = True) -> L
 
 
 def _latency_cell(entry: ArtifactEntry) -> str:
-    runs = entry.facts.get("latency") or {}
+    runs = entry.latencies()
     if not runs:
         return '<span class="note">not benchmarked</span>'
     lines = []
-    for key in sorted(runs):
-        r = runs[key] or {}
-        lines.append(f"<b>{_e(_num(r.get('median_ms'), '{:.3f}'))} ms</b> {_e(key)} "
-                     f"<small>({_e(r.get('isa') or 'ISA not recorded')}, {_e(_day(r.get('date')))})</small>")
+    for key, r in sorted(runs.items()):
+        lines.append(f"<b>{_e(_num(r.median_ms, '{:.3f}'))} ms</b> {_e(key)} "
+                     f"<small>({_e(r.isa or 'ISA not recorded')}, {_e(_day(r.date))})</small>")
     return "<br>".join(lines)
 
 
@@ -328,14 +346,13 @@ def _validation_runs(data: ReportData, f: FolderData, e: ArtifactEntry,
                      ) -> List[Tuple[str, Optional[ValidationRecord]]]:
     """(label, record): the artifact's own validation, then its runs in other runtimes / precisions
     (`validate --runtime openvino --precision bf16` keeps those beside it)."""
+    def unreadable(key: str, err: LowformerError) -> None:
+        note = f"{f.folder}/{e.path}: validation {key} unreadable ({err})"
+        if note not in data.notes:
+            data.notes.append(note)
+
     runs: List[Tuple[str, Optional[ValidationRecord]]] = [(e.path, e.validation)]
-    for key, raw in sorted((e.facts.get("validations") or {}).items()):
-        try:
-            runs.append((f"{e.path} via {key}", ValidationRecord.from_dict(raw)))
-        except LowformerError as err:
-            note = f"{f.folder}/{e.path}: validation {key} unreadable ({err})"
-            if note not in data.notes:
-                data.notes.append(note)
+    runs += [(f"{e.path} via {key}", v) for key, v in sorted(e.validation_runs(unreadable).items())]
     return runs
 
 
@@ -384,14 +401,13 @@ LATENCY_COLUMNS = ["model", "artifact", "runtime / precision / batch", "median m
 def _latency_table(data: ReportData) -> str:
     rows = []
     for f, e in data.artifacts():
-        for key, r in sorted((e.facts.get("latency") or {}).items()):
-            r = r or {}
-            cells = [(f.name, ""), (e.path, ""), (key, ""), (_num(r.get("median_ms"), "{:.3f}"), "num"),
-                     (_num(r.get("p10_ms"), "{:.3f}"), "num"), (_num(r.get("p90_ms"), "{:.3f}"), "num"),
-                     (r.get("threads") if r.get("threads") is not None else "runtime default", "num"),
-                     (r.get("jobs", 1), "num"), (r.get("isa") or "not recorded", ""), (r.get("cpu") or "-", ""),
-                     (r.get("gpu") or "-", ""), (r.get("date") or "not recorded", ""),
-                     ("; ".join(r.get("warnings") or []) or "-", "note")]
+        for key, r in sorted(e.latencies().items()):
+            cells = [(f.name, ""), (e.path, ""), (key, ""), (_num(r.median_ms, "{:.3f}"), "num"),
+                     (_num(r.p10_ms, "{:.3f}"), "num"), (_num(r.p90_ms, "{:.3f}"), "num"),
+                     (r.threads if r.threads is not None else "runtime default", "num"),
+                     (r.jobs, "num"), (r.isa or "not recorded", ""), (r.cpu or "-", ""),
+                     (r.gpu or "-", ""), (r.date or "not recorded", ""),
+                     ("; ".join(r.warnings or []) or "-", "note")]
             rows.append('<tr class="latency">' + "".join(f'<td class="{c}">{_e(t)}</td>' for t, c in cells) + "</tr>")
     if not rows:
         return ('<p class="note">No timings recorded: run <code>lowformer bench DIR --latency</code> '
@@ -404,13 +420,13 @@ def _latency_table(data: ReportData) -> str:
 def _divergence_section(data: ReportData) -> str:
     parts, missing = [], []
     for f, e in data.artifacts():
-        blocks = _explain_blocks(e)
-        if not blocks:
+        ex = e.explanation()
+        blocks = ex.charted_blocks() if ex is not None else []
+        if ex is None or not blocks:
             missing.append((f, e))
             continue
-        ex = e.facts["explain"]
-        first = ex.get("first_diverging")
-        tol = (ex.get("tolerance") or {}).get("sqnr_db") if isinstance(ex.get("tolerance"), dict) else None
+        first = ex.first_diverging
+        tol = ex.sqnr_floor
         title = f"{f.name} {e.path}: SQNR per block (dB, higher is closer to the reference)"
         labels = [str(b.get("block", "?")) for b in blocks]
         parts.append(f'<div class="divergence" data-artifact="{_e(e.path)}"><h3>{_e(f.name)} <code>{_e(e.path)}</code>'
@@ -418,10 +434,10 @@ def _divergence_section(data: ReportData) -> str:
                                           highlight=first, threshold=tol,
                                           threshold_label=f"tolerance {_num(tol, '{:g}')} dB" if tol else "")
                      + f'<p class="note">First diverging block: {_e(first or "none")}; '
-                     f"{_e(ex.get('images', '?'))} images, {_e(_day(ex.get('date')))}; "
-                     f"matched {_e(ex.get('matched', '?'))} of {_e(ex.get('total', '?'))} blocks."
-                     + (f" Suggested to keep in float: {_e(', '.join(map(str, ex['suggested_exclude'])))}."
-                        if ex.get("suggested_exclude") and e.precision == "int8" else "") + "</p></div>")
+                     f"{_e(_known(ex.images))} images, {_e(_day(ex.date))}; "
+                     f"matched {_e(_known(ex.matched))} of {_e(_known(ex.total))} blocks."
+                     + (f" Suggested to keep in float: {_e(', '.join(map(str, ex.suggested_exclude)))}."
+                        if ex.suggested_exclude and e.precision == "int8" else "") + "</p></div>")
     fillable = [(f, e) for f, e in missing if _explainable(e.format)]
     if fillable:
         listed = ", ".join(f"{f.name} {e.path}" for f, e in fillable)
@@ -439,20 +455,19 @@ def _divergence_section(data: ReportData) -> str:
 def _profile_section(data: ReportData) -> str:
     by_backend: Dict[str, List[str]] = {}
     for f, e in data.artifacts():
-        for key, r in sorted((e.facts.get("profile") or {}).items()):
-            r = r or {}
-            blocks = [b for b in r.get("blocks") or [] if isinstance(b, dict)]
+        for key, r in sorted(e.profiles().items()):
+            blocks = [b for b in r.blocks or [] if isinstance(b, dict)]
             if not blocks:
                 continue
-            backend = str(r.get("backend") or key.split("/")[0])
+            backend = str(r.backend or key.split("/")[0])
             title = f"{f.name} {e.path} ({key}): ms per call per block"
             chart = bar_chart(title, [str(b.get("key", "?")) for b in blocks], [b.get("ms") for b in blocks], "ms")
-            note = (f"Layer total {_num(r.get('total_ms'), '{:.3f}')} ms, un-instrumented median "
-                    f"{_num(r.get('latency_median_ms'), '{:.3f}')} ms, attribution coverage "
-                    f"{_num((r.get('coverage') or 0) * 100, '{:.0f}')} %; batch {r.get('batch', '?')}, "
-                    f"threads {r.get('threads') if r.get('threads') is not None else 'runtime default'}, "
-                    f"{r.get('isa') or 'ISA not recorded'}" + (f", GPU {r['gpu']}" if r.get("gpu") else "")
-                    + f", {_day(r.get('date'))}.")
+            note = (f"Layer total {_num(r.total_ms, '{:.3f}')} ms, un-instrumented median "
+                    f"{_num(r.latency_median_ms, '{:.3f}')} ms, attribution coverage "
+                    f"{_num((r.coverage or 0) * 100, '{:.0f}')} %; batch {_known(r.batch)}, "
+                    f"threads {r.threads if r.threads is not None else 'runtime default'}, "
+                    f"{r.isa or 'ISA not recorded'}" + (f", GPU {r.gpu}" if r.gpu else "")
+                    + f", {_day(r.date)}.")
             by_backend.setdefault(backend, []).append(
                 f'<div class="profile" data-artifact="{_e(e.path)}" data-key="{_e(key)}">{chart}'
                 f'<p class="note">{_e(note)}</p></div>')
@@ -494,7 +509,8 @@ def _gallery(data: ReportData) -> str:
                      f"{v.flipped} of {v.images} images flipped ({_e(_day(v.date))}, data {_e(v.data)})</h3>"
                      f'<div class="gallery">{"".join(cards)}</div>{more}</div>')
     if not parts:
-        validated = any(e.validation is not None or e.facts.get("validations") for _, e in data.artifacts())
+        validated = any(e.validation is not None or e.validation_runs(lambda key, err: None)
+                        for _, e in data.artifacts())
         return ('<p class="note" id="no-flips">' + ("No artifact changed the reference's top-1 class on any "
                 "validated image." if validated else "Not validated: run <code>lowformer validate DIR --data "
                 "IMAGES</code>.") + "</p>")
@@ -513,9 +529,9 @@ def _machine_section(data: ReportData) -> str:
 
     rows += [("platform", platform.platform()), ("python", platform.python_version())]
     rows += [(name, version) for name, version in tool_versions().items()]
-    measured = sorted({(r.get("isa") or "ISA not recorded", r.get("cpu") or "")
-                       for _, e in data.artifacts() for kind in ("latency", "profile")
-                       for r in (e.facts.get(kind) or {}).values() if isinstance(r, dict)})
+    measured = sorted({(r.isa or "ISA not recorded", r.cpu or "")
+                       for _, e in data.artifacts() for runs in (e.latencies(), e.profiles())
+                       for r in runs.values()})
     body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
     seen = ("".join(f"<li>{_e(isa)}{(' — ' + _e(cpu)) if cpu else ''}</li>" for isa, cpu in measured)
             if measured else "<li>no timings recorded</li>")

@@ -5,11 +5,12 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 from lowformer.artifacts import ArtifactEntry
 from lowformer.core.errors import LowformerError
 from lowformer.engines import InputSpec, PyTorchRunner, Runner, load, registry, resolve_artifacts
+from lowformer.engines.config import RunConfig
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Target:
     runtime: Optional[str] = None  # None: the format's own; else another runtime that runs it (--runtime)
     precision: Optional[str] = None  # the runtime's inference-precision setting (f32 | bf16 | f16); None: default
     format: str = ""  # the artifact's format (for checking --runtime / --precision)
+    sha256: Optional[str] = None  # its manifest entry's digest as verified when resolved: what its timing is recorded against
 
     def build_runner(self) -> Runner:
         with warnings.catch_warnings():
@@ -69,7 +71,8 @@ def _artifact_targets(raw: str, device: str, threads: Optional[int], runtimes: S
             if manifest:
                 label = f"{manifest.display_name} {label}"
             out.append(Target(str(path), "artifact", size, None, device, threads, label,
-                              manifest.model_name if manifest else None, run.runtime, run.precision, fmt))
+                              manifest.model_name if manifest else None, run.runtime, run.precision, fmt,
+                              entry.sha256 if entry else None))
     return out
 
 
@@ -86,17 +89,20 @@ def export_optit(model: str, image_size: int, checkpoint: Optional[str], folder:
 
 
 def resolve_targets(args: Sequence[str], image_size: int = 224, checkpoint: Optional[str] = None,
-                    device: str = "cpu", threads: Optional[int] = None, optit: bool = False,
-                    workdir: Optional[Path] = None, runtimes: Sequence[str] = (),
-                    precisions: Sequence[str] = ()) -> List[Target]:
+                    run: Optional[RunConfig] = None, *, optit: bool = False, workdir: Optional[Path] = None,
+                    **fields: Any) -> List[Target]:
     """Artifacts (files, folders, manifests) and model names (`b1`, `timm:resnet50`) to targets.
 
-    `runtimes` / `precisions`: each artifact once per runtime and OpenVINO precision that applies
-    to it (lowformer.engines.runtimes); model names run eager whatever they say."""
+    `image_size` and `checkpoint`: of the model names; `run`: a RunConfig (lowformer.engines.config),
+    or its fields as keywords: `device`, `threads`, and `runtimes` / `precisions`: each artifact once
+    per runtime and OpenVINO precision that applies to it (lowformer.engines.runtimes); model names run
+    eager whatever they say. `optit`: model names as BN-fused TorchScript, exported into `workdir`."""
     from lowformer.engines.runtimes import check_applicable, normalize_precisions, normalize_runtimes, runtime_for
     from lowformer.models.registry import resolve
 
-    runtimes, precisions = normalize_runtimes(runtimes), normalize_precisions(precisions)
+    run = RunConfig.build(run, **fields)
+    device, threads = run.device, run.threads
+    runtimes, precisions = normalize_runtimes(run.runtimes), normalize_precisions(run.precisions)
     out: List[Target] = []
     for raw in args:
         if os.path.exists(raw):

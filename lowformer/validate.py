@@ -23,10 +23,13 @@ import numpy as np
 from lowformer import artifacts as _artifacts
 from lowformer.artifacts import ArtifactEntry, Manifest, ValidationRecord
 from lowformer.compare import drop_decision, finite_or_none, mcnemar_exact, paired_bootstrap_delta
+from lowformer.core.config import Config
 from lowformer.core.progress import Progress, no_progress
 from lowformer.core.errors import LowformerError
 from lowformer.core.files import PathLike, write_json
 from lowformer.evaluate import Deferred, Images, run_pass, select_images
+from lowformer.engines.config import RunConfig
+from lowformer.evaluate.config import DataConfig, ReferenceConfig
 from lowformer.evaluate.data import calibration_images, default_workers  # noqa: F401 (re-exported)
 from lowformer.evaluate.items import Item, folder_of as _folder_of, unique_names as _unique_names  # noqa: F401
 from lowformer.evaluate.reference import reference_model, resolve_reference  # noqa: F401 (re-exported)
@@ -209,27 +212,75 @@ def _record(items: Sequence[Item], scores: List[ModelScore], result: ValidationR
                 if s.runtime or (s.inference_precision or "f32") != "f32":
                     # another runtime or precision than the artifact's own: kept beside its validation
                     key = f"{s.runtime or s.backend}/{s.inference_precision or 'f32'}"
-                    runs = dict(target.facts.get("validations") or {})
-                    runs[key] = _validation_record(s, result).to_dict()
-                    target.facts["validations"] = runs
+                    target.set_validation_run(key, _validation_record(s, result))
                 else:
                     target.validation = _validation_record(s, result)
         _artifacts.update(folder, apply, timeout=lock_timeout)  # re-read under the lock: others may write meanwhile
 
 
-def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathLike] = None,
-             limit: Optional[int] = None, batch_size: int = 50, workers: Optional[int] = None,
-             reference: Optional[str] = None, checkpoint: Optional[str] = None,
-             gate_top1_drop: Optional[float] = None, gate_agreement: Optional[float] = None,
-             crop_ratio: Optional[float] = None, interpolation: Optional[str] = None,
-             mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
-             skip_bad_images: bool = False, report: Optional[PathLike] = None, record: bool = True,
-             device: str = "cpu", threads: Optional[int] = None, seed: int = 0, skip_missing: bool = False,
-             runtimes: Sequence[str] = (), precisions: Sequence[str] = (),
-             progress: Progress = no_progress, verify: str = "cache",
-             lock_timeout: float = _artifacts.DEFAULT_LOCK_TIMEOUT_S,
-             explain_plan: Optional[Any] = None) -> ValidationResult:
+@dataclass(frozen=True)
+class GateConfig(Config):
+    """The accuracy gates of `validate`, overriding the precision's defaults (DEFAULT_GATES; None:
+    the default): `gate_top1_drop`, the most top-1 may drop against the reference, in percentage
+    points (fp16 0.2, int8 1.0); `gate_agreement`, the least share of images whose top-1 class is the
+    reference's, 0..1 (fp32 0.999, fp16 0.995)."""
+
+    gate_top1_drop: Optional[float] = None
+    gate_agreement: Optional[float] = None
+
+    def checked(self) -> "GateConfig":
+        """Itself, or one LowformerError for an agreement outside 0..1."""
+        if self.gate_agreement is not None and not 0.0 <= self.gate_agreement <= 1.0:
+            raise LowformerError("the agreement gate is a fraction between 0 and 1 (e.g. 0.999)")
+        return self
+
+    def gate(self, precision: str) -> Gate:
+        """The gate of an artifact of `precision`."""
+        return Gate.for_precision(precision, self.gate_top1_drop, self.gate_agreement)
+
+
+VALIDATE_BATCH_SIZE = 50
+
+
+@dataclass(frozen=True)
+class ValidateConfig(Config):
+    """Everything `validate` is asked, one typed object (its fields' fields also as flat keywords:
+    `validate(paths, data, limit=100, runtimes=("openvino",))`).
+
+    `images`: which images and their preprocessing (lowformer.evaluate.config.DataConfig: labels,
+    limit, batch_size (default 50), workers, seed, skip_bad_images, crop_ratio, interpolation, mean,
+    std); `run`: where the artifacts run (lowformer.engines.config.RunConfig: device, threads,
+    runtimes, precisions); `gate`: the accuracy gates (GateConfig: gate_top1_drop, gate_agreement);
+    `ref`: the PyTorch reference (lowformer.evaluate.config.ReferenceConfig: reference, checkpoint,
+    verify). `report`: also write the full result as JSON to this file; `record`: write each
+    artifact's outcome into its manifest entry; `skip_missing`: skip manifest entries whose file is
+    missing (else an error); `lock_timeout`: seconds to wait while another process writes a folder
+    this records into."""
+
+    images: DataConfig = field(default_factory=DataConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    ref: ReferenceConfig = field(default_factory=ReferenceConfig)
+    report: Optional[PathLike] = None
+    record: bool = True
+    skip_missing: bool = False
+    lock_timeout: float = _artifacts.DEFAULT_LOCK_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if self.images.batch_size is None:
+            object.__setattr__(self, "images", self.images.replace(batch_size=VALIDATE_BATCH_SIZE))
+
+
+def validate(artifacts: Sequence[str], data: PathLike, config: Optional[ValidateConfig] = None,
+             progress: Progress = no_progress, explain_plan: Optional[Any] = None,
+             **fields: Any) -> ValidationResult:
     """Top-1/top-5 of the PyTorch reference and every artifact on one pass over `data`.
+
+    `config`: a ValidateConfig, or its fields (and its nested configs' fields) as keywords: labels,
+    limit, batch_size, workers, seed, skip_bad_images, crop_ratio, interpolation, mean, std (the
+    images), device, threads, runtimes, precisions (where they run), gate_top1_drop, gate_agreement,
+    reference, checkpoint, verify, report, record, skip_missing, lock_timeout. An unknown keyword is
+    one LowformerError.
 
     `verify`: "cache" trusts `.verified.json` for files whose stat is unchanged; "full" re-hashes
     every artifact and the reference checkpoint.
@@ -249,22 +300,18 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
     from lowformer.engines import PyTorchRunner, load_artifacts
     from lowformer.engines.base import InputSpec
 
-    if batch_size < 1:
-        raise LowformerError("batch size must be at least 1")
-    if limit is not None and limit < 1:
-        raise LowformerError("limit must be at least 1")
-    if gate_agreement is not None and not 0.0 <= gate_agreement <= 1.0:
-        raise LowformerError("the agreement gate is a fraction between 0 and 1 (e.g. 0.999)")
+    config = ValidateConfig.build(config, **fields)
+    opts, run, gates = config.images.checked(), config.run, config.gate.checked()
     if not artifacts:
         raise LowformerError("name at least one artifact, export folder or manifest")
-    if verify not in ("cache", "full"):
-        raise LowformerError(f"verify is cache or full, not {verify!r}")
+    ref = config.ref.checked()
+    limit, seed, threads, device = opts.limit, opts.seed, run.threads, run.device
     started = time.perf_counter()
-    listed = list_samples(data, labels)  # data errors first: they are cheap to find
+    listed = list_samples(data, opts.labels)  # data errors first: they are cheap to find
 
     warnings: List[str] = list(getattr(listed, "warnings", []))  # e.g. images the labels file misses
-    loaded = load_artifacts(list(artifacts), device, threads, skip_missing, warnings, runtimes, precisions,
-                            full=verify == "full")
+    loaded = load_artifacts(list(artifacts), device, threads, config.skip_missing, warnings, run.runtimes,
+                            run.precisions, full=ref.full)
     items = [(p, e, m) for p, e, m, _ in loaded]
     runners = [r for *_, r in loaded]
     warnings += [w for r in runners for w in r.warnings]
@@ -277,8 +324,8 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
                             f"evaluating on the other {len(samples)}")
 
         size = next((r.input_spec.shape[-1] for r in runners if isinstance(r.input_spec.shape[-1], int)), 224)
-        ref_model, manifest, ref_name, real_checkpoint, pre = resolve_reference(
-            items, reference, checkpoint, int(size), crop_ratio, interpolation, mean, std, warnings, verify == "full")
+        ref_model, manifest, ref_name, real_checkpoint, pre = resolve_reference(items, ref, int(size), warnings,
+                                                                                images=opts)
         paths = list(dict.fromkeys(p for p, _, _ in items))  # one artifact may run in several runtimes/precisions
         short = dict(zip(paths, _unique_names(paths)))
         names = [f"{short[p]} ({r.variant})" if r.variant else short[p] for (p, _, _), r in zip(items, runners)]
@@ -293,14 +340,13 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
                              runtime=r.runtime, inference_precision=r.hint)
                   for n, r, (p, e, _) in zip(names, runners, items)]
         for s in scores:
-            g = Gate.for_precision(s.precision, gate_top1_drop, gate_agreement)
-            s.gate = asdict(g)
+            s.gate = asdict(gates.gate(s.precision))
         scorer = Scorer(ref_runner, runners, ref_name, names, listed.label_source)
         images = Images(listed, samples, held_out, pre, limit, seed)
         explaining = None if explain_plan is None else Deferred(explain_plan.consumer(images))
-        workers = default_workers() if workers is None else max(0, workers)
-        bad = run_pass(samples, pre, batch_size, workers, [scorer] + ([explaining] if explaining else []), progress,
-                       skip_bad_images, "validating")
+        workers = default_workers() if opts.workers is None else max(0, opts.workers)
+        bad = run_pass(samples, pre, opts.batch_size, workers, [scorer] + ([explaining] if explaining else []),
+                       progress, opts.skip_bad_images, "validating")
         if scorer.ref.nonfinite:  # nothing to compare with: refused, whatever the artifacts did
             raise LowformerError(scorer.ref.nonfinite_failure(f"the reference {ref_name}") +
                                  ": its weights hold NaN/Inf or it overflows; no artifact can be validated against it")
@@ -341,12 +387,12 @@ def validate(artifacts: Sequence[str], data: PathLike, *, labels: Optional[PathL
             result.explanation = explaining.consumer.result(bad)
         except Exception as e:  # raised by result.explained(), once the validation is shown and recorded
             result.explain_error = e
-    if report is not None:
-        write_json(report, result.to_dict())
-    if record:
-        record_validation(result, lock_timeout)
+    if config.report is not None:
+        write_json(config.report, result.to_dict())
+    if config.record:
+        record_validation(result, config.lock_timeout)
         if result.explanation is not None:
-            result.explanation.record(lock_timeout)
+            result.explanation.record(config.lock_timeout)
     return result
 
 

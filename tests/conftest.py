@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
+# Test doubles live apart in tests/fakes/ (`from fake_tensorrt import ...` in any test folder). This folder is
+# on sys.path already (pytest's default "prepend" import mode puts the rootdir conftest's folder there, hence
+# `from helpers import ...` / `from conftest import ...`); tests/fakes/ holds no test file, so it is added here.
+sys.path.insert(0, str(REPO / "tests" / "fakes"))
 # The manual, front door first, then the MkDocs pages in mkdocs.yml's nav order: every example in them
 # is checked (tests/test_readme*.py), in this order (later examples use what earlier ones wrote).
 DOCS = (
@@ -74,20 +79,3 @@ def effnet_lite0_checkpoint(tmp_path_factory) -> str:
 def mini_dir() -> Path:
     return FIXTURES / "mini"
 
-
-@pytest.fixture(scope="session")
-def trt_real_apis():
-    """{'10.3' | '10.16' | '11.4': API dump} of the real TensorRT Python bindings (tests/trt_bindings.py).
-
-    The PyPI bindings wheels are downloaded once into ~/.cache/lowformer/trt-bindings/ (or
-    $LOWFORMER_TRT_CACHE) and imported against stub libraries in a subprocess per version. Skips when
-    pip cannot download them (offline) or no C compiler is here, unless LOWFORMER_TRT_BINDINGS=required.
-    """
-    import trt_bindings
-
-    try:
-        return {key: trt_bindings.real_api(key) for key in trt_bindings.VERSIONS}
-    except trt_bindings.BindingsUnavailable as e:
-        if os.environ.get("LOWFORMER_TRT_BINDINGS") == "required":
-            raise
-        pytest.skip(f"real TensorRT bindings unavailable: {e}")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import assert_ends_in_error, run_cli
+from helpers import assert_ends_in_error, run_cli
 
 SIZE = "64"
 

@@ -34,6 +34,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from lowformer.artifacts import LatencyRecord
+from lowformer.bench.config import BenchConfig
 from lowformer.compare import nonfinite
 from lowformer.core.errors import LowformerError
 from lowformer.core.machine import load_average, machine_info
@@ -82,9 +84,14 @@ class BenchResult:
     gflops: Optional[float] = None
     per_job: List[Dict[str, Any]] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
+    # sha256 of the artifact's bytes timed (its manifest entry's, as verified when resolved; None: no entry):
+    # the timing is recorded only onto an entry that still has it (lowformer.artifacts.record_runs); not in JSON
+    sha256: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        del d["sha256"]
+        return d
 
 
 @dataclass
@@ -123,7 +130,8 @@ def _combine(target: Target, describe: Dict[str, Any], stats: List[TimingStats],
         threads=describe.get("threads"), median_ms=mean("median_ms"), mean_ms=mean_ms, p90_ms=mean("p90_ms"),
         min_ms=mean("min_ms"), max_ms=mean("max_ms"), images_per_s=ips, p10_ms=mean("p10_ms"),
         macs_per_image=macs, gflops=gflops, per_job=[s.to_dict() for s in stats],
-        warnings=list(describe.get("warnings") or []) + _reliability(stats) + ([drift] if drift else []))
+        warnings=list(describe.get("warnings") or []) + _reliability(stats) + ([drift] if drift else []),
+        sha256=target.sha256 if target.kind == "artifact" else None)
 
 
 def _reliability(stats: List[TimingStats]) -> List[str]:
@@ -252,17 +260,19 @@ def default_threads(jobs: int) -> Optional[int]:
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
-def bench(args: Sequence[str], batch_size: Optional[int] = None, iterations: Optional[int] = None,
-          warmup: Optional[int] = None, latency: bool = False, jobs: int = 1, threads: Optional[int] = None,
-          device: str = "cpu", image_size: int = 224, optit: bool = False, checkpoint: Optional[str] = None,
-          progress: Progress = no_progress, duration: Optional[float] = None,
-          runtimes: Sequence[str] = (), precisions: Sequence[str] = (), record: bool = True) -> BenchReport:
+def bench(args: Sequence[str], config: Optional[BenchConfig] = None, progress: Progress = no_progress,
+          **fields: Any) -> BenchReport:
     """Benchmark each model/artifact in `args` (latency mode forces batch size 1).
 
+    `config`: a BenchConfig (lowformer.bench.config), or its fields as keywords: batch_size,
+    iterations, duration, warmup, latency, jobs, image_size, optit, checkpoint, record, and its
+    RunConfig's device, threads, runtimes, precisions. An unknown keyword is one LowformerError.
     Defaults: the paper's batch 200 x 400 iterations on CUDA; on a CPU batch 16 for
     `DEFAULT_CPU_DURATION_S` seconds per target. `duration` (like trtexec) replaces `iterations`.
     `record`: write each artifact's timing into its manifest entry (`record_latencies`).
     """
+    config = BenchConfig.build(config, **fields)
+    jobs, device, iterations, duration = config.jobs, config.run.device, config.iterations, config.duration
     if jobs < 1:
         raise LowformerError("jobs must be at least 1")
     check_jobs_fit(jobs)
@@ -278,15 +288,15 @@ def bench(args: Sequence[str], batch_size: Optional[int] = None, iterations: Opt
     if iterations is None and duration is None and device == "cuda":
         iterations = 400
     duration = duration or DEFAULT_CPU_DURATION_S
-    warmup = warmup if warmup is not None else (20 if device == "cuda" else 3)
-    bs = 1 if latency else (batch_size or (200 if device == "cuda" else DEFAULT_CPU_BATCH))
-    threads = threads or default_threads(jobs)
-    report = BenchReport("latency" if latency else "throughput", bs, iterations or 0, warmup, jobs, threads,
-                         device, image_size, machine_info(), duration_s=None if iterations else duration)
-    workdir = Path(tempfile.mkdtemp(prefix="lowformer-bench-")) if optit else None
+    warmup = config.warmup if config.warmup is not None else (20 if device == "cuda" else 3)
+    bs = 1 if config.latency else (config.batch_size or (200 if device == "cuda" else DEFAULT_CPU_BATCH))
+    threads = config.run.threads or default_threads(jobs)
+    report = BenchReport("latency" if config.latency else "throughput", bs, iterations or 0, warmup, jobs, threads,
+                         device, config.image_size, machine_info(), duration_s=None if iterations else duration)
+    workdir = Path(tempfile.mkdtemp(prefix="lowformer-bench-")) if config.optit else None
     try:
-        targets = resolve_targets(args, image_size, checkpoint, device, threads, optit, workdir, runtimes,
-                                  precisions)
+        targets = resolve_targets(args, config.image_size, config.checkpoint, config.run.replace(threads=threads),
+                                  optit=config.optit, workdir=workdir)
         how = f"{iterations} iterations" if iterations else f"{duration:g} s"
         for t in targets:
             log.info("benchmarking %s (batch %d, %s, %d job(s))", t.label or t.spec, bs, how, jobs)
@@ -298,7 +308,7 @@ def bench(args: Sequence[str], batch_size: Optional[int] = None, iterations: Opt
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
     warn_slow_int8(report.results)
-    if record:
+    if config.record:
         record_latencies(report)
     return report
 
@@ -309,27 +319,30 @@ def latency_key(r: BenchResult) -> str:
     return key + (f"/j{r.jobs}" if r.jobs > 1 else "")
 
 
-def latency_record(r: BenchResult, machine: Dict[str, Any], device: str) -> Dict[str, Any]:
+def latency_record(r: BenchResult, machine: Dict[str, Any], device: str) -> LatencyRecord:
     """What a manifest entry keeps of one timing: the figures, and the machine and date they hold for."""
-    rec = {"date": machine.get("date"), "median_ms": r.median_ms, "p10_ms": r.p10_ms, "p90_ms": r.p90_ms,
-           "mean_ms": r.mean_ms, "images_per_s": r.images_per_s, "isa": machine.get("isa"),
-           "cpu": machine.get("cpu"), "threads": r.threads, "jobs": r.jobs, "batch": r.batch_size,
-           "backend": r.backend, "precision": r.precision, "provider": r.provider, "device": device,
-           "load_average": machine.get("load_average"), "warnings": list(r.warnings)}
+    gpu = None
     if device == "cuda":
         import torch
 
-        rec["gpu"] = torch.cuda.get_device_name(0)
-    return rec
+        gpu = torch.cuda.get_device_name(0)
+    return LatencyRecord(
+        date=machine.get("date"), median_ms=r.median_ms, p10_ms=r.p10_ms, p90_ms=r.p90_ms, mean_ms=r.mean_ms,
+        images_per_s=r.images_per_s, isa=machine.get("isa"), cpu=machine.get("cpu"), threads=r.threads,
+        jobs=r.jobs, batch=r.batch_size, backend=r.backend, precision=r.precision, provider=r.provider,
+        device=device, load_average=machine.get("load_average"), warnings=list(r.warnings), gpu=gpu)
 
 
-def record_latencies(report: BenchReport) -> None:
+def record_latencies(report: BenchReport) -> int:
     """Write each artifact result whose file has a manifest entry into `facts["latency"][latency_key]`
-    of that entry (one locked update per folder); models and artifacts without a manifest are skipped."""
+    of that entry (one locked update per folder), only when the entry still records the bytes that were
+    timed (`r.sha256`; a file re-exported meanwhile is one warning line, not recorded); models and
+    artifacts without a manifest are skipped. Returns how many were recorded."""
     from lowformer import artifacts as _artifacts
 
-    _artifacts.record_runs(((r.path, latency_key(r), latency_record(r, report.machine, report.device))
-                            for r in report.results if r.kind == "artifact" and r.path), "latency")
+    return _artifacts.record_runs(
+        (_artifacts.Measurement(r.path, r.sha256, latency_key(r), latency_record(r, report.machine, report.device))
+         for r in report.results if r.kind == "artifact" and r.path), "latency")
 
 
 def warn_slow_int8(results: Sequence[BenchResult]) -> None:

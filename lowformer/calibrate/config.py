@@ -18,7 +18,8 @@ class CalibrationConfig(Config):
     NNCF's IR). `quantizer`: qdq | nncf (None: the target's default, lowformer.calibrate.nncf).
     `weight_bits`: auto | 7 | 8 (auto: 7 on x86 without VNNI). `exclude`: module globs (or block
     names) kept in float; `auto_exclude`: keep blocks in float until the top-1 drop on a held-out
-    split (`eval_data`/`eval_size`, else part of `calib_data`) is at most `gate_top1_drop` points."""
+    split (`eval_data`/`eval_size`, else part of `calib_data`) is at most `gate_top1_drop` points.
+    `quantizer_reason`: why the quantizer was chosen (set by lowformer.calibrate.nncf.check_quantizer)."""
 
     calib_data: Optional[str] = None
     calib_size: int = 512

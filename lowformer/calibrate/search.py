@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
+from lowformer.core.config import Config
+
 MIN_COST_MS = 0.001  # the floor of a float cost: harm per ms stays finite for blocks INT8 does not speed up
 
 
@@ -57,15 +59,30 @@ class SearchResult:
         return next((t for t in self.tried if frozenset(t["kept_float"]) == key), None)
 
 
+@dataclass(frozen=True)
+class SearchConfig(Config):
+    """The budget of `search_exclusion`: `max_steps`, the most blocks kept in float (the greedy phase's
+    and the harm-order prefixes' length); `max_evals`, the most candidates evaluated (None: 3 x
+    `max_steps`); `base_ms`, the latency (ms) of the all-INT8 model, which a candidate's estimate adds
+    its blocks' float costs to."""
+
+    max_steps: int = 8
+    max_evals: Optional[int] = None
+    base_ms: float = 0.0
+
+
 def search_exclusion(evaluate: Callable[[List[str]], Dict[str, Any]], gate: float, ranking: Sequence[str],
-                     harm_ranking: Sequence[str], float_cost: Optional[Mapping[str, float]] = None,
-                     base_ms: float = 0.0, max_steps: int = 8, max_evals: Optional[int] = None,
-                     initial: Optional[Dict[str, Any]] = None) -> SearchResult:
+                     harm_ranking: Sequence[str], float_cost: Optional[Mapping[str, float]] = None, *,
+                     initial: Optional[Dict[str, Any]] = None, config: Optional[SearchConfig] = None,
+                     **fields: Any) -> SearchResult:
     """Find a cheap set of blocks to keep in float with `evaluate(kept)["drop"] <= gate` (see the
     module docstring). `float_cost` None: no latency figures, so no pruning by cost order and no
     estimates; the result is then the plain greedy answer over `ranking`. `initial`: the metrics of
-    the empty set (everything INT8), already evaluated."""
-    max_evals = max_evals if max_evals is not None else 3 * max_steps
+    the empty set (everything INT8), already evaluated. `config`: a SearchConfig (the budget), or its
+    fields as keywords (max_steps, max_evals, base_ms)."""
+    config = SearchConfig.build(config, **fields)
+    max_steps, base_ms = config.max_steps, config.base_ms
+    max_evals = config.max_evals if config.max_evals is not None else 3 * max_steps
     cost = dict(float_cost or {})
     seen: Dict[frozenset, Dict[str, Any]] = {}
     result = SearchResult(None, [])

@@ -21,6 +21,7 @@ from lowformer.core.errors import LowformerError
 from lowformer.data.preprocess import Preprocessing
 from lowformer.core.blocks import blocks_in_order, nodes_of_blocks
 from lowformer.core.blocks import nodes_matching
+from lowformer.core.config import Config
 from lowformer.calibrate.data import ImageSet, split_eval_and_calibration
 from lowformer.calibrate.session import calibrated, check_calibration_args
 from lowformer.core.progress import Progress, no_progress
@@ -129,11 +130,29 @@ def harm_order(rows: List[Dict[str, Any]], mode: str) -> List[str]:
     return [r["block"] for r in ranked]
 
 
+@dataclass(frozen=True)
+class AutoExcludeConfig(Config):
+    """How `auto_exclude_blocks` searches. `max_steps`: the most blocks kept in float; `latency_aware`:
+    rank blocks by harm per ms of float cost (profiled on ONNX Runtime's CPU provider) and search for
+    the cheapest passing set (False: the plain greedy over the harm order); `threads`: ONNX Runtime
+    threads of those profiles (None: its default). What was measured before, reused rather than
+    measured again: `rows`, the quantize-one sensitivity rows (`block_sensitivity`); `latency`, a
+    `calibrate.latency.BlockLatency` (with `latency_aware=False` its sets still get estimates)."""
+
+    max_steps: int = MAX_AUTO_STEPS
+    latency_aware: bool = True
+    threads: Optional[int] = None
+    rows: Optional[List[Dict[str, Any]]] = None
+    latency: Any = None
+
+
 def auto_exclude_blocks(session, data: EvalData, method: str, target: str, base_exclude: Sequence[str],
-                        gate_top1_drop: float, rows: Optional[List[Dict[str, Any]]] = None,
-                        max_steps: int = MAX_AUTO_STEPS, latency_aware: bool = True,
-                        threads: Optional[int] = None, latency=None) -> Dict[str, Any]:
+                        gate_top1_drop: float, config: Optional[AutoExcludeConfig] = None,
+                        **fields: Any) -> Dict[str, Any]:
     """The cheapest set of blocks to keep in float so that the drop is <= the gate.
+
+    `config`: an AutoExcludeConfig, or its fields as keywords (max_steps, latency_aware, threads,
+    rows, latency; an unknown one is one LowformerError).
 
     Latency-aware (the default): profile the FP32 and the all-INT8 model once each on ONNX Runtime's
     CPU provider (the artifact's runtime for --target cpu; a stated proxy for tensorrt / openvino),
@@ -146,6 +165,9 @@ def auto_exclude_blocks(session, data: EvalData, method: str, target: str, base_
     from lowformer.calibrate.latency import measure_block_latency, time_onnx
     from lowformer.calibrate.search import harm_per_ms_table, search_exclusion
 
+    config = AutoExcludeConfig.build(config, **fields)
+    rows, max_steps, latency_aware, threads = config.rows, config.max_steps, config.latency_aware, config.threads
+    latency = config.latency
     metric = "top1_drop" if data.labels is not None else "disagreement"
     with tempfile.TemporaryDirectory(prefix="lowformer-auto-") as tmp:
         full_path = Path(tmp) / "full.onnx"
@@ -189,8 +211,8 @@ def auto_exclude_blocks(session, data: EvalData, method: str, target: str, base_
             return metrics
 
         found = search_exclusion(evaluate, gate_top1_drop, ranking, harm_ranking,
-                                 lat.float_cost if latency_aware else None, lat.int8_ms if latency_aware else 0.0,
-                                 max_steps, initial=full)
+                                 lat.float_cost if latency_aware else None, initial=full,
+                                 base_ms=lat.int8_ms if latency_aware else 0.0, max_steps=max_steps)
         result["steps"] = [{"kept_float": list(k), **found.metrics_of(k)["metrics"]} for k in found.greedy
                            if found.metrics_of(k)]
         kept = found.chosen if found.chosen is not None else (found.greedy[-1] if found.greedy else [])
@@ -267,7 +289,7 @@ def sensitivity_report(src: Path, preprocessing: Preprocessing, checkpoint: str,
         auto = None
         if cfg.auto_exclude:
             auto = auto_exclude_blocks(session, data, cfg.method, cfg.target, base, cfg.gate_top1_drop,
-                                       rows if cfg.mode == "quantize-one" else None)
+                                       rows=rows if cfg.mode == "quantize-one" else None)
         cache = {"path": str(session.cache.path), "hit": session.cache.hit}
     return {"model": model_name, "onnx": str(src), "mode": cfg.mode,
             "target": cfg.target, "method": cfg.method, "exclude": list(cfg.exclude),

@@ -1,12 +1,31 @@
 """`lowformer bench`: throughput or latency of models and artifacts, in one or several processes."""
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Optional, Tuple
+
 import click
 
 from lowformer.commands.errors import handle_errors
-from lowformer.commands.options import json_option, runtime_options
+from lowformer.commands.options import ModelOptions, RunOptions, json_option, options_into, runtime_options
 from lowformer.commands.progress import RichProgress
 from lowformer.commands.render import emit_json, print_bench
+
+
+@dataclass(frozen=True)
+class BenchTimingOptions:
+    """What `bench` times and how long (their click parameter names)."""
+
+    batch_size: Optional[int]
+    iterations: Optional[int]
+    duration: Optional[float]
+    warmup: Optional[int]
+    latency: bool
+    jobs: int
+
+    def fields(self) -> Dict[str, Any]:
+        """Keywords of lowformer.bench.config.BenchConfig."""
+        return asdict(self)
 
 
 @click.command("bench")
@@ -29,8 +48,11 @@ from lowformer.commands.render import emit_json, print_bench
 @runtime_options
 @click.option("--no-record", is_flag=True, help="Do not write the timings into the artifacts' manifests.")
 @handle_errors
-def bench_cmd(targets, batch_size, iterations, duration, warmup, latency, jobs, threads, device, image_size, optit,
-              checkpoint, as_json, runtimes, precisions, no_record):
+@options_into("timing", BenchTimingOptions)
+@options_into("run", RunOptions)
+@options_into("models", ModelOptions)
+def bench_cmd(targets: Tuple[str, ...], timing: BenchTimingOptions, run: RunOptions, models: ModelOptions,
+              optit: bool, as_json: bool, no_record: bool) -> None:
     """Throughput (images/s) or latency (ms) of MODEL_OR_ARTIFACT... (b1, timm:resnet50, model.onnx, folders).
 
     \b
@@ -38,14 +60,13 @@ def bench_cmd(targets, batch_size, iterations, duration, warmup, latency, jobs, 
     `--jobs 4` times four processes at once (the paper's multi-process latency).
     """
     from lowformer.bench import bench
+    from lowformer.bench.config import BenchConfig
     from lowformer.bench.run import record_latencies
 
-    if iterations and duration:
+    if timing.iterations and timing.duration:
         raise click.UsageError("--iterations and --duration exclude each other")
-    report = bench(list(targets), batch_size=batch_size, iterations=iterations, warmup=warmup, latency=latency,
-                   jobs=jobs, threads=threads, device=device, image_size=image_size, optit=optit,
-                   checkpoint=checkpoint, progress=RichProgress(), duration=duration, runtimes=runtimes,
-                   precisions=precisions, record=False)
+    config = BenchConfig.build(**timing.fields(), **run.fields(), **models.fields(), optit=optit, record=False)
+    report = bench(list(targets), config, progress=RichProgress())
     if as_json:
         emit_json(report.to_dict())
     else:

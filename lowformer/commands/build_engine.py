@@ -1,14 +1,32 @@
 """`lowformer build-engine`: a TensorRT engine from an exported ONNX, on the target device."""
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Optional
 
 import click
 
 from lowformer.commands.errors import handle_errors
-from lowformer.commands.options import json_option
+from lowformer.commands.options import json_option, options_into
 from lowformer.commands.progress import console
 from lowformer.commands.render import emit_json, print_engine
+
+
+@dataclass(frozen=True)
+class EngineBuildOptions:
+    """How `build-engine` builds (their click parameter names)."""
+
+    fp16: bool
+    int8: bool
+    min_batch: Optional[int]
+    opt_batch: Optional[int]
+    max_batch: Optional[int]
+    workspace_mb: int
+    timing_cache: Optional[str]
+
+    def fields(self) -> Dict[str, Any]:
+        """Keywords of lowformer.engines.tensorrt.config.TrtBuildConfig."""
+        return asdict(self)
 
 
 @click.command("build-engine")
@@ -26,8 +44,8 @@ from lowformer.commands.render import emit_json, print_engine
               help="Seconds to wait while another lowformer process writes into the ONNX's folder.")
 @json_option("Print the engine's manifest entry as JSON to stdout.")
 @handle_errors
-def build_engine_cmd(onnx_file: str, out: Optional[str], fp16: bool, int8: bool, min_batch: int, opt_batch: int,
-                     max_batch: int, workspace_mb: int, timing_cache: Optional[str], lock_timeout: float,
+@options_into("build", EngineBuildOptions)
+def build_engine_cmd(onnx_file: str, out: Optional[str], build: EngineBuildOptions, lock_timeout: float,
                      as_json: bool) -> None:
     """Build a TensorRT engine from FILE.onnx. Run this on the target device.
 
@@ -44,9 +62,7 @@ def build_engine_cmd(onnx_file: str, out: Optional[str], fp16: bool, int8: bool,
     from lowformer.engines.tensorrt import build_engine
 
     with console.status(f"building a TensorRT engine from {onnx_file} (this can take minutes)..."):
-        entry = build_engine(onnx_file, out, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
-                             workspace_mb=workspace_mb, timing_cache=timing_cache, fp16=fp16, int8=int8,
-                             lock_timeout=lock_timeout)
+        entry = build_engine(onnx_file, out, **build.fields(), lock_timeout=lock_timeout)
     if as_json:
         return emit_json(entry)
     print_engine(entry)

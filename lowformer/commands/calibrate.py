@@ -1,12 +1,51 @@
 """`lowformer calibrate ...`: INT8 calibration tools (the group and its `sensitivity` command)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple
+
 import click
 
 from lowformer.commands.errors import handle_errors
-from lowformer.commands.options import json_option
+from lowformer.commands.options import json_option, options_into
 from lowformer.commands.progress import RichProgress
 from lowformer.commands.render import emit_json, print_sensitivity
+
+
+@dataclass(frozen=True)
+class SensitivityOptions:
+    """What `calibrate sensitivity` measures (their click parameter names; `method_alias`: the old
+    spelling --method)."""
+
+    calib_data: str
+    eval_data: Optional[str]
+    calib_size: int
+    eval_size: int
+    target: str
+    method: str
+    method_alias: Optional[str]
+    mode: str
+    exclude: Tuple[str, ...]
+    auto_exclude: bool
+    gate_top1_drop: float
+
+    def config(self) -> Any:
+        """The lowformer.calibrate.sensitivity.SensitivityConfig."""
+        from lowformer.calibrate.sensitivity import SensitivityConfig
+
+        return SensitivityConfig(self.calib_data, self.eval_data, self.calib_size, self.eval_size, self.target,
+                                 self.method_alias or self.method, self.mode, tuple(self.exclude), self.auto_exclude,
+                                 self.gate_top1_drop)
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """The FP32 ONNX measured: MODEL's weights (`checkpoint`), `image_size`, and the export folder
+    (`out`) it and the calibration cache go into."""
+
+    checkpoint: Optional[str]
+    image_size: int
+    out: Optional[str]
 
 
 @click.group("calibrate")
@@ -43,8 +82,10 @@ def calibrate_group() -> None:
 @click.option("--out", type=click.Path(file_okay=False), help="Export folder for MODEL's FP32 ONNX and the cache.")
 @json_option("Print one JSON object to stdout.")
 @handle_errors
-def calibrate_sensitivity_cmd(model, calib_data, eval_data, checkpoint, image_size, calib_size, eval_size, target,
-                              method, method_alias, mode, exclude, auto_exclude, gate_top1_drop, out, as_json):
+@options_into("options", SensitivityOptions)
+@options_into("source", SourceOptions)
+def calibrate_sensitivity_cmd(model: str, options: "SensitivityOptions", source: "SourceOptions",
+                              as_json: bool) -> None:
     """Per-block INT8 sensitivity of MODEL (a model name or an export folder) vs FP32 on held-out images.
 
     Calibrates once (cached), then re-quantizes one block at a time and reports top-1 agreement,
@@ -53,14 +94,12 @@ def calibrate_sensitivity_cmd(model, calib_data, eval_data, checkpoint, image_si
     set of float blocks that meets --gate-top1-drop (table of candidates tried, estimated and
     measured latency; --json carries all of it under auto_exclude).
     """
-    from lowformer.calibrate.sensitivity import SensitivityConfig, sensitivity_report
+    from lowformer.calibrate.sensitivity import sensitivity_report
     from lowformer.data.preprocess import Preprocessing
     from lowformer.export.pipeline import fp32_onnx
 
-    method = method_alias or method
-    src, manifest = fp32_onnx(model, checkpoint, image_size, out)
-    cfg = SensitivityConfig(calib_data, eval_data, calib_size, eval_size, target, method, mode, tuple(exclude),
-                            auto_exclude, gate_top1_drop)
+    src, manifest = fp32_onnx(model, source.checkpoint, source.image_size, source.out)
+    cfg = options.config()
     report = sensitivity_report(src, Preprocessing.from_dict(manifest.preprocessing),
                                 str(manifest.checkpoint.get("sha256") or "unknown"), cfg,
                                 model_name=manifest.model_name, progress=RichProgress())

@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional, Tuple
 import click
 
 from lowformer.commands.errors import handle_errors
-from lowformer.commands.options import RegistryChoice, export_targets, json_option, option_group
+from lowformer.commands.options import RegistryChoice, export_targets, json_option, option_group, options_into
 from lowformer.commands.progress import RichProgress, console
 from lowformer.commands.render import emit_json, print_export
 
@@ -47,6 +47,38 @@ class TrtBuildOptions:
         """The `trt_build` argument of `export_model`."""
         return dict(min_batch=self.min_batch, opt_batch=self.opt_batch, max_batch=self.max_batch,
                     workspace_mb=self.workspace_mb)
+
+
+@dataclass(frozen=True)
+class TargetOptions:
+    """What `export` writes: the targets (`--to`), and the FP16 / INT8 versions too."""
+
+    to: Tuple[str, ...]
+    fp16: bool
+    int8: bool
+
+
+@dataclass(frozen=True)
+class GraphOptions:
+    """The exported graph: the weights, the input (`image_size`, a fixed `batch_size` or a dynamic
+    batch axis), the opset, and whether BatchNorm is folded first (`no_fuse`: not)."""
+
+    checkpoint: Optional[str]
+    image_size: int
+    batch_size: Optional[int]
+    dynamic_batch: bool
+    opset: int
+    no_fuse: bool
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """Where `export` writes (`out`), how long it waits for another writer there (`lock_timeout`),
+    and whether it prints JSON (`as_json`)."""
+
+    out: Optional[str]
+    lock_timeout: float
+    as_json: bool
 
 
 int8_option_group = option_group(
@@ -112,10 +144,12 @@ trt_build_option_group = option_group(
               help="Seconds to wait while another lowformer process writes into --out.")
 @json_option("Print one JSON object to stdout (human output goes to stderr).")
 @handle_errors
-def export_cmd(model: str, to: Tuple[str, ...], fp16: bool, int8: bool, checkpoint: Optional[str], image_size: int,
-               batch_size: Optional[int], dynamic_batch: bool, opset: int, out: Optional[str], no_fuse: bool,
-               data: Optional[str], int8_options: Int8Options, keep_f32: Tuple[str, ...],
-               trt_build: TrtBuildOptions, lock_timeout: float, as_json: bool) -> None:
+@options_into("targets", TargetOptions)
+@options_into("graph", GraphOptions)
+@options_into("output", OutputOptions)
+def export_cmd(model: str, targets: TargetOptions, graph: GraphOptions, data: Optional[str],
+               int8_options: Int8Options, keep_f32: Tuple[str, ...], trt_build: TrtBuildOptions,
+               output: OutputOptions) -> None:
     """Fuse MODEL and export it (TorchScript, ONNX, FP16/INT8 ONNX, TensorRT), checking parity.
 
     \b
@@ -124,14 +158,15 @@ def export_cmd(model: str, to: Tuple[str, ...], fp16: bool, int8: bool, checkpoi
     """
     from lowformer.export.pipeline import export_model
 
-    if batch_size and dynamic_batch:
+    if graph.batch_size and graph.dynamic_batch:
         raise click.UsageError("--batch-size and --dynamic-batch exclude each other")
     with console.status(f"exporting {model}..."):
-        result = export_model(model, to=to, fp16=fp16, int8=int8, checkpoint=checkpoint, image_size=image_size,
-                              batch_size=batch_size, opset=opset, out=out, do_fuse=not no_fuse, data=data,
-                              calib=int8_options.calib() if int8 else None, trt_build=trt_build.as_dict(),
-                              progress=RichProgress(), lock_timeout=lock_timeout, keep_f32=keep_f32 or None)
-    if as_json:
+        result = export_model(model, to=targets.to, fp16=targets.fp16, int8=targets.int8, checkpoint=graph.checkpoint,
+                              image_size=graph.image_size, batch_size=graph.batch_size, opset=graph.opset,
+                              out=output.out, do_fuse=not graph.no_fuse, data=data,
+                              calib=int8_options.calib() if targets.int8 else None, trt_build=trt_build.as_dict(),
+                              progress=RichProgress(), lock_timeout=output.lock_timeout, keep_f32=keep_f32 or None)
+    if output.as_json:
         emit_json(result.to_dict())
     else:
         print_export(result)

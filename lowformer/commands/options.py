@@ -144,9 +144,11 @@ def json_option(help: str = "Print JSON to stdout.") -> Callable[[Callable], Cal
     return click.option("--json", "as_json", is_flag=True, help=help)
 
 
-def option_group(dest: str, group: type, *options: Callable[[Callable], Callable]) -> Callable:
-    """Click options (in the order given) whose values reach the command as one argument `dest`:
-    an instance of the dataclass `group`, whose fields are the options' parameter names."""
+def options_into(dest: str, group: type) -> Callable[[Callable], Callable]:
+    """The values of options declared elsewhere on the command reach it as one argument `dest`: an
+    instance of the dataclass `group`, whose fields are those options' parameter names (for options
+    that are not next to each other in --help; `option_group` declares its own, in a row). Put it
+    under the click decorators, right above the function."""
     names = [f.name for f in dataclasses.fields(group)]
 
     def decorate(fn: Callable) -> Callable:
@@ -155,8 +157,44 @@ def option_group(dest: str, group: type, *options: Callable[[Callable], Callable
             kwargs[dest] = group(**{n: kwargs.pop(n) for n in names})
             return fn(*args, **kwargs)
 
+        return wrapper
+
+    return decorate
+
+
+def option_group(dest: str, group: type, *options: Callable[[Callable], Callable]) -> Callable:
+    """Click options (in the order given) whose values reach the command as one argument `dest`:
+    an instance of the dataclass `group`, whose fields are the options' parameter names."""
+
+    def decorate(fn: Callable) -> Callable:
+        wrapper = options_into(dest, group)(fn)
         for option in reversed(options):
             wrapper = option(wrapper)
         return wrapper
 
     return decorate
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """`--device`, `--threads`, `--runtime`, `--precision` (validate, profile, bench)."""
+
+    device: str
+    threads: Optional[int]
+    runtimes: Tuple[str, ...]
+    precisions: Tuple[str, ...]
+
+    def fields(self) -> Dict[str, Any]:
+        """Keywords of lowformer.engines.config.RunConfig."""
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOptions:
+    """`--image-size` and `--checkpoint` of MODEL arguments (profile, bench)."""
+
+    image_size: int
+    checkpoint: Optional[str]
+
+    def fields(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,14 +1,48 @@
 """`lowformer profile`: per-layer latency of artifacts (or models), mapped to model blocks."""
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Optional, Tuple
 
 import click
 
 from lowformer.commands.errors import handle_errors
-from lowformer.commands.options import runtime_options
+from lowformer.commands.options import ModelOptions, RunOptions, options_into, runtime_options
 from lowformer.commands.progress import RichProgress, console
 from lowformer.commands.render import emit_json, print_reports
+
+
+@dataclass(frozen=True)
+class ProfileTimingOptions:
+    """The profiled calls of `profile` (their click parameter names)."""
+
+    batch_size: int
+    iterations: int
+    warmup: int
+
+    def fields(self) -> Dict[str, Any]:
+        """Keywords of lowformer.profiling.config.ProfileConfig."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ProfileOutputOptions:
+    """What `profile` shows and writes: the table (`group_by`, `top`), `--json`, `--plot`, and whether
+    the manifests get the per-block times (`no_record`)."""
+
+    group_by: str
+    top: int
+    json_path: Optional[str]
+    plot_path: Optional[str]
+    no_record: bool
+
+
+@dataclass(frozen=True)
+class TrtexecOptions:
+    """`--trt-profile` / `--trt-layers`: trtexec's files made on a GPU machine, also reported."""
+
+    trt_profile: Optional[str]
+    trt_layers: Optional[str]
 
 
 @click.command("profile")
@@ -33,8 +67,13 @@ from lowformer.commands.render import emit_json, print_reports
 @runtime_options
 @click.option("--no-record", is_flag=True, help="Do not write the per-block times into the artifacts' manifests.")
 @handle_errors
-def profile_cmd(targets, batch_size, iterations, warmup, device, group_by, top, json_path, plot_path, threads,
-                image_size, checkpoint, trt_profile, trt_layers, runtimes, precisions, no_record):
+@options_into("timing", ProfileTimingOptions)
+@options_into("run", RunOptions)
+@options_into("models", ModelOptions)
+@options_into("output", ProfileOutputOptions)
+@options_into("trtexec", TrtexecOptions)
+def profile_cmd(targets: Tuple[str, ...], timing: ProfileTimingOptions, run: RunOptions, models: ModelOptions,
+                output: ProfileOutputOptions, trtexec: TrtexecOptions) -> None:
     """Per-layer latency of ARTIFACT_OR_MANIFEST... (or MODEL names, eager), mapped to LowFormer blocks.
 
     \b
@@ -45,21 +84,22 @@ def profile_cmd(targets, batch_size, iterations, warmup, device, group_by, top, 
     """
     from lowformer.profiling import profile, report_from_trtexec
     from lowformer.profiling.api import record_profiles
+    from lowformer.profiling.config import ProfileConfig
 
+    trt_profile, trt_layers = trtexec.trt_profile, trtexec.trt_layers
     if not targets and not trt_profile:
         raise click.UsageError("give at least one artifact, manifest, folder or model (or --trt-profile)")
     if trt_layers and not trt_profile:
         raise click.UsageError("--trt-layers goes with --trt-profile")
-    reports = profile(list(targets), batch_size=batch_size, iterations=iterations, warmup=warmup, device=device,
-                      threads=threads, image_size=image_size, checkpoint=checkpoint, runtimes=runtimes,
-                      precisions=precisions, progress=RichProgress(), record=False) if targets else []
+    config = ProfileConfig.build(**timing.fields(), **run.fields(), **models.fields(), record=False)
+    reports = profile(list(targets), config, progress=RichProgress()) if targets else []
     measured = list(reports)  # the artifacts' own reports (not the trtexec one): what --no-record skips
     if trt_profile:
         reports.append(report_from_trtexec(trt_profile, trt_layers, label=f"TensorRT ({trt_profile})"))
-    _write_json(reports, json_path)
-    print_reports(console, reports, group_by, top)
-    _plot(reports, plot_path, group_by)
-    if not no_record:  # after the table: a folder we cannot write to still shows what was measured
+    _write_json(reports, output.json_path)
+    print_reports(console, reports, output.group_by, output.top)
+    _plot(reports, output.plot_path, output.group_by)
+    if not output.no_record:  # after the table: a folder we cannot write to still shows what was measured
         record_profiles(measured)
 
 

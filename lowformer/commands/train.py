@@ -1,14 +1,92 @@
 """`lowformer train`: the paper's recipe, resumable, DDP under torchrun."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import click
 
 from lowformer.commands.errors import handle_errors
-from lowformer.commands.options import json_option, parse_json_object, parse_overrides, parse_sizes
+from lowformer.commands.options import json_option, options_into, parse_json_object, parse_overrides, parse_sizes
 from lowformer.commands.progress import RichProgress
 from lowformer.commands.render import emit_json, print_trained
+
+
+@dataclass(frozen=True)
+class TrainDataOptions:
+    """The images of `train`: the training and validation folders, the training resolutions (each
+    batch draws one), the evaluation resolution, the loading processes and the class count."""
+
+    data: str
+    val_data: Optional[str]
+    image_sizes: str
+    eval_size: int
+    workers: int
+    num_classes: Optional[int]
+
+    def fields(self) -> Dict[str, Any]:
+        """Keywords of lowformer.training.TrainConfig (--image-sizes parsed)."""
+        return {**asdict(self), "image_sizes": parse_sizes(self.image_sizes)}
+
+
+@dataclass(frozen=True)
+class ScheduleOptions:
+    """The optimisation of `train`: epochs, batch per process, peak lr, gradient accumulation, a cap on
+    optimizer steps, epochs between evaluations, and the seed."""
+
+    epochs: int
+    batch_size: int
+    lr: Optional[float]
+    accum_steps: int
+    max_steps: Optional[int]
+    eval_every: int
+    seed: int
+
+    def fields(self) -> Dict[str, Any]:
+        """Keywords of lowformer.training.TrainConfig."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainRunOptions:
+    """Where `train` runs and writes: the run folder (`out`, `resume` it), the device, mixed precision
+    (`amp`), CPU threads, and the timm model's arguments (`model_kwargs`, JSON)."""
+
+    out: Optional[str]
+    resume: bool
+    device: Optional[str]
+    amp: bool
+    threads: Optional[int]
+    model_kwargs: Optional[str]
+
+    def fields(self) -> Dict[str, Any]:
+        """Keywords of lowformer.training.TrainConfig (--model-kwargs parsed; `resume` is train's)."""
+        return dict(out=self.out, device=self.device, amp=self.amp, threads=self.threads,
+                    model_kwargs=parse_json_object(self.model_kwargs, "--model-kwargs"))
+
+
+@dataclass(frozen=True)
+class RecipeOptions:
+    """Overrides of the training recipe: the named options (None: the recipe's) and `--set KEY=VALUE`."""
+
+    mixup: Optional[float]
+    cutmix: Optional[float]
+    smoothing: Optional[float]
+    randaug: Optional[str]
+    reprob: Optional[float]
+    drop_path: Optional[float]
+    weight_decay: Optional[float]
+    warmup_epochs: Optional[float]
+    ema_decay: Optional[float]
+    clip_grad: Optional[float]
+    overrides: Tuple[str, ...]
+
+    def items(self) -> Dict[str, Any]:
+        """The `recipe` of lowformer.training.TrainConfig (`recipe_items`)."""
+        return recipe_items(self.overrides, self.randaug, mixup_alpha=self.mixup, cutmix_alpha=self.cutmix,
+                            smoothing=self.smoothing, reprob=self.reprob, drop_path=self.drop_path,
+                            weight_decay=self.weight_decay, warmup_epochs=self.warmup_epochs,
+                            ema_decay=self.ema_decay, clip_grad=self.clip_grad)
 
 
 @click.command("train")
@@ -52,10 +130,12 @@ from lowformer.commands.render import emit_json, print_trained
 @click.option("--threads", type=click.IntRange(1), help="torch CPU threads per process.")
 @json_option("Print the run summary as JSON to stdout.")
 @handle_errors
-def train_cmd(model, data, val_data, epochs, batch_size, lr, image_sizes, eval_size, out, resume, device, amp,
-              workers, accum_steps, num_classes, max_steps, seed, model_kwargs, mixup, cutmix, smoothing, randaug,
-              reprob, drop_path, weight_decay, warmup_epochs, ema_decay, clip_grad, overrides, eval_every, threads,
-              as_json):
+@options_into("data_options", TrainDataOptions)
+@options_into("schedule", ScheduleOptions)
+@options_into("run", TrainRunOptions)
+@options_into("recipe", RecipeOptions)
+def train_cmd(model: str, data_options: "TrainDataOptions", schedule: "ScheduleOptions", run: "TrainRunOptions",
+              recipe: "RecipeOptions", as_json: bool) -> None:
     """Train MODEL (b0 ... e3, timm:<name>) with the paper's recipe; resumable, and DDP under torchrun.
 
     \b
@@ -68,15 +148,9 @@ def train_cmd(model, data, val_data, epochs, batch_size, lr, image_sizes, eval_s
     """
     from lowformer.training import TrainConfig, train
 
-    recipe = recipe_items(overrides, randaug, mixup_alpha=mixup, cutmix_alpha=cutmix, smoothing=smoothing,
-                          reprob=reprob, drop_path=drop_path, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
-                          ema_decay=ema_decay, clip_grad=clip_grad)
-    cfg = TrainConfig(model=model, data=data, val_data=val_data, out=out, epochs=epochs, batch_size=batch_size, lr=lr,
-                      image_sizes=parse_sizes(image_sizes), eval_size=eval_size, device=device, amp=amp,
-                      workers=workers, accum_steps=accum_steps, num_classes=num_classes, max_steps=max_steps,
-                      seed=seed, model_kwargs=parse_json_object(model_kwargs, "--model-kwargs"), recipe=recipe,
-                      eval_every=eval_every, threads=threads)
-    summary = train(cfg, resume=resume, progress=RichProgress())
+    cfg = TrainConfig(model=model, **data_options.fields(), **schedule.fields(), **run.fields(),
+                      recipe=recipe.items())
+    summary = train(cfg, resume=run.resume, progress=RichProgress())
     if summary["rank"] != 0:
         return
     if as_json:

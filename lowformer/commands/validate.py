@@ -2,14 +2,60 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, Optional
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
 
 import click
 
 from lowformer.commands.errors import handle_errors
-from lowformer.commands.options import json_option, parse_triplet, runtime_options
+from lowformer.commands.options import RunOptions, json_option, options_into, parse_triplet, runtime_options
 from lowformer.commands.progress import RichProgress
 from lowformer.commands.render import emit_json, print_explain, print_validation, warning_line
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """The images `validate` runs on and their preprocessing (their click parameter names)."""
+
+    labels: Optional[str]
+    limit: Optional[int]
+    batch_size: int
+    workers: Optional[int]
+    crop_ratio: Optional[float]
+    interpolation: Optional[str]
+    mean: Optional[str]
+    std: Optional[str]
+    skip_bad_images: bool
+
+    def fields(self) -> Dict[str, Any]:
+        """Keywords of lowformer.evaluate.config.DataConfig (--mean / --std parsed)."""
+        return dict(labels=self.labels, limit=self.limit, batch_size=self.batch_size, workers=self.workers,
+                    skip_bad_images=self.skip_bad_images, crop_ratio=self.crop_ratio,
+                    interpolation=self.interpolation, mean=parse_triplet(self.mean, "--mean"),
+                    std=parse_triplet(self.std, "--std"))
+
+
+@dataclass(frozen=True)
+class ReferenceOptions:
+    """What the artifacts are compared with (`reference`, `checkpoint`, `verify`) and judged by (the
+    gates `gate_top1_drop`, `gate_agreement`)."""
+
+    reference: Optional[str]
+    checkpoint: Optional[str]
+    verify: str
+    gate_top1_drop: Optional[float]
+    gate_agreement: Optional[float]
+
+
+@dataclass(frozen=True)
+class RecordOptions:
+    """What `validate` writes: `--report`, the manifests (unless `no_record`; waiting at most
+    `lock_timeout` seconds for another writer), and JSON to stdout (`as_json`)."""
+
+    report: Optional[str]
+    no_record: bool
+    lock_timeout: float
+    as_json: bool
 
 
 @click.command("validate")
@@ -47,9 +93,12 @@ from lowformer.commands.render import emit_json, print_explain, print_validation
               help="Seconds to wait while another lowformer process writes into a folder this records into.")
 @json_option()
 @handle_errors
-def validate_cmd(artifacts, data, labels, limit, batch_size, workers, reference, checkpoint, verify, gate_top1_drop,
-                 gate_agreement, crop_ratio, interpolation, mean, std, skip_bad_images, report, threads, device,
-                 skip_missing, no_record, runtimes, precisions, explain, lock_timeout, as_json) -> None:
+@options_into("images", ImageOptions)
+@options_into("ref", ReferenceOptions)
+@options_into("run", RunOptions)
+@options_into("output", RecordOptions)
+def validate_cmd(artifacts: Tuple[str, ...], data: str, images: ImageOptions, ref: ReferenceOptions, run: RunOptions,
+                 skip_missing: bool, explain: bool, output: RecordOptions) -> None:
     """ImageNet top-1/top-5 of every artifact against the PyTorch reference, on the same images.
 
     \b
@@ -60,29 +109,29 @@ def validate_cmd(artifacts, data, labels, limit, batch_size, workers, reference,
     e.g. generated images): the gates are recorded as not applied, with the reason (a warning).
     The outcome is also recorded under "validation" in each artifact's manifest entry.
     """
-    from lowformer.validate import record_validation, validate
+    from lowformer.validate import ValidateConfig, record_validation, validate
 
     # what validate and prepare_explain both take: the same images, reference and runtimes
-    shared = dict(labels=labels, limit=limit, workers=workers, threads=threads, skip_missing=skip_missing,
-                  reference=reference, checkpoint=checkpoint, runtimes=runtimes, precisions=precisions,
-                  skip_bad_images=skip_bad_images, crop_ratio=crop_ratio, interpolation=interpolation,
-                  mean=parse_triplet(mean, "--mean"), std=parse_triplet(std, "--std"))
+    shared = dict(**images.fields(), reference=ref.reference, checkpoint=ref.checkpoint, threads=run.threads,
+                  runtimes=run.runtimes, precisions=run.precisions, skip_missing=skip_missing)
     plan = None
     if explain:  # its checks first: a refused artifact costs nothing and shows nothing
         from lowformer.explain import prepare_explain
 
-        plan = prepare_explain(list(artifacts), data, batch_size=batch_size, **shared)
+        plan = prepare_explain(list(artifacts), data, **shared)
     # one pass over the images: validate's scores and, with --explain, the block-by-block comparison
-    result = validate(list(artifacts), data, batch_size=batch_size, gate_top1_drop=gate_top1_drop,
-                      gate_agreement=gate_agreement, report=None if explain else report, device=device,
-                      record=False, progress=RichProgress(), verify=verify, explain_plan=plan, **shared)
+    config = ValidateConfig.build(**shared, gate_top1_drop=ref.gate_top1_drop, gate_agreement=ref.gate_agreement,
+                                  report=None if explain else output.report, device=run.device, record=False,
+                                  verify=ref.verify)
+    result = validate(list(artifacts), data, config, progress=RichProgress(), explain_plan=plan)
+    lock_timeout, as_json = output.lock_timeout, output.as_json
     _show_validation(result, as_json)
-    if not no_record:  # after the table: a folder we cannot write to still shows what was measured
+    if not output.no_record:  # after the table: a folder we cannot write to still shows what was measured
         record_validation(result, lock_timeout)
     out = result.to_dict()
     if plan is not None:
-        _show_explanation(result.explained(), not no_record, as_json, lock_timeout)  # raises if it failed
-        _write_report(report, out)
+        _show_explanation(result.explained(), not output.no_record, as_json, lock_timeout)  # raises if it failed
+        _write_report(output.report, out)
     if as_json:
         emit_json(out)
     if not result.passed:

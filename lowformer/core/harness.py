@@ -33,9 +33,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from lowformer.core.harness_config import HarnessConfig
 
 UNSTEADY_ROUNDS = 1.2  # round medians' 75th / 25th percentile above this: the machine's speed drifted
 SETTLE_S = 0.05  # pause before a round of another job: the previous worker's spinning threads go to sleep
@@ -174,11 +177,10 @@ def _round_plan(rounds: int, calls: Optional[int], min_calls: int) -> List[Tuple
     return [(least, 0)] * rounds
 
 
-def interleaved(jobs: Sequence[Job], batch_sizes: Sequence[int], rounds: int, seconds: Dict[int, float],
-                max_calls: int, on_round: Optional[Callable[[str, int, int, Samples], None]] = None,
-                needs: Optional[Dict[str, Sequence[int]]] = None, *, calls: Optional[int] = None,
-                min_calls: int = 3, warmup: int = 2, rewarm: Optional[int] = None, copies: int = 1,
-                path: Sequence[str] = (), timeout_s: float = TIMEOUT_S) -> Dict[str, Any]:
+def interleaved(jobs: Sequence[Job], batch_sizes: Sequence[int], rounds: Optional[int] = None,
+                seconds: Optional[Dict[int, float]] = None, max_calls: Optional[int] = None,
+                on_round: Optional[Callable[[str, int, int, Samples], None]] = None,
+                config: Optional["HarnessConfig"] = None, **fields: Any) -> Dict[str, Any]:
     """Start a worker per job (key, func, kwargs; `copies` workers per job, timed at once); then for each
     batch size `rounds` rounds, in each every job (in turn, the first rotating each round) times about
     `seconds[batch size]` / `rounds` seconds of calls: at most `max_calls` per round, at least `min_calls`
@@ -188,12 +190,24 @@ def interleaved(jobs: Sequence[Job], batch_sizes: Sequence[int], rounds: int, se
     other job evicted the caches, else 0). `needs` (key -> batch sizes) limits a job to the batch sizes it
     lacks (a resumed run); `path`: folders the workers import their functions from.
 
+    `config`: a HarnessConfig (lowformer.core.harness_config), or its fields as keywords (rounds,
+    seconds and max_calls also positionally; None: the config's). `on_round(key, batch size, round,
+    samples)` is called after each round.
+
     Returns key -> {"facts": facts, batch size -> [one Samples per round]} or key -> JobFailed; with
     `copies` > 1 a round's "wall_ms"/"cpu_ms" hold every copy's calls and "per_copy" each copy's."""
+    from lowformer.core.harness_config import HarnessConfig
+
+    given = {k: v for k, v in (("rounds", rounds), ("seconds", seconds), ("max_calls", max_calls)) if v is not None}
+    config = HarnessConfig.build(config, **given, **fields)
+    seconds, max_calls, needs, path = config.seconds, config.max_calls, config.needs, config.path
+    warmup, rewarm = config.warmup, config.rewarm
+    timeout_s = TIMEOUT_S if config.timeout_s is None else config.timeout_s
     out: Dict[str, Any] = {}
     workers: Dict[str, List[Worker]] = {}
-    copies = max(copies, 1)
-    plan = _round_plan(rounds, calls, min_calls)
+    copies = max(config.copies, 1)
+    calls = config.calls
+    plan = _round_plan(config.rounds, calls, config.min_calls)
     try:
         for key, func, kwargs in jobs:  # all started at once: they load side by side
             workers[key] = [Worker(func, kwargs, path, timeout_s) for _ in range(copies)]

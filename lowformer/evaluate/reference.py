@@ -10,6 +10,7 @@ from lowformer.artifacts import Manifest
 from lowformer.core.errors import LowformerError
 from lowformer.core.files import PathLike
 from lowformer.data.preprocess import Preprocessing
+from lowformer.evaluate.config import DataConfig, ReferenceConfig
 from lowformer.evaluate.items import Item, folder_of
 
 
@@ -63,19 +64,24 @@ def _reference_from_manifests(items: Sequence[Item], checkpoint: Optional[str] =
     return model, manifest, folder, trained
 
 
-def resolve_reference(items: Sequence[Item], reference: Optional[str], checkpoint: Optional[str],
-                      image_size: int = 224, crop_ratio: Optional[float] = None, interpolation: Optional[str] = None,
-                      mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
-                      notes: Optional[List[str]] = None, full: bool = False
+def resolve_reference(items: Sequence[Item], config: Optional[ReferenceConfig] = None, image_size: int = 224,
+                      notes: Optional[List[str]] = None, *, images: Optional[DataConfig] = None, **fields: Any
                       ) -> Tuple[Any, Optional[Manifest], str, bool, Preprocessing]:
-    """(reference model, manifest, its name, whether its weights are real, preprocessing) of a run:
-    the model named by `reference` (with `checkpoint`), else the one the artifacts' manifests came
-    from (with `checkpoint`: those weights, which must have the manifest's sha256); preprocessing
-    from the manifest (else the reference's own at `image_size`), overridden. A reference given
-    explicitly instead of a manifest's is said in one line of `notes`."""
+    """(reference model, manifest, its name, whether its weights are real, preprocessing) of a run.
+
+    `config`: a ReferenceConfig, or its fields as keywords (reference, checkpoint, verify): the model
+    named by `reference` (with `checkpoint`), else the one the artifacts' manifests came from (with
+    `checkpoint`: those weights, which must have the manifest's sha256; `verify="full"` re-hashes the
+    manifest's checkpoint). Preprocessing from the manifest (else the reference's own at
+    `image_size`), overridden by `images` (a DataConfig: crop_ratio, interpolation, mean, std; also
+    as keywords). A reference given explicitly instead of a manifest's is said in one line of `notes`."""
     from lowformer.models.factory import create_model
     from lowformer.models.registry import resolve
 
+    own = ReferenceConfig.option_names()
+    config = ReferenceConfig.build(config, **{k: v for k, v in fields.items() if k in own})
+    images = DataConfig.build(images, **{k: v for k, v in fields.items() if k not in own})
+    reference, checkpoint = config.reference, config.checkpoint
     if reference is not None:
         ref_model = create_model(reference, checkpoint)
         manifest = next((m for _, _, m in items if m is not None), None)
@@ -83,13 +89,13 @@ def resolve_reference(items: Sequence[Item], reference: Optional[str], checkpoin
         if manifest is not None and notes is not None:
             notes.append(_explicit_reference_note(manifest, reference, checkpoint))
     else:
-        ref_model, manifest, _, real_checkpoint = _reference_from_manifests(items, checkpoint, full, notes)
+        ref_model, manifest, _, real_checkpoint = _reference_from_manifests(items, checkpoint, config.full, notes)
         ref_name = manifest.display_name
     if manifest is not None:
         pre = Preprocessing.from_dict(manifest.preprocessing)
     else:
         pre = resolve(reference).preprocessing(image_size)  # type: ignore[arg-type]
-    return ref_model, manifest, ref_name, real_checkpoint, pre.override(crop_ratio, interpolation, mean, std)
+    return ref_model, manifest, ref_name, real_checkpoint, pre.override(**images.overrides())
 
 
 def _explicit_reference_note(manifest: Manifest, reference: str, checkpoint: Optional[str]) -> str:

@@ -91,7 +91,7 @@ def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
     """Tensors of a checkpoint file: torch pickle (weights only) or safetensors; unwrapped.
 
     Not timm's `load_state_dict`: it allowlists argparse.Namespace in the pickle, and we refuse
-    every non-tensor object (tests/test_checkpoints.py::test_checkpoint_with_code_objects_is_refused).
+    every non-tensor object (tests/models/test_checkpoints.py::test_checkpoint_with_code_objects_is_refused).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -116,7 +116,7 @@ def unwrap_state_dict(obj: object, where: str = "checkpoint") -> StateDict:
     """The tensors of a (possibly nested) checkpoint container, DDP/compile prefixes removed.
 
     Kept beside timm's `load_state_dict`, which opens one container level only: our training
-    checkpoints and some releases nest `{"model": {"state_dict": ...}}` (tests/test_checkpoints.py).
+    checkpoints and some releases nest `{"model": {"state_dict": ...}}` (tests/models/test_checkpoints.py).
     """
     from timm.models import clean_state_dict
 

@@ -10,13 +10,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from lowformer.artifacts import ArtifactEntry, Manifest
+from lowformer.artifacts import ArtifactEntry, Manifest, ProfileRecord
 from lowformer.engines.timing import time_runner
 from lowformer.targets import Target, resolve_targets
 from lowformer.core.errors import LowformerError
 from lowformer.core.progress import Progress, no_progress
 from lowformer.engines import Runner, registry
 from lowformer.engines.base import LayerProfile
+from lowformer.profiling.config import ProfileConfig
 from lowformer.profiling.collect import (rows_from_fused, rows_from_graph, rows_from_lines, rows_from_modules,
                                          rows_from_nodes)
 from lowformer.profiling.runtime_layers import precision_notes, rows_from_runtime_layers
@@ -87,10 +88,16 @@ def _rows(prof: LayerProfile, iterations: Optional[int], structure: ModelStructu
     raise LowformerError(f"profile layers named {prof.naming!r}: no way to attribute them to modules")
 
 
-def profile_runner(runner: Runner, *, artifact: str, label: str, batch_size: int = 1, iterations: int = 100,
-                   warmup: int = 20, structure: Optional[ModelStructure] = None,
-                   line_map: Optional[Dict[str, str]] = None, line_note: Optional[str] = None) -> ProfileReport:
-    """Latency (un-instrumented) first, then the per-layer profile, of one runner."""
+def profile_runner(runner: Runner, *, artifact: str, label: str, structure: Optional[ModelStructure] = None,
+                   line_map: Optional[Dict[str, str]] = None, line_note: Optional[str] = None,
+                   config: Optional[ProfileConfig] = None, **fields: Any) -> ProfileReport:
+    """Latency (un-instrumented) first, then the per-layer profile, of one runner.
+
+    `config`: a ProfileConfig (lowformer.profiling.config; its batch_size, iterations and warmup are
+    used here), or its fields as keywords. `structure`: the model's modules the layers are named
+    after; `line_map` / `line_note`: code line -> module, and a note on it (TorchScript, `code_lines`)."""
+    config = ProfileConfig.build(config, **fields)
+    batch_size, iterations, warmup = config.batch_size, config.iterations, config.warmup
     structure = structure or ModelStructure()
     batch = runner.input_spec.example(batch_size)
     latency = time_runner(runner, batch, iterations, warmup)
@@ -128,30 +135,31 @@ def code_lines(runner: Runner, model: Optional[nn.Module], entry: Optional[Artif
     return mapping, note
 
 
-def profile(targets: Sequence[str], batch_size: int = 1, iterations: int = 100, warmup: int = 20,
-            device: str = "cpu", threads: Optional[int] = None, image_size: int = 224,
-            checkpoint: Optional[str] = None, model: Optional[nn.Module] = None,
-            runtimes: Sequence[str] = (), precisions: Sequence[str] = (),
-            progress: Progress = no_progress, record: bool = True) -> List[ProfileReport]:
+def profile(targets: Sequence[str], config: Optional[ProfileConfig] = None, model: Optional[nn.Module] = None,
+            progress: Progress = no_progress, **fields: Any) -> List[ProfileReport]:
     """Profile artifacts (files, export folders, manifests) and model names (eager).
 
+    `config`: a ProfileConfig (lowformer.profiling.config), or its fields as keywords: batch_size,
+    iterations, warmup, image_size, checkpoint, record, and its RunConfig's device, threads, runtimes,
+    precisions. An unknown keyword is one LowformerError.
     An artifact's layers are named after the model its manifest describes; `model` (the module
     the artifacts were exported from, BN-fused as exported) stands in for artifacts without one.
     `record`: write each artifact's per-block and per-stage times into its manifest entry
     (`facts["profile"]["<runtime>/<precision>/b<batch>"]`, see `profile_record`).
     """
+    config = ProfileConfig.build(config, **fields)
+    batch_size, iterations, warmup, image_size = config.batch_size, config.iterations, config.warmup, config.image_size
     if iterations < 1:
         raise LowformerError("iterations must be at least 1")
     refs = _References(model)
     reports: List[ProfileReport] = []
-    resolved = resolve_targets(targets, image_size, checkpoint, device, threads, runtimes=runtimes,
-                               precisions=precisions)
+    resolved = resolve_targets(targets, image_size, config.checkpoint, config.run)
     with progress.task("profiling", total=len(resolved)) as task:
         for target in resolved:
             log.info("profiling %s", target.label or target.spec)
             reports.append(_profile_target(target, refs, batch_size, iterations, warmup, image_size))
             task.advance()
-    if record:
+    if config.record:
         record_profiles(reports)
     return reports
 
@@ -168,7 +176,7 @@ def profile_key(report: ProfileReport) -> str:
     return f"{report.backend}/{report.precision or 'fp32'}/b{report.batch_size}"
 
 
-def profile_record(report: ProfileReport, cpu: Optional[str] = None) -> Dict[str, Any]:
+def profile_record(report: ProfileReport, cpu: Optional[str] = None) -> ProfileRecord:
     """What a manifest entry keeps of one profile: the block and stage times, where and when measured
     (`cpu`: the CPU model, when the caller has it; blocks and stages in model order)."""
     import datetime as _dt
@@ -179,27 +187,28 @@ def profile_record(report: ProfileReport, cpu: Optional[str] = None) -> Dict[str
         rows = sorted(report.group(by), key=lambda g: _model_order(g.key))
         return [{"key": g.key, "ms": round(g.ms, 6), "share": round(g.share, 6)} for g in rows]
 
-    rec: Dict[str, Any] = {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "backend": report.backend,
-        "precision": report.precision, "batch": report.batch_size, "device": report.device,
-        "isa": cpu_isa(), "cpu": cpu or cpu_model(), "threads": report.threads, "iterations": report.iterations,
-        "coverage": round(report.coverage, 6), "total_ms": round(report.layer_total_ms, 6),
-        "latency_median_ms": report.latency.get("median_ms"),
-        "blocks": groups("block"), "stages": groups("stage"), "warnings": list(report.warnings)}
-    if report.device == "cuda" and torch.cuda.is_available():
-        rec["gpu"] = torch.cuda.get_device_name(0)
-    return rec
+    return ProfileRecord(
+        date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), backend=report.backend,
+        precision=report.precision, batch=report.batch_size, device=report.device,
+        isa=cpu_isa(), cpu=cpu or cpu_model(), threads=report.threads, iterations=report.iterations,
+        coverage=round(report.coverage, 6), total_ms=round(report.layer_total_ms, 6),
+        latency_median_ms=report.latency.get("median_ms"),
+        blocks=groups("block"), stages=groups("stage"), warnings=list(report.warnings),
+        gpu=torch.cuda.get_device_name(0) if report.device == "cuda" and torch.cuda.is_available() else None)
 
 
-def record_profiles(reports: Sequence[ProfileReport]) -> None:
+def record_profiles(reports: Sequence[ProfileReport]) -> int:
     """Write each report of an artifact with a manifest entry into that entry (one locked update per
-    folder); artifacts without a manifest beside them are left alone."""
+    folder), only when the entry still records the bytes that were profiled (`report.sha256`; a file
+    re-exported meanwhile is one warning line, not recorded); artifacts without a manifest beside them
+    are left alone. Returns how many were recorded."""
     from lowformer import artifacts as _artifacts
     from lowformer.core.machine import cpu_model
 
     on_disk = [r for r in reports if r.format in registry.file_formats() and Path(r.artifact).is_file()]
     cpu = cpu_model() if on_disk else None
-    _artifacts.record_runs(((r.artifact, profile_key(r), profile_record(r, cpu)) for r in on_disk), "profile")
+    return _artifacts.record_runs((_artifacts.Measurement(r.artifact, r.sha256, profile_key(r), profile_record(r, cpu))
+                                   for r in on_disk), "profile")
 
 
 def _profile_target(target: Target, refs: _References, batch_size: int, iterations: int, warmup: int,
@@ -220,9 +229,11 @@ def _profile_target(target: Target, refs: _References, batch_size: int, iteratio
             if runner.profile_naming == "code-lines":  # TorchScript: its code lines named through the model
                 fixed, size = _input_size(manifest, image_size)
                 line_map, note = code_lines(runner, model, entry, fixed, size)
-            return profile_runner(runner, artifact=str(path), label=target.label, batch_size=batch_size,
-                                  iterations=iterations, warmup=warmup, structure=structure,
-                                  line_map=line_map, line_note=note)
+            report = profile_runner(runner, artifact=str(path), label=target.label, batch_size=batch_size,
+                                    iterations=iterations, warmup=warmup, structure=structure,
+                                    line_map=line_map, line_note=note)
+        report.sha256 = entry.sha256 if entry else None  # the bytes measured, as verified above (and by load)
+        return report
 
 
 def report_from_trtexec(profile_json: Any, layer_info_json: Any = None, *, label: str = "TensorRT engine",

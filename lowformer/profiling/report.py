@@ -98,6 +98,9 @@ class ProfileReport:
     latency: Dict[str, Any]  # un-instrumented run: TimingStats.to_dict()
     warnings: List[str] = field(default_factory=list)
     source: str = ""  # what measured the layers
+    # sha256 of the artifact's bytes measured (its manifest entry's, as verified when it was opened; None:
+    # no manifest entry): a record goes only onto an entry that still has it (lowformer.artifacts.record_runs)
+    sha256: Optional[str] = None
 
     @property
     def layer_total_ms(self) -> float:

@@ -66,6 +66,14 @@ class TensorRTBackend(Backend):
         except NeedsTargetDevice as e:
             ctx.next_step(str(e))
 
+    def build(self, onnx_path: str, precision: str = "fp32", **settings: Any) -> ArtifactEntry:
+        """An engine built from an ONNX beside its manifest (`lowformer build-engine`); without a GPU
+        with TensorRT, NeedsTargetDevice carrying the command to run on the target device."""
+        from lowformer.engines.tensorrt import build_engine
+
+        return ArtifactEntry.from_dict(build_engine(onnx_path, fp16=precision == "fp16", int8=precision == "int8",
+                                                    **settings))
+
     def profile_files(self, profile_json: Any, layer_info_json: Any = None,
                       onnx_nodes: Optional[Any] = None) -> LayerProfile:
         """The per-layer profile in `trtexec --exportProfile` (and `--exportLayerInfo`) files, made on

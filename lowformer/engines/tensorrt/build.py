@@ -12,6 +12,7 @@ from lowformer.core.files import atomic_path
 
 DEFAULT_TIMING_CACHE = "trt-timing.cache"  # beside the engine: reused by every build in that folder
 
+from lowformer.engines.tensorrt.config import DEFAULT_MAX_BATCH, TrtBuildConfig, default_batch_range  # noqa: F401
 from lowformer.engines.tensorrt.environment import (_Logger, _import_trt, default_engine_path, gpu_info,
                                                     next_step_command, tensorrt_status, trt_major)
 from lowformer.engines.tensorrt.onnx_facts import check_request, inspect_onnx, plan_build
@@ -73,30 +74,21 @@ def _parser_errors(parser) -> str:
     return "; ".join(msgs) if msgs else "no parser error reported"
 
 
-DEFAULT_MAX_BATCH = 32  # a dynamic-batch ONNX gets an engine for batches 1..32 unless told otherwise
-
-
-def default_batch_range(onnx_batch: Optional[int], min_batch: Optional[int], opt_batch: Optional[int],
-                        max_batch: Optional[int]) -> Tuple[int, int, int]:
-    """The optimization profile's batches: the ONNX's own when it is fixed, else 1 / 1 / 32."""
-    if onnx_batch is not None:
-        return min_batch or onnx_batch, opt_batch or onnx_batch, max_batch or onnx_batch
-    lo = min_batch or 1
-    hi = max_batch or max(DEFAULT_MAX_BATCH, lo, opt_batch or 1)
-    return lo, opt_batch or lo, hi
-
-
-def build_engine(onnx_path: Union[str, os.PathLike], engine_path: Union[str, os.PathLike, None] = None, *,
-                 min_batch: Optional[int] = None, opt_batch: Optional[int] = None,
-                 max_batch: Optional[int] = None, workspace_mb: int = 2048,
-                 timing_cache: Union[str, os.PathLike, None] = None, fp16: bool = False, int8: bool = False,
-                 strongly_typed: Optional[bool] = None, manifest_folder: Optional[str] = None,
-                 lock_timeout: float = 600.0) -> Dict[str, Any]:
+def build_engine(onnx_path: Union[str, os.PathLike], engine_path: Union[str, os.PathLike, None] = None,
+                 settings: Optional[TrtBuildConfig] = None, *, manifest_folder: Optional[str] = None,
+                 lock_timeout: float = 600.0, **fields: Any) -> Dict[str, Any]:
     """Build a TensorRT engine from an ONNX file and return (and record) its manifest entry.
+
+    `settings`: a TrtBuildConfig (lowformer.engines.tensorrt.config), or its fields as keywords: fp16,
+    int8, strongly_typed, min_batch, opt_batch, max_batch, workspace_mb, timing_cache (unknown ones:
+    one LowformerError). The entry is recorded in the manifest of `manifest_folder` (default: the
+    ONNX's folder, when it has one), waiting at most `lock_timeout` seconds for another writer.
 
     Raises NeedsTargetDevice (exit 3) with the command to run on the device when TensorRT or a
     CUDA GPU is missing here.
     """
+    settings = TrtBuildConfig.build(settings, **fields)
+    fp16, int8, workspace_mb, timing_cache = settings.fp16, settings.int8, settings.workspace_mb, settings.timing_cache
     onnx_path = Path(onnx_path)
     engine = Path(engine_path) if engine_path is not None else default_engine_path(onnx_path)
     if engine.suffix.lower() not in (".engine", ".plan"):
@@ -104,7 +96,8 @@ def build_engine(onnx_path: Union[str, os.PathLike], engine_path: Union[str, os.
     if workspace_mb < 1:
         raise LowformerError("--workspace-mb must be positive")
     facts = inspect_onnx(onnx_path)  # bad input fails here (exit 1), before the device question (exit 3)
-    min_batch, opt_batch, max_batch = default_batch_range(facts.input_shape[0], min_batch, opt_batch, max_batch)
+    settings = settings.resolved(facts.input_shape[0])
+    min_batch, opt_batch, max_batch = settings.min_batch, settings.opt_batch, settings.max_batch
     check_request(facts, fp16, int8, min_batch, opt_batch, max_batch, onnx_path.name)
     require_tensorrt_support(onnx_path)  # onnx-tensorrt's documented ops and Q/DQ rules, without TensorRT (exit 1)
     folder = _manifest_folder(onnx_path, manifest_folder)
@@ -124,15 +117,14 @@ def build_engine(onnx_path: Union[str, os.PathLike], engine_path: Union[str, os.
             else:
                 note = (" (an FP32 ONNX gives an FP16 engine on TensorRT 10 only: for TensorRT 11 export with "
                         "--fp16 and build model_fp16.onnx)")
-        cmd = next_step_command(source, fp16, int8, min_batch, opt_batch, max_batch,
-                                engine_path, workspace_mb, timing_cache)
+        cmd = next_step_command(source, settings, engine_path)
         raise NeedsTargetDevice(f"{reason}; the ONNX is ready: on the target device run: {cmd}{note}")
 
     trt = _import_trt()
     major = trt_major(trt)
     if tables_differ():  # the documented operator tables differ between majors: check this one's
         require_tensorrt_support(onnx_path, major)
-    plan = plan_build(facts, major, fp16, int8, strongly_typed, min_batch, opt_batch, max_batch, onnx_path.name)
+    plan = plan_build(facts, major, settings, onnx_path.name)
     cache_path = Path(timing_cache) if timing_cache is not None else engine.parent / DEFAULT_TIMING_CACHE
 
     logger = _Logger.create(trt)

@@ -5,11 +5,12 @@ import logging
 import os
 import shlex
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
 from lowformer.core.errors import LowformerError
+from lowformer.engines.tensorrt.config import DEFAULT_WORKSPACE_MB, TrtBuildConfig
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,15 @@ def gpu_info(device: Union[int, str, None] = None) -> Dict[str, str]:
     return {"gpu": torch.cuda.get_device_name(index), "compute_capability": f"{major}.{minor}"}
 
 
-def next_step_command(onnx_path: Union[str, os.PathLike], fp16: bool = False, int8: bool = False,
-                      min_batch: int = 1, opt_batch: int = 1, max_batch: int = 1,
-                      engine_path: Union[str, os.PathLike, None] = None, workspace_mb: Optional[int] = None,
-                      timing_cache: Union[str, os.PathLike, None] = None) -> str:
-    """The `lowformer build-engine ...` command to run on the target device."""
+def next_step_command(onnx_path: Union[str, os.PathLike], settings: Optional[TrtBuildConfig] = None,
+                      engine_path: Union[str, os.PathLike, None] = None, **fields: Any) -> str:
+    """The `lowformer build-engine ...` command to run on the target device.
+
+    `settings`: a TrtBuildConfig (lowformer.engines.tensorrt.config), or its fields as keywords
+    (fp16, int8, min_batch, opt_batch, max_batch, workspace_mb, timing_cache): each one that is not
+    the command's default becomes its flag."""
+    settings = TrtBuildConfig.build(settings, **fields)
+    fp16, int8, workspace_mb, timing_cache = settings.fp16, settings.int8, settings.workspace_mb, settings.timing_cache
     parts = ["lowformer", "build-engine", str(onnx_path)]
     if engine_path is not None and Path(engine_path) != default_engine_path(onnx_path):
         parts += ["--out", str(engine_path)]
@@ -59,10 +64,11 @@ def next_step_command(onnx_path: Union[str, os.PathLike], fp16: bool = False, in
         parts.append("--fp16")
     if int8:
         parts.append("--int8")
-    for flag, value in (("--min-batch", min_batch), ("--opt-batch", opt_batch), ("--max-batch", max_batch)):
-        if value != 1:
+    for flag, value in (("--min-batch", settings.min_batch), ("--opt-batch", settings.opt_batch),
+                        ("--max-batch", settings.max_batch)):
+        if value not in (None, 1):
             parts += [flag, str(value)]
-    if workspace_mb is not None and workspace_mb != 2048:
+    if workspace_mb is not None and workspace_mb != DEFAULT_WORKSPACE_MB:
         parts += ["--workspace-mb", str(workspace_mb)]
     if timing_cache is not None:
         parts += ["--timing-cache", str(timing_cache)]

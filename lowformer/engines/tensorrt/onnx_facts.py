@@ -4,10 +4,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 
 from lowformer.core.errors import LowformerError
+from lowformer.engines.tensorrt.config import TrtBuildConfig
 
 
 # --------------------------------------------------------------------------- ONNX facts
@@ -89,9 +90,16 @@ def check_request(facts: OnnxFacts, fp16: bool, int8: bool, min_batch: int, opt_
                              f"to build for batches {min_batch}..{max_batch}")
 
 
-def plan_build(facts: OnnxFacts, major: int, fp16: bool, int8: bool, strongly_typed: Optional[bool],
-               min_batch: int, opt_batch: int, max_batch: int, onnx_name: str = "the ONNX") -> BuildPlan:
-    """Pure decision logic: network typing, builder flags and the batch profile (raises on conflicts)."""
+def plan_build(facts: OnnxFacts, major: int, settings: Optional[TrtBuildConfig] = None,
+               onnx_name: str = "the ONNX", **fields: Any) -> BuildPlan:
+    """Pure decision logic: network typing, builder flags and the batch profile (raises on conflicts).
+
+    `settings`: a TrtBuildConfig (lowformer.engines.tensorrt.config), or its fields as keywords (fp16,
+    int8, strongly_typed, min_batch, opt_batch, max_batch); batches left None get the defaults of
+    `default_batch_range`."""
+    settings = TrtBuildConfig.build(settings, **fields).resolved(facts.input_shape[0])
+    fp16, int8, strongly_typed = settings.fp16, settings.int8, settings.strongly_typed
+    min_batch, opt_batch, max_batch = settings.min_batch, settings.opt_batch, settings.max_batch
     if major < 10:
         raise LowformerError(f"TensorRT {major}.x is too old: lowformer builds engines with TensorRT 10 or newer")
     check_request(facts, fp16, int8, min_batch, opt_batch, max_batch, onnx_name)

@@ -1,4 +1,4 @@
-"""Static check of lowformer's TensorRT calls against one real TensorRT API dump (tests/trt_bindings.py).
+"""Static check of lowformer's TensorRT calls against one real TensorRT API dump (trt_bindings.py, beside it).
 
 Which names are TensorRT names, read from the code's AST (no hand list):
   * the module: a name bound by `import tensorrt as X`, by a call of a function that returns the module

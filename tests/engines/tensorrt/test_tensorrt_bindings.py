@@ -1,8 +1,8 @@
 """lowformer's TensorRT code and the fake `tensorrt` checked against the REAL TensorRT Python API.
 
 The real bindings of TensorRT 10.3 (JetPack 6), 10.16 and 11.4 come from PyPI's bindings wheels and are
-imported without TensorRT or a GPU against stub libraries (tests/trt_bindings.py); their classes,
-members, enum values and pybind signatures are dumped to JSON. tests/trt_api_check.py reads the
+imported without TensorRT or a GPU against stub libraries (trt_bindings.py, beside this file); their
+classes, members, enum values and pybind signatures are dumped to JSON. trt_api_check.py reads the
 TensorRT names lowformer/engines/ uses from its AST and checks each one against each version, with the
 version guards the code itself writes (`if major < 11:`). The fake `tensorrt` is held to the same
 module: its names and signatures, the type of every value its methods return (IHostMemory, Dims,
@@ -19,6 +19,7 @@ import ast
 import enum
 import inspect
 import json
+import os
 import re
 import sys
 import textwrap
@@ -29,11 +30,27 @@ import pytest
 
 import trt_api_check as ck
 import trt_bindings
+from conftest import REPO
 from fake_tensorrt import CpuIO, make_fake_tensorrt
 
-REPO = Path(__file__).resolve().parents[1]
 ENGINES = REPO / "lowformer" / "engines"
 KEYS = list(trt_bindings.VERSIONS)
+
+
+@pytest.fixture(scope="session")
+def trt_real_apis():
+    """{'10.3' | '10.16' | '11.4': API dump} of the real TensorRT Python bindings (trt_bindings.py, beside this file).
+
+    The PyPI bindings wheels are downloaded once into ~/.cache/lowformer/trt-bindings/ (or
+    $LOWFORMER_TRT_CACHE) and imported against stub libraries in a subprocess per version. Skips when
+    pip cannot download them (offline) or no C compiler is here, unless LOWFORMER_TRT_BINDINGS=required.
+    """
+    try:
+        return {key: trt_bindings.real_api(key) for key in trt_bindings.VERSIONS}
+    except trt_bindings.BindingsUnavailable as e:
+        if os.environ.get("LOWFORMER_TRT_BINDINGS") == "required":
+            raise
+        pytest.skip(f"real TensorRT bindings unavailable: {e}")
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +256,7 @@ def test_runner_dtype_names_are_real_datatypes(apis, key):
 
 def _fake_class_defs():
     """{class name: ClassDef} of every class the fake defines inside make_fake_tensorrt."""
-    tree = ast.parse((REPO / "tests" / "fake_tensorrt.py").read_text())
+    tree = ast.parse(Path(inspect.getsourcefile(make_fake_tensorrt)).read_text())  # tests/fakes/fake_tensorrt.py
     fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "make_fake_tensorrt")
     return {n.name: n for n in ast.walk(fn) if isinstance(n, ast.ClassDef)}
 

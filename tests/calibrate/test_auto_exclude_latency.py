@@ -3,12 +3,12 @@ the search (greedy, prune, cheaper harm-order prefixes) and the table of what it
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 
+from conftest import FIXTURES
 from lowformer.core.blocks import blocks_in_order
 from lowformer.calibrate.data import split_eval_and_calibration
 from lowformer.calibrate.latency import UNATTRIBUTED, measure_block_latency
@@ -22,7 +22,6 @@ from lowformer.models.factory import create_from_reference_config
 from lowformer.models.fusion import fuse
 
 SIZE = 128
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 # --------------------------------------------------------------------------- ranking (pure)

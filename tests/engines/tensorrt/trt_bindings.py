@@ -4,7 +4,7 @@ PyPI's `tensorrt-cu12-bindings` / `tensorrt-cu13-bindings` wheels (~1.3 MB, pyth
 venv: `cp311-none-manylinux_2_17/2_28_x86_64`) hold the real pybind module `tensorrt_bindings/tensorrt.so`
 (`import tensorrt` re-exports it). It links against libnvinfer.so.N, libnvinfer_plugin.so.N and
 libnvonnxparser.so.N (N = TensorRT major) but needs only ten C entry points from them, so tiny stub
-libraries with those sonames (tests/trt_stubs/nvinfer_stubs.c, built here with the C compiler) let it
+libraries with those sonames (trt_stubs/nvinfer_stubs.c beside this file, built here with the C compiler) let it
 import. The stubs are preloaded with ctypes RTLD_GLOBAL in a fresh subprocess per version (the three
 versions share the module name `tensorrt_bindings`), which then dumps the whole API to JSON: every
 class with its members (methods with their pybind signatures, properties and whether they are
@@ -16,7 +16,7 @@ Everything lives in a cache folder reused across runs (`$LOWFORMER_TRT_CACHE`, d
 ~/.cache/lowformer/trt-bindings/): wheels/ (from `pip download`), unpacked/ (one folder per wheel,
 never installed into the venv), stubs/ and api/ (the JSON dumps).
 
-    python tests/trt_bindings.py            # fetch, build and dump every version; print the JSON paths
+    python tests/engines/tensorrt/trt_bindings.py   # fetch, build and dump every version; print the JSON paths
 
 Where the wheels cannot be had (offline, no C compiler) the tests skip (BindingsUnavailable), except
 where the bindings are required (`required()`: CI=true, LOWFORMER_REQUIRE_TRT_BINDINGS=1 or
@@ -37,7 +37,8 @@ import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent  # tests/engines/tensorrt/
+REPO = HERE.parents[2]
 STUB_SOURCE = HERE / "trt_stubs" / "nvinfer_stubs.c"
 CACHE = Path(os.environ.get("LOWFORMER_TRT_CACHE", Path.home() / ".cache" / "lowformer" / "trt-bindings"))
 PY_TAG = f"cp{sys.version_info.major}{sys.version_info.minor}"  # the wheels are built per CPython version
@@ -82,7 +83,7 @@ def required() -> bool:
 def _unavailable(reason: str) -> RuntimeError:
     if required():
         return BindingsRequired(f"{reason} (the real TensorRT bindings are required here: CI or "
-                                "LOWFORMER_REQUIRE_TRT_BINDINGS=1; see tests/trt_bindings.py)")
+                                "LOWFORMER_REQUIRE_TRT_BINDINGS=1; see tests/engines/tensorrt/trt_bindings.py)")
     return BindingsUnavailable(reason)
 
 
@@ -222,7 +223,7 @@ def run_with_real_tensorrt(key: str, code: str, timeout: float = 300) -> subproc
     major = major_of(key)
     prelude = _PRELUDE.format(libs=list(LIBS), lib_dir=str(stubs(major)), major=major, pkg=str(unpacked(key)))
     return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=timeout,
-                          cwd=str(HERE.parent), env={**os.environ, "PYTHONNOUSERSITE": "1"})
+                          cwd=str(REPO), env={**os.environ, "PYTHONNOUSERSITE": "1"})
 
 
 # --------------------------------------------------------------------------- pybind signature parsing

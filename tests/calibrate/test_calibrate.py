@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import FIXTURES
 from helpers import assert_one_line_error, load_mini, run_cli
 from PIL import Image
 
@@ -28,7 +29,6 @@ from lowformer.export.onnx_export import export_onnx
 from lowformer.models.fusion import fuse
 from lowformer.data.preprocess import lowformer_protocol
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SIZE = 64
 
 

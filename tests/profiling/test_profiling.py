@@ -4,12 +4,12 @@ from __future__ import annotations
 import copy
 import json
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import FIXTURES
 from helpers import assert_one_line_error, load_mini, run_cli
 from lowformer.engines import InputSpec, PyTorchRunner
 from lowformer.engines.base import LayerTiming
@@ -20,7 +20,7 @@ from lowformer.profiling.plot import plot_reports
 from lowformer.profiling.structure import KINDS, UNATTRIBUTED, structure_of
 
 SIZE = 64
-TRT_FIXTURES = Path(__file__).parent / "fixtures" / "trt"
+TRT_FIXTURES = FIXTURES / "trt"
 STAGES = {"stem", "stages.0", "stages.1", "stages.2", "stages.3", "head"}
 
 

@@ -3,13 +3,13 @@ benchmark report built from its figures (benchmarks/run.py)."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from lowformer.core import harness
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = REPO / "benchmarks"
 SLEEP = "lowformer.core.harness:sleep_job"
 
 

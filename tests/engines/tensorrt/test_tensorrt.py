@@ -1,10 +1,10 @@
 """TensorRT layer: engine build, runner glue, profile parsing.
 
 TensorRT and CUDA do not exist on this machine, so the build/runner tests run against a fake
-`tensorrt` module (tests/fake_tensorrt.py) injected through sys.modules, and the CUDA I/O helper is
+`tensorrt` module (tests/fakes/fake_tensorrt.py) injected through sys.modules, and the CUDA I/O helper is
 replaced by a CPU one. They check our logic against the fake's behaviour, not TensorRT's; the names
 and signatures we call, and the fake's own API, are checked against the real TensorRT 10.3/10.16/11.4
-bindings in tests/test_tensorrt_bindings.py. The real-hardware check is `test_real_gpu_build_and_run`
+bindings in test_tensorrt_bindings.py (beside this file). The real-hardware check is `test_real_gpu_build_and_run`
 (@pytest.mark.gpu).
 
 The profile fixtures in tests/fixtures/trt/ were written by hand from the documented trtexec /
@@ -22,13 +22,14 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from conftest import FIXTURES as TEST_FIXTURES, REPO
 from fake_tensorrt import CpuIO, make_fake_tensorrt
 from helpers import assert_one_line_error, run_cli
 from lowformer.engines import tensorrt as trt_layer
 from lowformer.engines.tensorrt import trtexec
 from lowformer.core.errors import LowformerError, NeedsTargetDevice
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "trt"
+FIXTURES = TEST_FIXTURES / "trt"
 GPU_NAME, GPU_CC = "Fake GPU 86", (8, 6)
 
 
@@ -538,7 +539,7 @@ def test_gpu_check_without_gpu_ends_at_once_with_exit_3(tmp_path):
 
     out = tmp_path / "gpu-check-out"
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"),
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"),
                         "--out", str(out)], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert r.returncode == 3, r.stderr

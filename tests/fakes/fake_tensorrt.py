@@ -1,16 +1,16 @@
 """A small stand-in for the `tensorrt` Python package, for tests only (no GPU or TensorRT here).
 
 It offers a subset of the real TensorRT Python API that lowformer uses: the class names, member names,
-parameter names and enum values are those of the real bindings (tests/test_tensorrt_bindings.py checks
-this fake against the real `tensorrt_bindings` 10.3, 10.16 and 11.4 modules: it may lack API, never
-invent it; test-only state is private, `_calls` / `_unsupported_ops` on the module). Return conventions
+parameter names and enum values are those of the real bindings
+(tests/engines/tensorrt/test_tensorrt_bindings.py checks this fake against the real `tensorrt_bindings`
+10.3, 10.16 and 11.4 modules: it may lack API, never invent it; test-only state is private, `_calls` / `_unsupported_ops` on the module). Return conventions
 follow the real API (`None` from build/deserialize on failure) and a few documented behaviours: 11.x
 has no BuilderFlag.FP16/INT8, a strongly typed network rejects precision flags, an engine only
 deserializes with the TensorRT version that built it, inspector JSON is "Layers" + "Bindings" (10.x)
 or "I/O Tensors" (11.x) with `[ONNX Layer: ...]` metadata joined by \\x1e.
 
-What the fake returns behaves like what TensorRT returns (tests/test_tensorrt_bindings.py checks every
-return value against the real signatures, and the protocols of these classes against the real ones):
+What the fake returns behaves like what TensorRT returns (tests/engines/tensorrt/test_tensorrt_bindings.py
+checks every return value against the real signatures, and the protocols of these classes against the real ones):
   * IHostMemory (build_serialized_network, ITimingCache.serialize): the buffer protocol (`bytes(m)`,
     `memoryview(m)`, `file.write(m)`) and `nbytes` / `dtype` (UINT8); no len(), indexing, iteration,
     comparison with bytes or bytes methods, as in TensorRT. Simplified: on Python < 3.12 a pure-Python

@@ -14,6 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from conftest import REPO
 from helpers import assert_one_line_error, run_cli
 from lowformer.core.errors import LowformerError
 from lowformer.engines.tensorrt import support
@@ -257,7 +258,7 @@ def test_ops_table_records_its_source():
 def _benchmark_models():
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(REPO / "benchmarks"))
     import run as bench_run
 
     return bench_run.LOWFORMERS + bench_run.peer_models()
