@@ -34,7 +34,7 @@ import logging
 import math
 import time
 from collections import OrderedDict, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields as dataclass_fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -123,43 +123,16 @@ def _fmt(value: Optional[float], spec: str) -> str:
 
 
 @dataclass
-class ArtifactExplanation:
-    name: str
-    path: str
-    backend: str
-    precision: str
-    images: int = 0
-    tolerance: Dict[str, Any] = field(default_factory=dict)
-    blocks: List[Dict[str, Any]] = field(default_factory=list)
-    first_diverging: Optional[str] = None
-    flip_blocks: Dict[str, int] = field(default_factory=dict)
-    flips: List[Dict[str, Any]] = field(default_factory=list)
-    flipped: int = 0
-    matched: int = 0
-    total: int = 0
-    unmatched: List[str] = field(default_factory=list)
-    suggested_exclude: List[str] = field(default_factory=list)
-    suggestion: Dict[str, Any] = field(default_factory=dict)  # exclude_suggestion's rule and its numbers
-    top1: Optional[float] = None
-    reference_top1: Optional[float] = None
-    logits_max_abs_vs_artifact: Optional[float] = None
-    runtime: Optional[str] = None
-    inference_precision: Optional[str] = None  # OpenVINO's hint for the run (f32 | bf16 | f16)
-    date: str = ""
-    first_nonfinite: Optional[Dict[str, Any]] = None  # {block, side (reference/artifact), images}: NaN/Inf
+class ArtifactExplanation(ExplainRecord):
+    """One artifact's explanation: the manifest's ExplainRecord (every block's divergence, the flips,
+    the suggestion, the run's runtime and precision) and where it is recorded (`variant`)."""
 
     variant: Optional[str] = None  # None for the artifact run as exported; else the key it is recorded under
 
     def to_record(self) -> ExplainRecord:
         """What the manifest keeps of it (`facts["explain"]` or `facts["explain_runs"][variant]`)."""
-        return ExplainRecord(
-            date=self.date, images=self.images, boundaries_kept=True, tolerance=self.tolerance, blocks=self.blocks,
-            first_diverging=self.first_diverging, flip_blocks=self.flip_blocks, flips=self.flips[:MAX_FLIPS],
-            flipped=self.flipped, matched=self.matched, total=self.total, unmatched=self.unmatched,
-            suggested_exclude=self.suggested_exclude, suggestion=self.suggestion, top1=self.top1,
-            reference_top1=self.reference_top1, logits_max_abs_vs_artifact=self.logits_max_abs_vs_artifact,
-            name=self.name, path=self.path, backend=self.backend, precision=self.precision, runtime=self.runtime,
-            inference_precision=self.inference_precision, first_nonfinite=self.first_nonfinite)
+        kept = {f.name: getattr(self, f.name) for f in dataclass_fields(ExplainRecord)}
+        return ExplainRecord(**{**kept, "boundaries_kept": True, "flips": self.flips[:MAX_FLIPS]})
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON-ready record (the manifest's `facts["explain"]`: ExplainRecord, which lowformer.report reads)."""

@@ -1,4 +1,4 @@
-"""Every example of the manual (README.md, docs/guide.md, benchmarks/MEASUREMENTS.md: conftest.DOCS) that needs no GPU runs as written, in that order, in a sandbox folder that
+"""Every example of the manual (README.md and the docs pages: conftest.DOCS) that needs no GPU runs as written, in that order, in a sandbox folder that
 holds small stand-ins for what the examples name (`evalmodel.pt`, `imagenet/val`, `train/`, ...).
 
 The GPU examples (`--to trt`, `build-engine`, `--device cuda`) must stop cleanly here: exit code 3

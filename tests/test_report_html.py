@@ -91,6 +91,7 @@ def test_flipped_images_carry_each_sides_probability(folder):
         assert flip["reference"] != flip["artifact"]
 
 
+@pytest.mark.heavy  # profiles and benchmarks the folder twice more (~12 s)
 def test_no_record_leaves_the_manifest_alone_and_records_by_default(folder):
     before = (folder / "manifest.json").read_bytes()
     onnx = str(folder / "model.onnx")

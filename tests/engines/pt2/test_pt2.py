@@ -46,6 +46,7 @@ def _rewrite_zip(src, dst, member_suffix, edit):
             zout.writestr(info, data)
 
 
+@pytest.mark.heavy  # the AOTInductor compile of the module's export (~30 s)
 def test_pt2_export_writes_checked_program_and_package(pt2_export):
     out, result = pt2_export
     assert result.exit_code == 0 and not result.failed
@@ -63,6 +64,7 @@ def test_pt2_export_writes_checked_program_and_package(pt2_export):
     assert not [f for f in os.listdir(out) if f.endswith(".tmp") or f.startswith((".staging-", ".model"))]
 
 
+@pytest.mark.heavy  # the AOTInductor compile of the module's export (~30 s)
 def test_runners_come_from_the_entry_or_the_archive_and_take_any_batch(pt2_export, tmp_path):
     out, _ = pt2_export
     from lowformer.models.factory import create_model
@@ -83,6 +85,7 @@ def test_runners_come_from_the_entry_or_the_archive_and_take_any_batch(pt2_expor
                     np.testing.assert_allclose(got, want[: len(batch)], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.heavy  # the AOTInductor compile of the module's export (~30 s)
 def test_validate_bench_and_profile_through_the_cli(pt2_export, images, tmp_path):
     out, _ = pt2_export
     r = run_cli("validate", str(out), "--data", str(images), "--workers", "0")
@@ -116,6 +119,7 @@ def test_validate_bench_and_profile_through_the_cli(pt2_export, images, tmp_path
     assert not reports["aoti"]["warnings"]
 
 
+@pytest.mark.heavy  # the AOTInductor compile of the module's export (~30 s)
 def test_exported_graph_names_every_op_node_exactly(pt2_export):
     out, _ = pt2_export
     with load(str(out / "model.pt2")) as runner:
@@ -137,6 +141,7 @@ def test_fixed_batch_program_is_static(tmp_path):
     assert runner.run(np.zeros((5, 3, SIZE, SIZE), np.float32)).shape == (5, 1000)  # fixed chunks of 2
 
 
+@pytest.mark.heavy  # the AOTInductor compile of the module's export (~30 s)
 def test_truncated_pt2_is_one_line_error(pt2_export, images, tmp_path):
     out, _ = pt2_export
     for name in ("model.pt2", "model_aoti_cpu.pt2"):
@@ -153,6 +158,7 @@ def test_truncated_pt2_is_one_line_error(pt2_export, images, tmp_path):
     assert_ends_in_error(r, "model.pt2")
 
 
+@pytest.mark.heavy  # the AOTInductor compile of the module's export (~30 s)
 def test_pt2_from_another_torch_is_one_line_error(pt2_export, tmp_path):
     out, _ = pt2_export
 
@@ -172,6 +178,7 @@ def test_pt2_from_another_torch_is_one_line_error(pt2_export, tmp_path):
                           "compiled by torch 2.4.0")
 
 
+@pytest.mark.heavy  # the AOTInductor compile of the module's export (~30 s)
 def test_package_for_another_cpu_is_one_line_error(pt2_export, monkeypatch):
     out, _ = pt2_export
     import lowformer.engines.pt2.runner as pt2

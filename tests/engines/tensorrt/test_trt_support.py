@@ -85,6 +85,7 @@ def _bias_to_int32_dq(src: Path, dst: Path) -> tuple:
     return dst, count
 
 
+@pytest.mark.heavy  # three real exports of B0 (~20 s)
 def test_fp32_and_fp16_exports_pass(exports):
     for name in ("model.onnx", "model_fp16.onnx"):
         for major in (None, 10, 11):
@@ -92,6 +93,7 @@ def test_fp32_and_fp16_exports_pass(exports):
         require_tensorrt_support(exports["tensorrt"] / name)
 
 
+@pytest.mark.heavy  # three real exports of B0 (~20 s)
 def test_tensorrt_target_int8_passes(exports, tmp_path):
     from lowformer.calibrate.qdq import TARGET_CONFIGS
 
@@ -116,6 +118,7 @@ def test_tensorrt_target_int8_passes(exports, tmp_path):
     assert any("module stages." in p for p in problems)  # named after the node that consumes the bias
 
 
+@pytest.mark.heavy  # three real exports of B0 (~20 s)
 def test_cpu_target_int8_is_refused_in_one_line(exports):
     path = exports["cpu"] / "model_int8.onnx"
     assert support.is_cpu_target_int8(path)
@@ -127,6 +130,7 @@ def test_cpu_target_int8_is_refused_in_one_line(exports):
     assert str(e.value) == CPU_LINE
 
 
+@pytest.mark.heavy  # three real exports of B0 (~20 s)
 def test_build_engine_refuses_before_asking_for_tensorrt(exports, monkeypatch):
     from lowformer.engines.tensorrt import build as build_mod
     from lowformer.engines.tensorrt import build_engine
