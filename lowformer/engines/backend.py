@@ -18,7 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Protocol, Sequence, Tuple
 
+import numpy as np
+
 from lowformer.artifacts import ArtifactEntry, Manifest
+from lowformer.core.batching import run_in_fixed_batches_multi
 from lowformer.core.errors import LowformerError
 from lowformer.engines.base import InputSpec, Runner
 
@@ -191,10 +194,6 @@ class BoundaryRunner(abc.ABC):
         """Logits of the artifact as exported (no outputs added), for the same input."""
 
     def run(self, x: Any) -> Dict[str, Any]:
-        import numpy as np
-
-        from lowformer.core.batching import run_in_fixed_batches_multi
-
         outs = run_in_fixed_batches_multi(self.outputs, x, self.fixed_batch)
         return {b: np.asarray(o, dtype=np.float32) for b, o in zip(self.boundaries, outs)}
 

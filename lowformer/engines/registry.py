@@ -79,18 +79,25 @@ def load_plugins(value: str) -> None:
     if not value:
         return
     if value.startswith("["):
-        specs = json.loads(value)
+        try:
+            specs = json.loads(value)
+            assert isinstance(specs, list) and all(isinstance(x, dict) and "module" in x and "class" in x
+                                                   for x in specs)
+        except (ValueError, AssertionError):
+            raise LowformerError(f"{PLUGINS_ENV}: not a list of backends (`module:Class`, comma-separated)") from None
     else:
         specs = [{"module": item.split(":")[0].strip(), "class": item.split(":", 1)[-1].strip(), "path": None}
                  for item in value.split(",") if item.strip()]
     for spec in specs:
         if spec.get("path") and spec["path"] not in sys.path:
             sys.path.append(spec["path"])
+        where = f"{spec['module']}:{spec['class']}"
         try:
             cls = getattr(importlib.import_module(spec["module"]), spec["class"])
-        except (ImportError, AttributeError) as e:
-            raise LowformerError(f"{PLUGINS_ENV}: cannot import backend {spec['module']}:{spec['class']} "
-                                 f"({type(e).__name__}: {e})") from None
+        except (ImportError, AttributeError, ValueError) as e:
+            raise LowformerError(f"{PLUGINS_ENV}: cannot import backend {where} ({type(e).__name__}: {e})") from None
+        if not (isinstance(cls, type) and issubclass(cls, Backend)):
+            raise LowformerError(f"{PLUGINS_ENV}: {where} is not a lowformer.engines.Backend subclass")
         if cls.name not in _BACKENDS:
             register(cls())
 

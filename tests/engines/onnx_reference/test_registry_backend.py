@@ -104,3 +104,13 @@ def test_registry_refuses_a_second_owner_of_a_suffix(backend):
 
 def test_unknown_export_target_is_one_line():
     assert_one_line_error(run_cli("export", TINY, "--to", "no-such-runtime"), "--to")
+
+
+@pytest.mark.parametrize("value, said", [("[not json", "not a list of backends"),
+                                         ('[{"module": "os"}]', "not a list of backends"),
+                                         ("no_such_module_xyz:Backend", "cannot import backend"),
+                                         ("builtins:int", "is not a lowformer.engines.Backend subclass")])
+def test_a_bad_plugin_variable_is_one_error_naming_it(value, said):
+    with pytest.raises(LowformerError, match=said) as e:
+        registry.load_plugins(value)
+    assert registry.PLUGINS_ENV in str(e.value)
