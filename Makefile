@@ -10,7 +10,7 @@ install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e ".[test,openvino]"
+	$(BIN)/pip install -q -e ".[test,openvino,executorch]"
 	touch $(STAMP)
 
 test: install

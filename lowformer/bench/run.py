@@ -116,9 +116,16 @@ class BenchReport:
 
 def _combine(target: Target, describe: Dict[str, Any], stats: List[TimingStats], batch_size: int,
              macs: Optional[int], drift: Optional[str] = None) -> BenchResult:
-    """One result from each job's stats: mean of the per-job medians (and of the other statistics)."""
+    """One result from each job's stats: mean of the per-job medians (and of the other statistics).
+    An artifact with a static batch is timed at that batch, whatever was asked: its result says so."""
     mean = lambda key: statistics.fmean(getattr(s, key) for s in stats)  # noqa: E731
     mean_ms = mean("mean_ms")
+    static = describe.get("fixed_batch")
+    notes = []
+    if static and int(static) != batch_size:
+        notes.append(f"static batch {static}: each call runs {static} image(s), not {batch_size} (the artifact was "
+                     f"exported with batch {static}); its figures are at batch {static}")
+        batch_size = int(static)
     ips = batch_size * len(stats) * 1000.0 / mean_ms if mean_ms > 0 else 0.0
     gflops = macs * 2 * ips / 1e9 if macs else None
     return BenchResult(
@@ -130,7 +137,7 @@ def _combine(target: Target, describe: Dict[str, Any], stats: List[TimingStats],
         threads=describe.get("threads"), median_ms=mean("median_ms"), mean_ms=mean_ms, p90_ms=mean("p90_ms"),
         min_ms=mean("min_ms"), max_ms=mean("max_ms"), images_per_s=ips, p10_ms=mean("p10_ms"),
         macs_per_image=macs, gflops=gflops, per_job=[s.to_dict() for s in stats],
-        warnings=list(describe.get("warnings") or []) + _reliability(stats) + ([drift] if drift else []),
+        warnings=notes + list(describe.get("warnings") or []) + _reliability(stats) + ([drift] if drift else []),
         sha256=target.sha256 if target.kind == "artifact" else None)
 
 

@@ -39,10 +39,12 @@ class ProfileOutputOptions:
 
 @dataclass(frozen=True)
 class TrtexecOptions:
-    """`--trt-profile` / `--trt-layers`: trtexec's files made on a GPU machine, also reported."""
+    """Profiles recorded on the target device, also reported: `--trt-profile` / `--trt-layers`
+    (trtexec's files made on a GPU machine) and `--etdump` (an ExecuTorch ETDump from a phone or board)."""
 
     trt_profile: Optional[str]
     trt_layers: Optional[str]
+    etdump: Optional[str]
 
 
 @click.command("profile")
@@ -64,6 +66,9 @@ class TrtexecOptions:
               help="Also report a `trtexec --exportProfile` JSON made on a GPU machine.")
 @click.option("--trt-layers", type=click.Path(exists=True, dir_okay=False),
               help="Its `trtexec --exportLayerInfo` JSON (names the ONNX nodes of fused layers).")
+@click.option("--etdump", type=click.Path(exists=True, dir_okay=False),
+              help="Read an ETDump recorded on a phone or board (executor_runner --etdump_path) instead of "
+                   "running: TARGET names its .pte (the ETRecord beside it names the blocks).")
 @runtime_options
 @click.option("--no-record", is_flag=True, help="Do not write the per-block times into the artifacts' manifests.")
 @handle_errors
@@ -91,9 +96,17 @@ def profile_cmd(targets: Tuple[str, ...], timing: ProfileTimingOptions, run: Run
         raise click.UsageError("give at least one artifact, manifest, folder or model (or --trt-profile)")
     if trt_layers and not trt_profile:
         raise click.UsageError("--trt-layers goes with --trt-profile")
+    if trtexec.etdump and len(targets) != 1:
+        raise click.UsageError("--etdump takes the one .pte (or its export folder) it was recorded with")
     config = ProfileConfig.build(**timing.fields(), **run.fields(), **models.fields(), record=False)
-    reports = profile(list(targets), config, progress=RichProgress()) if targets else []
-    measured = list(reports)  # the artifacts' own reports (not the trtexec one): what --no-record skips
+    if trtexec.etdump:  # read, not run: nothing is measured here, nothing recorded
+        from lowformer.profiling import report_from_recording
+
+        reports = [report_from_recording(trtexec.etdump, targets[0])]
+        measured = []
+    else:
+        reports = profile(list(targets), config, progress=RichProgress()) if targets else []
+        measured = list(reports)  # the artifacts' own reports (not the trtexec one): what --no-record skips
     if trt_profile:
         reports.append(report_from_trtexec(trt_profile, trt_layers, label=f"TensorRT ({trt_profile})"))
     _write_json(reports, output.json_path)

@@ -14,6 +14,7 @@ from lowformer.artifacts import MANIFEST_NAME, ArtifactEntry, Manifest, find_man
 from lowformer.engines import registry
 from lowformer.engines.backend import Backend, BoundaryRunner, LoadRequest
 from lowformer.engines.base import InputSpec, LayerTiming, Runner
+from lowformer.engines.executorch.backend import ExecuTorchBackend
 from lowformer.engines.onnxruntime.backend import OnnxRuntimeBackend
 from lowformer.engines.openvino.backend import OpenVINOBackend
 from lowformer.engines.pt2.backend import Pt2Backend
@@ -27,7 +28,7 @@ __all__ = ["Backend", "BoundaryRunner", "InputSpec", "LayerTiming", "LoadRequest
            "TorchScriptRunner", "load", "load_artifacts", "resolve_artifacts", "registry", "format_of"]
 
 for _builtin in (PyTorchBackend, TorchScriptBackend, Pt2Backend, OnnxRuntimeBackend, OpenVINOBackend,
-                 TensorRTBackend):
+                 TensorRTBackend, ExecuTorchBackend):
     if _builtin.name not in registry.names():
         registry.register(_builtin())
 

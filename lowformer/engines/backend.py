@@ -23,7 +23,7 @@ import numpy as np
 from lowformer.artifacts import ArtifactEntry, Manifest
 from lowformer.core.batching import run_in_fixed_batches_multi
 from lowformer.core.errors import LowformerError
-from lowformer.engines.base import InputSpec, Runner
+from lowformer.engines.base import InputSpec, LayerProfile, Runner
 
 class ExportContext(Protocol):
     """What the export pipeline (lowformer.export.pipeline.Exporter) offers a backend's writer: the
@@ -34,6 +34,8 @@ class ExportContext(Protocol):
     inputs: Any  # the parity batch (numpy), seeded random tensors then real images
     batch_size: Optional[int]  # a fixed batch size, or None for a dynamic batch axis
     out: Path  # the export folder (files are written to the staging folder: `path`, `staged`)
+    manifest: Manifest  # the manifest being written (model, input, preprocessing)
+    progress: Any  # lowformer.core.progress.Progress: long steps report through it
 
     def path(self, fmt: str, precision: str) -> Path: ...  # staged path of a registered artifact name
     def staged(self, name: str) -> Path: ...  # staged path of any file name
@@ -43,6 +45,10 @@ class ExportContext(Protocol):
     def fp16_onnx(self) -> ArtifactEntry: ...
     def int8_onnx(self) -> ArtifactEntry: ...  # the Q/DQ INT8 ONNX, calibrated once
     def quantize_ir(self, quantizer: str, src: Path, dst: Path) -> Dict[str, Any]: ...
+    def calibration_images(self) -> Tuple[np.ndarray, Any]: ...  # (preprocessed images, their ImageSet)
+    def cache_file(self, kind: str, key: Dict[str, Any], suffix: str) -> Path: ...  # in the folder's calibration cache
+    @property
+    def weights_sha256(self) -> str: ...  # the exported weights (part of every cache key)
     def adopt(self, entry: ArtifactEntry) -> None: ...  # an entry written into the folder by the writer itself
     def next_step(self, message: str) -> None: ...  # work left for the target device (exit code 3)
     def warn(self, msg: str) -> None: ...
@@ -158,6 +164,12 @@ class Backend(abc.ABC):
 
     def after_commit(self, ctx: ExportContext, request: Any) -> None:
         """Work on the committed folder (a TensorRT engine builds from the committed ONNX)."""
+
+    # ------------------------------------------------------------------ device profiles (optional)
+    def recorded_profile(self, recording: Path, artifact: Path, entry: Optional[ArtifactEntry]) -> "LayerProfile":
+        """The per-layer profile in a file recorded on the target device (an ExecuTorch ETDump) of
+        `artifact`, checked to be that artifact's."""
+        raise LowformerError(f"{artifact.name}: {self.label} reads no profile recorded elsewhere")
 
     # ------------------------------------------------------------------ explain (optional)
     def graph(self, path: Path) -> Tuple[GraphNodes, str]:

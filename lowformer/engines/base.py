@@ -130,7 +130,7 @@ class Runner(abc.ABC):
     def describe(self) -> Dict[str, Any]:
         return {"backend": self.backend, "precision": self.precision, "device": self.device,
                 "provider": self.provider, "threads": self.threads, "path": self.path,
-                "format": self.format, "warnings": list(self.warnings)}
+                "format": self.format, "fixed_batch": self.input_spec.fixed_batch, "warnings": list(self.warnings)}
 
     def close(self) -> None:
         pass

@@ -365,6 +365,30 @@ class Exporter:
             self.warn(slower)
         return self.check_and_record(path, "onnx", "int8", {"opset": self.opset, **facts})
 
+    @property
+    def weights_sha256(self) -> str:
+        return str(self.manifest.checkpoint.get("sha256") or "unknown")
+
+    def calibration_images(self) -> Tuple[np.ndarray, Any]:
+        """(preprocessed images, their ImageSet): the calibration images `config.calib` selects (for
+        quantizers that calibrate a model rather than an ONNX file)."""
+        from lowformer.calibrate.data import select_calibration
+        from lowformer.data.imagenet import load_images
+
+        calib = self.config.calib
+        if not calib.calib_data:
+            raise LowformerError("INT8 needs calibration images (calib_data)")
+        chosen = select_calibration(calib.calib_data, calib.calib_size)
+        return load_images(chosen.samples, Preprocessing.from_dict(self.manifest.preprocessing)), chosen
+
+    def cache_file(self, kind: str, key: Dict[str, Any], suffix: str) -> Path:
+        """A file of the folder's calibration cache (it outlives the staging folder) named by `key`."""
+        from lowformer.calibrate.cache import key_digest
+
+        folder = self.out / CACHE_DIRNAME
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{kind}-{key_digest(key)[:16]}{suffix}"
+
     def quantize_ir(self, quantizer: str, src: Path, dst: Path) -> Dict[str, Any]:
         """An INT8 model written by a runtime's own quantizer (NNCF for OpenVINO IR) from `src`."""
         if quantizer != "nncf":

@@ -236,6 +236,38 @@ def _profile_target(target: Target, refs: _References, batch_size: int, iteratio
         return report
 
 
+def report_from_recording(recording: str, artifact: str) -> ProfileReport:
+    """A report from a profile recorded on the target device (an ExecuTorch ETDump) of `artifact` (a
+    file, or its export folder when that holds one artifact of a format that reads recordings):
+    named after the model its manifest describes. Nothing is run here."""
+    from lowformer.engines import Backend, resolve_artifacts
+
+    resolved = resolve_artifacts([artifact])
+    readers = [(p, e, m) for p, e, m in resolved
+               if type(registry.owner(e.format if e else registry.format_of(p))).recorded_profile
+               is not Backend.recorded_profile]
+    if len(readers) != 1:
+        raise LowformerError(f"{artifact}: name the one artifact the recording was made with "
+                             f"({len(readers)} here can read one)" if readers else
+                             f"{artifact}: no artifact here reads a profile recorded on a device")
+    (path, entry, manifest), = readers
+    backend = registry.owner(entry.format if entry else registry.format_of(path))
+    prof = backend.recorded_profile(Path(recording), path, entry)
+    _, structure = _References().get(manifest)
+    runs = max((t.calls for t in prof.timings), default=1)
+    rows = _rows(prof, runs, structure, None)
+    run_ms = prof.run_ms or []
+    latency = {"median_ms": sorted(run_ms)[len(run_ms) // 2], "runs": len(run_ms)} if run_ms else {}
+    return ProfileReport(artifact=str(path), label=f"{path.name} (recorded: {Path(recording).name})",
+                         backend=backend.name, format=entry.format if entry else backend.formats[0],
+                         precision=entry.precision if entry else "", device="recorded", provider=backend.name,
+                         batch_size=int(entry.fact("static_batch", 1) if entry else 1),
+                         iterations=runs, warmup=0, threads=None, rows=rows,
+                         profiled_run_ms=sum(run_ms) / len(run_ms) if run_ms else None, latency=latency,
+                         warnings=[f"per-layer times read from {Path(recording).name} (recorded on the device, not "
+                                   "measured here)"] + prof.warnings, source=prof.source)
+
+
 def report_from_trtexec(profile_json: Any, layer_info_json: Any = None, *, label: str = "TensorRT engine",
                         structure: Optional[ModelStructure] = None, onnx_nodes: Optional[Sequence[str]] = None,
                         latency: Optional[Dict[str, Any]] = None) -> ProfileReport:

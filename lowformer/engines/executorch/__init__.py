@@ -1,0 +1,1 @@
+"""ExecuTorch (`.pte` programs, XNNPACK delegate): the phone and embedded path."""
