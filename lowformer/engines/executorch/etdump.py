@@ -201,6 +201,13 @@ def place(calls: Sequence[_Call], run_ms: Sequence[float], named: bool) -> Etdum
     if no_inner and calls:
         warnings.append(f"{no_inner} XNNPACK delegate call(s) recorded no per-operator events (a runtime built "
                         "without XNNPACK profiling): their time is split evenly over the modules they cover")
+    total = sum(placed.values())
+    if named and total > 0 and any(c.inner for c in calls):
+        share = lambda how: 100.0 * placed.get(how, 0.0) / total  # noqa: E731
+        warnings.append(f"XNNPACK reports its operators by kind and index, without debug handles: {share('order'):.0f}% "
+                        f"of the time placed on its call's nodes by kind and order, {share('neighbour'):.0f}% beside "
+                        f"a neighbour (layout transposes, converts), {share('split'):.0f}% split over a call's modules "
+                        f"(entering the delegate), {share('handle'):.0f}% exact (portable kernels, one-module calls)")
     if not named:
         warnings.append("no ETRecord: times are per call and operator, not named after modules (the export "
                         "writes model.etrecord beside model.pte: keep it with the program)")
