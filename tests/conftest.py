@@ -32,6 +32,7 @@ DOCS = (
     "docs/precision.md",
     "docs/openvino.md",
     "docs/pt2-torchscript.md",
+    "docs/executorch.md",
     "docs/tensorrt.md",
     "docs/explain.md",
     "docs/export-folders.md",
