@@ -63,7 +63,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         log(f"export + INT8 {variant} -> {folder}")
         export_model("timm:tf_efficientnet_lite0", to=("onnx",), int8=True, checkpoint=checkpoint, out=str(folder),
                      calib=dict(calib_data=args.data, calib_size=args.calib_size, method=method, target=target,
-                                weight_bits=bits, cache_dir=out / "calib-cache"))
+                                weight_bits=bits))
         folders[variant] = folder
     first = next(iter(folders.values()))
     artifacts = [str(first / "model.onnx")] + [str(f / "model_int8.onnx") for f in folders.values()]

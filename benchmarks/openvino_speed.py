@@ -65,7 +65,7 @@ def prepare(out: Path, calib_data: str, calib_size: int, image_size: int) -> Non
     if all((out / f).is_file() for _, f, *_ in VARIANTS):
         log(f"reusing the artifacts in {out}")
         return
-    calib = dict(calib_data=calib_data, calib_size=calib_size, cache_dir=out / "calib-cache")
+    calib = dict(calib_data=calib_data, calib_size=calib_size)  # the export caches in its own folder
     log(f"export B1 at {image_size}: ONNX, IR, NNCF INT8 IR -> {out}")
     export_model("b1", to=("onnx", "openvino"), int8=True, image_size=image_size, out=str(out),
                  calib={**calib, "target": "openvino", "quantizer": "nncf"})
@@ -197,7 +197,7 @@ def accuracy(data: str, calib_size: int, out: Path, limit: Optional[int]) -> Dic
 
     out.mkdir(parents=True, exist_ok=True)
     ckpt = write_efficientnet_lite0_checkpoint(str(out / "effnet_lite0.pt"))
-    calib = dict(calib_data=data, calib_size=calib_size, cache_dir=out / "calib-cache")
+    calib = dict(calib_data=data, calib_size=calib_size)  # each export caches in its own folder
     folders = {}
     for name, target, quantizer in (("nncf", "openvino", "nncf"), ("ovqdq", "openvino", "qdq"), ("cpu", "cpu", None)):
         folder = out / name

@@ -13,7 +13,7 @@ from typing import Any, Dict, FrozenSet, List
 
 # Every package whose version can change a result; recorded in manifests and benchmark JSON.
 TOOLS = ("lowformer", "torch", "torchvision", "timm", "onnx", "onnxruntime", "onnxsim", "openvino", "nncf",
-         "tensorrt")
+         "tensorrt", "executorch", "torchao")
 # CPU flags that decide which kernels run (VNNI/AMX: fast INT8; AMX-BF16/AVX512-BF16: fast BF16).
 ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8")
 

@@ -17,7 +17,7 @@ import torch
 
 from lowformer.core.errors import LowformerError, first_line
 from lowformer.engines.backend import BoundaryRunner, GraphNodes
-from lowformer.engines.executorch.runner import ExecuTorchRunner, set_threads
+from lowformer.engines.executorch.runner import ExecuTorchRunner
 from lowformer.engines.executorch.writer import fx_names, lower
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,6 @@ class ExecuTorchBoundaries(BoundaryRunner):
         except Exception as e:
             raise LowformerError(f"the debug program of {Path(pte).name} does not load: "
                                  f"{said.last or first_line(e, limit=160)}") from None
-        set_threads(threads)
 
     def outputs(self, x: Any) -> List[Any]:
         t = torch.from_numpy(np.ascontiguousarray(x, np.float32))

@@ -149,11 +149,14 @@ def _place_inner(call: _Call) -> List[Tuple[str, str, float, str]]:
             continue
         sources = XNN_SOURCES.get(xnn_kind(name), ())
         hit = next((i for i in range(pos, len(ops)) if ops[i] in sources), None)
-        if hit is not None:
+        if hit is not None and modules[hit]:
             pos, last = hit + 1, modules[hit]
             out.append((name, modules[hit], _total(ms), "order"))
-        else:  # inserted by XNNPACK (layout transposes, converts): with its neighbour
-            neighbour = last if last is not None else (modules[pos] if pos < len(modules) else "")
+        else:  # inserted by XNNPACK (layout transposes, converts): with its neighbour (before the first
+            # placed operator, the next node with a module: the input's quantize belongs to the stem)
+            if hit is not None:  # its node is outside any module (the input's quantize)
+                pos = hit + 1
+            neighbour = last if last else next((m for m in modules[pos:] if m), "")
             out.append((name, neighbour, _total(ms), "neighbour"))
     return out
 

@@ -42,12 +42,25 @@ def _native_error(what: str, path: Path, said, e: BaseException) -> LowformerErr
     return LowformerError(f"{path}: ExecuTorch cannot {what} it: {why[:220]}")
 
 
-def set_threads(threads: Optional[int]) -> None:
-    """XNNPACK's thread pool size for this process (its default: every core it finds)."""
-    if threads:
-        from executorch.extension.pybindings import portable_lib
+_loaded = False  # a program has been loaded in this process: its delegates hold the thread pool
 
-        portable_lib._unsafe_reset_threadpool(int(threads))
+
+def set_threads(threads: Optional[int]) -> Optional[str]:
+    """XNNPACK's thread pool size for this process (its default: every core it finds). The pool can
+    only be resized before the first program loads: a loaded delegate keeps the pool it was given,
+    and resizing it under a live program crashes the process. Returns why `threads` was not applied."""
+    if not threads:
+        return None
+    from executorch.extension.pybindings import portable_lib
+
+    current = portable_lib._threadpool_get_thread_count()
+    if current == int(threads):
+        return None
+    if _loaded:
+        return (f"threads {threads} not applied: an ExecuTorch program is already loaded in this process with "
+                f"XNNPACK's pool of {current} threads (the pool cannot be resized under it)")
+    portable_lib._unsafe_reset_threadpool(int(threads))
+    return None
 
 
 def open_program(path: Path, etdump: bool = False):
@@ -56,9 +69,11 @@ def open_program(path: Path, etdump: bool = False):
     check_pte(path)
     from executorch.runtime import Runtime
 
+    global _loaded
     try:
         with native_stderr() as said:
             program = Runtime.get().load_program(str(path), enable_etdump=etdump, debug_buffer_size=0)
+            _loaded = True
             method = program.load_method("forward")
     except Exception as e:
         raise _native_error("load", path, said, e) from None
@@ -87,9 +102,12 @@ class ExecuTorchRunner(Runner):
     def __init__(self, path: Path, precision: str = "fp32", threads: Optional[int] = None,
                  etrecord: Optional[Path] = None, name: str = "input"):
         self.pte = Path(path)
+        require()
+        not_applied = set_threads(threads)  # before the program loads: its delegate takes the pool then
         self.program, self.method = open_program(self.pte)
         super().__init__(InputSpec(name, input_shape(self.method)), precision, "cpu", threads, str(path))
-        set_threads(threads)
+        if not_applied:
+            self.warnings.append(not_applied)
         self.etrecord = etrecord if etrecord is not None else etrecord_path(self.pte)
         self.provider = "XnnpackBackend"
 
