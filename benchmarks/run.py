@@ -5,7 +5,8 @@ LowFormer B0/B1/B1.5/B3/E1/E2/E3 and the paper's 17 peers (timm's and the six in
 each as eager PyTorch, TorchScript (optimize_for_inference), ONNX FP32 and ONNX INT8 (Q/DQ, when the
 calibration images are there) in ONNX Runtime, torch.export (`model.pt2`) and AOTInductor
 (`model_aoti_cpu.pt2`), and OpenVINO on the FP32 ONNX (f32 and bf16 inference precision) and on the INT8
-ONNX of the `openvino` target, at batch 1 (latency) and 16 (throughput); plus the physical-limit line:
+ONNX of the `openvino` target, and ExecuTorch `.pte` programs (XNNPACK FP32 and PT2E INT8; a phone's
+static batch of 1, so batch 1 only), at batch 1 (latency) and 16 (throughput); plus the physical-limit line:
 achieved GFLOP/s of the best artifact against this CPU's measured FP32 and INT8 matmul peaks. ONNX FP16
 is built and parity-checked but not timed: on a CPU it runs FP32 kernels plus casts (a GPU format).
 
@@ -47,16 +48,20 @@ REPO = Path(__file__).resolve().parents[1]
 LOWFORMERS = ["b0", "b1", "b15", "b3", "e1", "e2", "e3"]
 QUICK_MODELS = ["b1", "timm:mobilenetv3_large_100"]
 FORMATS = ["eager", "torchscript", "pt2", "aoti", "onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-bf16",
-           "openvino-int8"]
+           "openvino-int8", "executorch-fp32", "executorch-int8"]
 FORMAT_TITLES = {"eager": "eager", "torchscript": "TorchScript", "pt2": "torch.export", "aoti": "AOTInductor",
                  "onnx-fp32": "ORT FP32", "onnx-fp16": "ORT FP16", "onnx-int8": "ORT INT8",
-                 "openvino-fp32": "OV FP32", "openvino-bf16": "OV BF16", "openvino-int8": "OV INT8"}
-FP32_FORMATS = ("eager", "torchscript", "pt2", "aoti", "onnx-fp32", "openvino-fp32")
-INT8_FORMATS = ("onnx-int8", "openvino-int8")
+                 "openvino-fp32": "OV FP32", "openvino-bf16": "OV BF16", "openvino-int8": "OV INT8",
+                 "executorch-fp32": "XNNPACK FP32", "executorch-int8": "XNNPACK INT8"}
+FP32_FORMATS = ("eager", "torchscript", "pt2", "aoti", "onnx-fp32", "openvino-fp32", "executorch-fp32")
+INT8_FORMATS = ("onnx-int8", "openvino-int8", "executorch-int8")
+# ExecuTorch programs have a static batch of 1 (what a phone runs): their other batch cells say so
+STATIC_BATCH_1 = ("executorch-fp32", "executorch-int8")
 DRIFT_LISTED = 10  # drifted cells named in the report
 FILES = {"torchscript": "model.ts", "pt2": "model.pt2", "aoti": "model_aoti_cpu.pt2", "onnx-fp32": "model.onnx",
          "onnx-fp16": "model_fp16.onnx", "onnx-int8": "model_int8.onnx", "openvino-fp32": "model.onnx",
-         "openvino-bf16": "model.onnx", "openvino-int8": "model_int8_openvino.onnx"}
+         "openvino-bf16": "model.onnx", "openvino-int8": "model_int8_openvino.onnx",
+         "executorch-fp32": "model.pte", "executorch-int8": "model_int8.pte"}
 NEEDS_ONNX = ("onnx-fp16", "onnx-int8", "openvino-fp32", "openvino-bf16", "openvino-int8")
 # (runtime, OpenVINO inference precision) a format's file is loaded with (lowformer.engines.load); else its own
 RUNS = {"openvino-fp32": ("openvino", "f32"), "openvino-bf16": ("openvino", "bf16"),
@@ -132,6 +137,13 @@ def build(name: str, folder: Path, size: int, calib: Optional[Path]) -> Dict[str
         with open(folder / files["pt2"], "rb") as f:
             compile_aoti(torch.export.load(f), p)
 
+    def pte(p: Path, images: Optional[np.ndarray] = None) -> None:
+        from lowformer.engines.executorch.writer import capture, lower, quantize, save
+
+        example = torch.zeros(1, 3, size, size)
+        program = capture(deploy, example) if images is None else quantize(deploy, example, images)[0]
+        save(lower(program, what=p.name), p)
+
     steps: Dict[str, Callable[[Path], Any]] = {
         "torchscript": lambda p: export_torchscript(deploy, p, torch.zeros(1, 3, size, size)),
         "pt2": pt2,
@@ -140,6 +152,7 @@ def build(name: str, folder: Path, size: int, calib: Optional[Path]) -> Dict[str
         "onnx-fp16": lambda p: convert_fp16(folder / files["onnx-fp32"], p, groupnorm1_paths(deploy)),
         "openvino-fp32": lambda p: None,  # the FP32 ONNX, read by OpenVINO
         "openvino-bf16": lambda p: None,
+        "executorch-fp32": pte,
     }
     if calib is not None:
         from lowformer.calibrate.config import CalibrationConfig
@@ -149,6 +162,7 @@ def build(name: str, folder: Path, size: int, calib: Optional[Path]) -> Dict[str
             steps[fmt] = (lambda t: lambda p: quantize_onnx(
                 folder / files["onnx-fp32"], p, resolve(name).preprocessing(size),
                 CalibrationConfig(calib_data=str(calib), calib_size=16, method="minmax", target=t)))(target)
+        steps["executorch-int8"] = lambda p: pte(p, _calibration_images(name, size, calib))
     for fmt, step in steps.items():
         path = folder / files[fmt]
         done = record["artifacts"].get(fmt, {})
@@ -174,6 +188,15 @@ def build(name: str, folder: Path, size: int, calib: Optional[Path]) -> Dict[str
             log(f"  {name} {fmt}: {record['artifacts'][fmt]['status']}")
         write_json(record_path, record)
     return record
+
+
+def _calibration_images(name: str, size: int, calib: Path, count: int = 16) -> np.ndarray:
+    """The same 16 images the INT8 ONNX calibrate on, preprocessed for the model (XNNPACK's PT2E)."""
+    from lowformer.calibrate.data import select_calibration
+    from lowformer.data.imagenet import load_images
+    from lowformer.models.registry import resolve
+
+    return load_images(select_calibration(str(calib), count).samples, resolve(name).preprocessing(size))
 
 
 def _run_artifact(fmt: str, path: Path, size: int, x: np.ndarray) -> np.ndarray:
@@ -227,6 +250,11 @@ def bench_model(name: str, args, results: Dict[str, Any], save: Callable[[], Non
         bss = [bs for bs in args.batch_sizes if f"{spec.name}|{fmt}|{bs}" not in results["cells"]]
         art = record["artifacts"].get(fmt, {})
         status = "ok" if fmt == "eager" else art.get("status", "not built")
+        if fmt in STATIC_BATCH_1:
+            for bs in [b for b in bss if b != 1]:
+                results["cells"][f"{spec.name}|{fmt}|{bs}"] = {"model": spec.name, "format": fmt, "batch_size": bs,
+                                                              "status": "static batch 1 (a phone's program)"}
+            bss = [b for b in bss if b == 1]
         if not bss:
             continue
         if status != "ok":

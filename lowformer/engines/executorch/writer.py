@@ -12,12 +12,13 @@ calls; the manifest records how many there are.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from torch import nn
 from lowformer.core.errors import LowformerError, first_line
 from lowformer.core.files import atomic_path
 from lowformer.core.progress import Progress, no_progress
-from lowformer.engines.executorch.env import require, version
+from lowformer.engines.executorch.env import version
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +35,10 @@ ETRECORD_SUFFIX = ".etrecord"
 # Lowering time, for the progress line's estimate: measured on a 2-core AMD EPYC (AVX2), 7.4 s for a
 # 37-op test model and 36.5 s for LowFormer-B1's 282 ops (FP32); other CPUs scale it.
 LOWER_S_FIXED, LOWER_S_PER_OP = 3.0, 0.12
-PTE_NAMES = {"fp32": "model.pte", "int8": "model_int8.pte"}
 # what XNNPACK's quantizer is asked for: symmetric int8 weights per output channel, int8 activations
 # per tensor from histogram observers (its get_symmetric_quantization_config(is_per_channel=True))
 INT8_SCHEME = {"weights": "int8 symmetric per-channel", "activations": "int8 affine per-tensor (histogram observer)",
-               "quantizer": "XNNPACKQuantizer (PT2E)"}
+               "quantizer": "XNNPACKQuantizer (PT2E)", "fused_clamps": "conv + ReLU6/clamp quantized after the clamp"}
 
 
 def etrecord_path(pte: Path) -> Path:
@@ -52,13 +52,35 @@ def _module_of(node) -> str:
     return module_of_node(node)
 
 
+def fused_attention_modules(model: nn.Module) -> List[nn.Module]:
+    """timm's attention modules that call scaled_dot_product_attention (their `fused_attn` flag)."""
+    return [m for m in model.modules() if getattr(m, "fused_attn", False) is True]
+
+
+@contextlib.contextmanager
+def explicit_attention(model: nn.Module) -> Iterator[int]:
+    """timm's attention modules switched to their explicit path (`fused_attn` off) for the block, and
+    back after; yields how many. `scaled_dot_product_attention` decomposes into a softmax guarded
+    against all -inf rows (eq, all, where, full_like), which XNNPACK does not take: on LowFormer-B1
+    those ops split the program into dozens of delegate calls with portable kernels between them. The
+    explicit path (q @ k^T * scale, softmax, @ v) is the same arithmetic, all of it XNNPACK's."""
+    switched = fused_attention_modules(model)
+    for m in switched:
+        m.fused_attn = False
+    try:
+        yield len(switched)
+    finally:
+        for m in switched:
+            m.fused_attn = True
+
+
 def capture(model: nn.Module, example: torch.Tensor):
-    """`torch.export` of the eval-mode model at the example's (static) shape; a model it cannot capture
-    is one line naming the op or module torch names."""
+    """`torch.export` of the eval-mode model at the example's (static) shape, attention explicit
+    (`explicit_attention`); a model it cannot capture is one line naming the op or module torch names."""
     if not isinstance(model, torch.fx.GraphModule):  # exported graphs refuse train()/eval()
         model = model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), explicit_attention(model):
             return torch.export.export(model, (example,))
     except Exception as e:
         text = str(e).strip()
@@ -86,6 +108,12 @@ class Lowered:
     facts: Dict[str, Any]
 
 
+def _bookkeeping(node) -> bool:
+    """Graph nodes that are not kernels: delegate calls, tuple access, memory planning's allocs."""
+    name = getattr(node.target, "__name__", str(node.target))
+    return "executorch_call_delegate" in str(node.target) or name in ("getitem", "alloc")
+
+
 def lower(program, progress: Progress = no_progress, what: str = "model.pte") -> Lowered:
     """An ExportedProgram lowered to XNNPACK and serialized (one call: it takes tens of seconds on a
     LowFormer)."""
@@ -109,8 +137,7 @@ def lower(program, progress: Progress = no_progress, what: str = "model.pte") ->
     graph = edge.exported_program().graph
     delegated = sum(1 for n in graph.nodes if n.op == "call_function" and "executorch_call_delegate" in str(n.target))
     portable = Counter(str(n.target).split(".")[-2] if "." in str(n.target) else str(n.target)
-                       for n in graph.nodes if n.op == "call_function"
-                       and "executorch_call_delegate" not in str(n.target) and "getitem" not in str(n.target))
+                       for n in graph.nodes if n.op == "call_function" and not _bookkeeping(n))
     facts = {"executorch": version(), "torch": torch.__version__, "delegate": "XnnpackBackend",
              "delegate_calls": delegated, "portable_ops": sum(portable.values()),
              "portable_op_kinds": dict(sorted(portable.items())), "lower_s": round(seconds, 1),
@@ -155,7 +182,7 @@ def _calibration_graph(model: nn.Module, example: torch.Tensor) -> Tuple[torch.f
     calibrated at the program's batch."""
     pair = torch.cat([example[:1], example[:1]])  # torch.export specializes a batch of 1
     try:
-        with torch.no_grad():
+        with torch.no_grad(), explicit_attention(model):
             ep = torch.export.export(model.eval(), (pair,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
         return ep.module(), 0
     except Exception as e:
@@ -169,16 +196,16 @@ def quantize(model: nn.Module, example: torch.Tensor, images: np.ndarray, exclud
     """(the converted INT8 ExportedProgram at the example's static shape, facts): PT2E with XNNPACK's
     symmetric per-channel config, observers run over the calibration `images`; 7 `weight_bits`
     narrow the weights to [-63, 63]."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
-                                                                         get_symmetric_quantization_config)
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     from lowformer.core.batching import fixed_batches
+    from lowformer.engines.executorch.quantizer import clamp_fusing_quantizer
 
     graph_module, fixed = _calibration_graph(model, example)
     wmax = 2 ** (weight_bits - 1) - 1
     config = get_symmetric_quantization_config(is_per_channel=True, weight_qmin=-wmax, weight_qmax=wmax)
-    quantizer = XNNPACKQuantizer().set_global(config)
+    quantizer = clamp_fusing_quantizer(config)  # ReLU6 fused like ReLU (lowformer.engines.executorch.quantizer)
     quantizer.set_filter_function(_keep_float(graph_module.graph, exclude))
     t0 = time.perf_counter()
     try:
@@ -229,7 +256,7 @@ def _int8_program(ctx: Any, request: Any, example: torch.Tensor) -> Tuple[Any, D
     bits, why = _weight_range(calib.weight_bits)
     key = {"kind": "executorch-pt2e", "checkpoint": ctx.weights_sha256, "data": chosen.sha256,
            "count": len(chosen), "exclude": list(calib.exclude), "bits": bits, "shape": list(example.shape),
-           "torch": torch.__version__, "executorch": version()}
+           "torch": torch.__version__, "executorch": version(), "scheme": INT8_SCHEME}
     cache = ctx.cache_file("executorch-int8", key, ".pt2")
     facts: Dict[str, Any] = {"calibration": {**chosen.facts(), "cache": str(cache), "seed": 0,
                                              "preprocessing": ctx.manifest.preprocessing}}
@@ -255,6 +282,8 @@ def export_programs(ctx: Any, request: Any) -> None:
     checked against the unfused model and recorded with its ETRecord."""
     batch = int(ctx.batch_size or 1)
     example = torch.from_numpy(np.ascontiguousarray(ctx.inputs[:1].repeat(batch, axis=0)))
+    switched = len(fused_attention_modules(ctx.model))
+    attention = {"explicit_attention_modules": switched} if switched else {}
     jobs: List[Tuple[str, Callable[[], Tuple[Any, Dict[str, Any]]]]] = [
         ("fp32", lambda: (capture(ctx.model, example), {}))]
     if request.int8:
@@ -263,5 +292,5 @@ def export_programs(ctx: Any, request: Any) -> None:
         path = ctx.path("executorch", precision)
         program, facts = make()
         lowered = lower(program, ctx.progress, path.name)
-        facts = {**lowered.facts, **facts, **save(lowered, path), "static_batch": batch}
+        facts = {**lowered.facts, **facts, **save(lowered, path), **attention, "static_batch": batch}
         ctx.check_and_record(path, "executorch", precision, facts)

@@ -224,3 +224,40 @@ def test_explain_exposes_block_boundaries_in_a_debug_program(folder, images):
         assert e["logits_max_abs_vs_artifact"] < 1e-5  # the debug program computes what the shipped one does
         assert (folder / name).read_bytes() == before[name]  # the shipped program is untouched
     assert explained["model.pte"]["first_diverging"] is None  # fp32: every block above the 60 dB floor
+
+
+def test_relu6_is_quantized_after_the_clamp():
+    """XNNPACK's quantizer alone observes a convolution's output before its ReLU6 (the pre-activation
+    range: EfficientNet-Lite0 fell to cosine 0.91); ours quantizes after the clamp, like a ReLU."""
+    from lowformer.engines.executorch.writer import quantize
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU6(), torch.nn.Conv2d(8, 4, 1)).eval()
+    images = np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)
+    program, facts = quantize(model, torch.from_numpy(images[:1]), images)
+    nodes = [n for n in program.graph.nodes if n.op == "call_function"]
+    first_conv = next(n for n in nodes if "conv" in str(n.target))
+    (user,) = first_conv.users  # straight into the clamp, not into a quantize
+    assert "hardtanh" in str(user.target), [str(u.target) for u in first_conv.users]
+    assert any("quantize_per_tensor" in str(u.target) for u in user.users)
+    assert facts["quantize_nodes"] >= 2 and facts["calibration_batch"] == 16
+
+
+def test_attention_is_captured_explicitly_and_the_model_left_as_it_was():
+    """scaled_dot_product_attention decomposes into a -inf-guarded softmax (eq, all, where) that XNNPACK
+    does not take; the capture switches timm's attention to its explicit path, and back."""
+    import timm
+
+    from lowformer.engines.executorch.writer import capture, fused_attention_modules
+
+    model = timm.create_model("test_vit", pretrained=False, img_size=32).eval()
+    fused = fused_attention_modules(model)
+    assert fused, "timm's test_vit attention uses fused SDPA here"
+    x = torch.randn(1, 3, 32, 32)
+    ops = {str(n.target) for n in capture(model, x).graph.nodes if n.op == "call_function"}
+    assert not any("scaled_dot_product" in o or "where" in o for o in ops), sorted(ops)
+    assert fused_attention_modules(model) == fused  # restored
+    with torch.no_grad():
+        want = model(x)
+        got = capture(model, x).module()(x)
+    assert torch.allclose(want, got, atol=1e-5)
