@@ -40,7 +40,7 @@ def kind_of(event: str) -> str:
 
 def breakdown(pte: Path, runs: int, warmup: int, threads: int) -> Dict[str, float]:
     """ms per run by operator kind."""
-    from lowformer.engines.executorch.etdump import _calls, _inspector
+    from lowformer.engines.executorch.etdump import etdump_calls
     from lowformer.engines.executorch.runner import input_shape, open_program, set_threads
 
     set_threads(threads)
@@ -51,7 +51,7 @@ def breakdown(pte: Path, runs: int, warmup: int, threads: int) -> Dict[str, floa
     with tempfile.TemporaryDirectory() as tmp:
         dump = Path(tmp) / "run.etdp"
         program.write_etdump_result_to_file(str(dump), str(Path(tmp) / "debug.bin"))
-        calls, run_ms = _calls(_inspector(dump, None), warmup)
+        calls, run_ms = etdump_calls(dump, skip_runs=warmup)
     out: Dict[str, float] = defaultdict(float)
     for c in calls:
         total = float(np.sum(c.ms)) / runs

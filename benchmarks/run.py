@@ -352,16 +352,18 @@ def write_report(results: Dict[str, Any], out: Path) -> None:
              f"- Peaks measured here (best of n x n and convolution-shaped GEMMs): FP32 matmul (torch, ONNX Runtime) "
              f"{peaks['fp32_gflops']:.1f} GFLOP/s; INT8 "
              + ", ".join(f"{k} {v:.1f} GOP/s" for k, v in peaks.get("int8_gops", {}).items()) + ".", ""]
+    # the formats this run measured (a table from before a format existed keeps its columns)
+    formats = [f for f in FORMATS if any(c["format"] == f for c in results["cells"].values())]
     for bs in s["batch_sizes"]:
         what = "ms" if bs == 1 else "ips"
         title = "median latency, ms per call" if bs == 1 else "throughput, images/s"
         lines += [f"## Batch {bs}: {title}", "",
-                  "| model | params (M) | MACs (M) | " + " | ".join(FORMAT_TITLES[f] for f in FORMATS) + " |",
-                  "|---|---:|---:|" + "---:|" * len(FORMATS)]
+                  "| model | params (M) | MACs (M) | " + " | ".join(FORMAT_TITLES[f] for f in formats) + " |",
+                  "|---|---:|---:|" + "---:|" * len(formats)]
         for model in models:
             info = results["models"][model]
             lines.append(f"| {info['display']} | {info['params'] / 1e6:.2f} | {info['macs'] / 1e6:.0f} | "
-                         + " | ".join(_fmt_cell(_cell(results, model, f, bs), what) for f in FORMATS) + " |")
+                         + " | ".join(_fmt_cell(_cell(results, model, f, bs), what) for f in formats) + " |")
         lines.append("")
     lines += ["## Physical limit", "",
               "Achieved GFLOP/s = MACs × 2 × images/s of the fastest artifact, against the matmul peaks above "

@@ -78,7 +78,7 @@ def stack_module(stack: Any) -> str:
 
 
 @dataclass
-class _Call:
+class Call:
     """One top-level call of a run: its kind, its nodes (name, module) and the XNNPACK events inside it."""
 
     name: str
@@ -110,9 +110,15 @@ def _inspector(etdump: Path, etrecord: Optional[Path]):
         raise LowformerError(f"cannot read the ETDump {what}: {first_line(e, limit=200)}") from None
 
 
-def _calls(inspector, skip: int) -> Tuple[List[_Call], List[float]]:
+def etdump_calls(etdump: Path, etrecord: Optional[Path] = None, skip_runs: int = 0) -> Tuple[List[Call], List[float]]:
+    """(the top-level calls of one run, each with its XNNPACK operators and per-run times; each run's
+    Method::execute time) of an ETDump, the first `skip_runs` runs dropped."""
+    return _calls(_inspector(Path(etdump), etrecord), skip_runs)
+
+
+def _calls(inspector, skip: int) -> Tuple[List[Call], List[float]]:
     """The top-level calls of one run (events in order) and each run's Method::execute time."""
-    calls: List[_Call] = []
+    calls: List[Call] = []
     run_ms: List[float] = []
     for block in inspector.event_blocks:
         pending: List[Tuple[str, List[float]]] = []
@@ -126,7 +132,7 @@ def _calls(inspector, skip: int) -> Tuple[List[_Call], List[float]]:
                 kernel = e.name[len("native_call_"):]
             elif e.name in TOP_LEVEL:
                 nodes = [(n, stack_module(s)) for n, s in (e.module_hierarchy or {}).items()]
-                calls.append(_Call(e.name, _raw(e, skip), nodes, pending if e.name == "DELEGATE_CALL" else [],
+                calls.append(Call(e.name, _raw(e, skip), nodes, pending if e.name == "DELEGATE_CALL" else [],
                                    kernel if e.name == "OPERATOR_CALL" else ""))
                 pending, kernel = [], ""
     return calls, run_ms
@@ -136,7 +142,7 @@ def _total(ms: Sequence[float]) -> float:
     return float(sum(ms))
 
 
-def _place_inner(call: _Call) -> List[Tuple[str, str, float, str]]:
+def _place_inner(call: Call) -> List[Tuple[str, str, float, str]]:
     """(XNNPACK event, module, ms, how) for each operator inside a delegate call."""
     modules = [m for _, m in call.nodes]
     single = modules[0] if modules and all(m == modules[0] for m in modules) else None
@@ -171,7 +177,7 @@ class EtdumpTimings:
     placed: Dict[str, float]  # ms per `how`: handle, order, neighbour, split, none
 
 
-def place(calls: Sequence[_Call], run_ms: Sequence[float], named: bool) -> EtdumpTimings:
+def place(calls: Sequence[Call], run_ms: Sequence[float], named: bool) -> EtdumpTimings:
     timings: List[LayerTiming] = []
     placed: Dict[str, float] = {}
     warnings: List[str] = []
@@ -241,7 +247,7 @@ def program_calls(pte: Path) -> List[str]:
     return out
 
 
-def check_against_program(calls: Sequence[_Call], expected: Sequence[str], etdump: Path, pte: Path) -> None:
+def check_against_program(calls: Sequence[Call], expected: Sequence[str], etdump: Path, pte: Path) -> None:
     """One line when the ETDump's calls are not the program's instructions (another program's ETDump)."""
     seen = ["delegate" if c.name == "DELEGATE_CALL" else c.kernel for c in calls]
     if not seen:
@@ -260,7 +266,7 @@ _INSERTED = ("Transpose", "Convert", "Copy", "Static Reshape")  # XNNPACK adds t
 MAX_UNPLACED = 0.2  # more of a call's own operators than this without a node of their kind: another program
 
 
-def check_against_record(calls: Sequence[_Call], precision: Optional[str], etdump: Path, etrecord: Path) -> None:
+def check_against_record(calls: Sequence[Call], precision: Optional[str], etdump: Path, etrecord: Path) -> None:
     """One line when XNNPACK's operators are not those of the ETRecord's program: kernels of another
     precision (an INT8 program's QC8 convolutions against an FP32 record), or operators with no node
     of their kind in the call they sit in."""
