@@ -16,11 +16,11 @@ $(STAMP): setup.cfg pyproject.toml
 test: install
 	$(BIN)/python -m pytest -q
 
-# The whole-chain checks `make test` leaves out (about 5 minutes; CI runs them).
+# The whole-chain checks `make test` leaves out (about 6 minutes; CI runs them).
 test-heavy: install
 	$(BIN)/python -m pytest -q -m "heavy and not slow"
 
-# Every example of README.md and of the docs pages (tests/conftest.py DOCS) that needs no GPU, run as written, and the demo (about 11 minutes).
+# Every example of README.md and of the docs pages (tests/conftest.py DOCS) that needs no GPU, run as written, and the demo (about 14 minutes).
 test-readme: install
 	$(BIN)/python -m pytest -q -m readme
 
