@@ -476,7 +476,10 @@ def main(argv: Optional[List[str]] = None) -> int:
              "(bf16 needs AVX-512-BF16/AMX: n/a elsewhere), and the INT8 Q/DQ ONNX of the `openvino` target "
              "(symmetric s8).",
              "Peers are timm models (the six the paper benchmarks that timm lacks are lowformer.models.peers, "
-             "registered in timm), reparameterized for inference (`timm.utils.model.reparameterize_model`)."]
+             "registered in timm), reparameterized for inference (`timm.utils.model.reparameterize_model`).",
+             "XNNPACK: ExecuTorch `.pte` programs on its Python runtime (XNNPACK delegate), FP32 and PT2E INT8 "
+             "(16 ImageNet calibration images, ReLU6 fused, attention explicit); a phone's static batch of 1, so "
+             "their batch-16 cells are n/a."]
     calib = Path(args.calib_data)
     args.calib = calib if calib.is_dir() else None
     try:
