@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import logging
 import os
 import re
 import sys
@@ -34,23 +33,14 @@ def require() -> None:
     try:
         # torchao (imported by ExecuTorch) registers an Enum with torch's pytree, which logs a
         # deprecation warning on every start: not ours to act on
-        with quiet_logger("torch.utils._pytree"):
+        from lowformer.engines.pt2.runner import quiet_torch_logs
+
+        with quiet_torch_logs("torch.utils._pytree"):
             import executorch.exir  # noqa: F401
             import executorch.runtime  # noqa: F401
     except Exception as e:  # a wheel built against another torch fails here
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise LowformerError(f"ExecuTorch does not load with this torch: {first[:200]} ({EXTRA})") from None
-
-
-@contextlib.contextmanager
-def quiet_logger(name: str) -> Iterator[None]:
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def version() -> str:

@@ -25,10 +25,11 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from lowformer.core.errors import LowformerError, first_line
 from lowformer.engines.base import LayerProfile, LayerTiming
+from lowformer.engines.pt2.runner import module_of_stack
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +65,6 @@ def node_op(node_name: str) -> str:
     """`aten_convolution_default_79_` -> `convolution` (the ETRecord's node names)."""
     m = _NODE_OP.match(node_name)
     return m.group(1) if m else node_name
-
-
-def stack_module(stack: Any) -> str:
-    """The innermost module path of an nn_module_stack ('' outside any module)."""
-    if not isinstance(stack, dict):
-        return ""
-    for value in reversed(list(stack.values())):
-        path = value[0] if isinstance(value, (tuple, list)) and value else value
-        if isinstance(path, str) and path and not path.startswith("_empty_nn_module_stack"):
-            return path
-    return ""
 
 
 @dataclass
@@ -131,7 +121,7 @@ def _calls(inspector, skip: int) -> Tuple[List[Call], List[float]]:
             elif e.name.startswith("native_call_"):
                 kernel = e.name[len("native_call_"):]
             elif e.name in TOP_LEVEL:
-                nodes = [(n, stack_module(s)) for n, s in (e.module_hierarchy or {}).items()]
+                nodes = [(n, module_of_stack(s)) for n, s in (e.module_hierarchy or {}).items()]
                 calls.append(Call(e.name, _raw(e, skip), nodes, pending if e.name == "DELEGATE_CALL" else [],
                                    kernel if e.name == "OPERATOR_CALL" else ""))
                 pending, kernel = [], ""

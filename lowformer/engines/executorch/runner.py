@@ -137,7 +137,8 @@ class ExecuTorchRunner(Runner):
             dump = Path(tmp) / "run.etdp"
             program.write_etdump_result_to_file(str(dump), str(Path(tmp) / "debug.bin"))
             etrecord = self.etrecord if self.etrecord and Path(self.etrecord).is_file() else None
-            return read_etdump(dump, etrecord, skip_runs=max(warmup, 0), program=self.pte, precision=self.precision)
+            # recorded here from this program: no need to read the program back to check it
+            return read_etdump(dump, etrecord, skip_runs=max(warmup, 0), precision=self.precision)
 
 
 def runner_for(path: Path, precision: str, threads: Optional[int], etrecord_name: Optional[str]) -> ExecuTorchRunner:

@@ -28,6 +28,7 @@ from lowformer.core.errors import LowformerError, first_line
 from lowformer.core.files import atomic_path
 from lowformer.core.progress import Progress, no_progress
 from lowformer.engines.executorch.env import version
+from lowformer.engines.pt2.runner import module_of_node
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,6 @@ INT8_SCHEME = {"weights": "int8 symmetric per-channel", "activations": "int8 aff
 def etrecord_path(pte: Path) -> Path:
     """The ETRecord written beside a program: `model.pte` -> `model.etrecord`."""
     return Path(pte).with_suffix(ETRECORD_SUFFIX)
-
-
-def _module_of(node) -> str:
-    from lowformer.engines.pt2.runner import module_of_node
-
-    return module_of_node(node)
 
 
 def fused_attention_modules(model: nn.Module) -> List[nn.Module]:
@@ -94,7 +89,7 @@ def fx_names(graph) -> Dict[str, str]:
     out = {}
     for n in graph.nodes:
         if n.op == "call_function":
-            path = _module_of(n)
+            path = module_of_node(n)
             out[n.name] = ("/" + "/".join(path.split(".")) + "/" + n.name) if path else n.name
     return out
 

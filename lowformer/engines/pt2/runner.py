@@ -95,13 +95,20 @@ def _minor(version: str) -> Tuple[str, ...]:
     return tuple(version.split("+")[0].split(".")[:2])
 
 
-def module_of_node(node) -> str:
-    """Module path of an exported-graph node from its `nn_module_stack` ('' = the model's own glue)."""
-    stack = node.meta.get("nn_module_stack") or {}
-    for path, _cls in reversed(list(stack.values())):
-        if isinstance(path, str) and not path.startswith("_empty_nn_module_stack"):
+def module_of_stack(stack: Any) -> str:
+    """The innermost module path of an `nn_module_stack` ({key: (path, class)}; '' outside any module)."""
+    if not isinstance(stack, dict):
+        return ""
+    for value in reversed(list(stack.values())):
+        path = value[0] if isinstance(value, (tuple, list)) and value else value
+        if isinstance(path, str) and path and not path.startswith("_empty_nn_module_stack"):
             return path
     return ""
+
+
+def module_of_node(node) -> str:
+    """Module path of an exported-graph node from its `nn_module_stack` ('' = the model's own glue)."""
+    return module_of_stack(node.meta.get("nn_module_stack"))
 
 
 def node_modules(graph) -> Dict[str, str]:
