@@ -5,7 +5,9 @@ import json
 from pathlib import Path
 from typing import Dict, Tuple
 
+import numpy as np
 import torch
+from PIL import Image
 from safetensors import safe_open
 
 from lowformer.models.factory import create_from_reference_config
@@ -119,3 +121,15 @@ def write_fake_fashion_mnist(source: Path, per_class: int, test_per_class: int, 
         write_idx(source / images_name, images)
         write_idx(source / labels_name, labels)
     return source
+
+
+def write_smooth_images(folder: Path, n: int, classes: int = 4, seed: int = 0) -> Path:
+    """Smooth random RGB images (not noise: activations then look like real ones) in class folders."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        base = rng.uniform(0, 255, (6, 6, 3)).astype(np.uint8)
+        img = Image.fromarray(base).resize((80, 72), Image.BICUBIC)
+        d = folder / f"class{i % classes}"
+        d.mkdir(parents=True, exist_ok=True)
+        img.save(d / f"img{i:03d}.png")
+    return folder
