@@ -38,7 +38,9 @@ def _reference_from_manifests(items: Sequence[Item], checkpoint: Optional[str] =
         folder = folder_of(path, entry)
         sha = manifest.checkpoint.get("sha256")
         ckpt = None if checkpoint is not None else manifest.checkpoint_path(folder, full)
-        key = (manifest.model_name, str(Path(ckpt).resolve()) if ckpt else None, sha)
+        # the same model with the same weights (sha256), whichever folder holds its copy of them
+        same_weights = sha if sha and sha != "random-init" else (str(Path(ckpt).resolve()) if ckpt else None, sha)
+        key = (manifest.model_name, same_weights)
         found.setdefault(key, (manifest, folder, ckpt, (ckpt is not None or checkpoint is not None)
                                and sha != "random-init"))
     if len(found) > 1:
