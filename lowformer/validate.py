@@ -115,6 +115,8 @@ class ValidationResult:
     # validate(..., explain_plan=): the ExplainResult of the same pass, or the error that stopped it
     explanation: Any = field(default=None, repr=False, compare=False)
     explain_error: Optional[Exception] = field(default=None, repr=False, compare=False)
+    # a distilled INT8 artifact against its post-training model scored in the same pass (`qat_gains`)
+    distillation: List[Dict[str, Any]] = field(default_factory=list)
 
     def explained(self) -> Any:
         """The ExplainResult of `validate(..., explain_plan=)` (None without a plan); raises, now, the
@@ -133,6 +135,7 @@ class ValidationResult:
                 "data": self.data, "preprocessing": self.preprocessing,
                 "reference": self.reference.to_dict(), "artifacts": [a.to_dict() for a in self.artifacts],
                 "warnings": self.warnings, "machine": _machine(),
+                **({"distillation": self.distillation} if self.distillation else {}),
                 **({"explain": self.explanation.to_dict()} if self.explanation is not None else {})}
 
     def rows(self) -> List[List[str]]:
@@ -380,6 +383,7 @@ def validate(artifacts: Sequence[str], data: PathLike, config: Optional[Validate
                               time.perf_counter() - started,
                               _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     result.items = items  # what `record_validation` writes into (not part of the JSON)
+    result.distillation = qat_gains(items, scores, scorer.tallies)
     if explaining is not None:
         try:
             if explaining.error is not None:
@@ -444,6 +448,27 @@ def _paired_statistics(score: ModelScore, ref: _Tally, art: _Tally) -> None:
     score.top1_delta_ci = [round(ci[0], 4), round(ci[1], 4)]
     score.mcnemar_p = mcnemar_exact(int((ref_c & ~art_c).sum()), int((~ref_c & art_c).sum()))
     score.decision = drop_decision(ci, (score.gate or {}).get("max_top1_drop"))
+
+
+def qat_gains(items: Sequence[Item], scores: Sequence[ModelScore], tallies: Sequence[_Tally]) -> List[Dict[str, Any]]:
+    """Each distilled INT8 artifact (`export --qat-steps`) against its post-training model, when both
+    ran on these images: the top-1 gain, its paired bootstrap interval and McNemar's p."""
+    by_path = {str(p): (s, t) for (p, _, _), s, t in zip(items, scores, tallies) if s.error is None and t.n}
+    out = []
+    for (path, entry, _), s, t in zip(items, scores, tallies):
+        baseline = (entry.int8.get("qat") or {}).get("post_training") if entry else None
+        other = by_path.get(str(Path(path).with_name(baseline))) if baseline else None
+        if other is None or s.error is not None or not t.n:
+            continue
+        ptq_c, qat_c = np.concatenate(other[1].correct), np.concatenate(t.correct)
+        if len(ptq_c) != len(qat_c):
+            continue
+        ci = paired_bootstrap_delta(ptq_c, qat_c)
+        out.append({"artifact": s.name, "post_training": other[0].name, "top1": s.top1, "post_training_top1": other[0].top1,
+                    "top1_gain": round(s.top1 - other[0].top1, 4), "top1_gain_ci": [round(ci[0], 4), round(ci[1], 4)],
+                    "mcnemar_p": mcnemar_exact(int((ptq_c & ~qat_c).sum()), int((~ptq_c & qat_c).sum())),
+                    "steps": entry.int8["qat"].get("steps")})
+    return out
 
 
 def _fill(score: ModelScore, tally: _Tally) -> None:

@@ -2,9 +2,10 @@
 typed-config style: one object instead of a dozen keyword arguments)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
+from lowformer.calibrate.distill import DistillConfig
 from lowformer.core.config import Config
 
 DEFAULT_EVAL_SIZE = 200
@@ -19,7 +20,8 @@ class CalibrationConfig(Config):
     `weight_bits`: auto | 7 | 8 (auto: 7 on x86 without VNNI). `exclude`: module globs (or block
     names) kept in float; `auto_exclude`: keep blocks in float until the top-1 drop on a held-out
     split (`eval_data`/`eval_size`, else part of `calib_data`) is at most `gate_top1_drop` points.
-    `quantizer_reason`: why the quantizer was chosen (set by lowformer.calibrate.nncf.check_quantizer)."""
+    `quantizer_reason`: why the quantizer was chosen (set by lowformer.calibrate.nncf.check_quantizer).
+    `qat`: quantization-aware distillation after calibration (lowformer.calibrate.distill; off by default)."""
 
     calib_data: Optional[str] = None
     calib_size: int = 512
@@ -33,6 +35,7 @@ class CalibrationConfig(Config):
     eval_data: Optional[str] = None
     eval_size: int = DEFAULT_EVAL_SIZE
     quantizer_reason: Optional[str] = None  # why the quantizer was chosen (set by check_quantizer)
+    qat: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exclude", tuple(self.exclude or ()))

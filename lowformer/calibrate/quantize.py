@@ -7,7 +7,10 @@ from typing import Any, Dict, Optional
 
 from lowformer.core.blocks import nodes_matching, nodes_of_blocks
 from lowformer.calibrate.config import DEFAULT_EVAL_SIZE, CalibrationConfig
+from lowformer.calibrate.cache import CACHE_DIRNAME
 from lowformer.calibrate.data import select_calibration, split_eval_and_calibration
+from lowformer.calibrate.distill import DistillationDiverged
+from lowformer.calibrate.qat import distill_qdq
 from lowformer.calibrate.qdq import qdq_summary
 from lowformer.calibrate.sensitivity import EvalData, auto_exclude_blocks
 from lowformer.calibrate.session import calibrated, check_calibration_args
@@ -50,9 +53,19 @@ def quantize_onnx(src: Path, dst: Path, preprocessing: Preprocessing, config: Ca
             excluded = list(dict.fromkeys(excluded + nodes_of_blocks(session.node_names, auto["kept_float"])))
         facts = session.quantize(dst, method, target, excluded)
         log.info("INT8 weights: %d-bit (%s)", facts["weight_bits"], facts["weight_bits_reason"])
+        qat = None
+        if c.qat.enabled:
+            try:
+                qat = distill_qdq(session, dst,
+                                  lambda trained, out: session.quantize(out, method, target, excluded, prepared=trained),
+                                  c, Path(c.qat.qat_teacher or src), cache_dir or src.parent / CACHE_DIRNAME, progress)
+            except DistillationDiverged as e:  # `dst` still holds the post-training model
+                log.error("%s", e)
+                qat = {"failed": str(e), "failed_at_step": e.step}
         cache_hit = session.cache.hit
         cache_file = str(session.cache.path)
     summary = qdq_summary(dst)
-    return {"int8": {**facts, "exclude": list(exclude), "auto_exclude": auto, "qdq": summary},
+    return {"int8": {**facts, "exclude": list(exclude), "auto_exclude": auto, "qdq": summary,
+                     **({"qat": qat} if qat else {})},
             "calibration": {**calib.facts(), "preprocessing": preprocessing.to_dict(), "cache": cache_file,
                             "cache_hit": cache_hit, "seed": 0}}

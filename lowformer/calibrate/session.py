@@ -49,10 +49,12 @@ class CalibratedModel:
         ops = set(target_config(target).op_types)
         return list(dict.fromkeys(t for op, ins, outs in self.graph_io if op in ops for t in (*ins, *outs) if t))
 
-    def quantize(self, dst: Path, method: str, target: str, nodes_to_exclude: Sequence[str] = ()) -> Dict[str, Any]:
+    def quantize(self, dst: Path, method: str, target: str, nodes_to_exclude: Sequence[str] = (),
+                 prepared: Optional[Path] = None) -> Dict[str, Any]:
+        """`prepared`: the same graph with other weights (distilled) quantized with these ranges."""
         ranges = self.cache.ranges_for(method, self.tensors_for(target))
         self.cache.save_if_dirty()
-        return quantize_with_ranges(self.prepared, dst, ranges, method, target, nodes_to_exclude,
+        return quantize_with_ranges(prepared or self.prepared, dst, ranges, method, target, nodes_to_exclude,
                                     weight_bits=self.weight_bits)
 
 

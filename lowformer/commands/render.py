@@ -83,6 +83,14 @@ def print_export(result) -> None:
     for a in result.artifacts:
         if a.format == "onnx" and a.int8.get("auto_exclude"):  # OpenVINO's Q/DQ IR repeats it
             print_auto_exclude(a.int8["auto_exclude"])
+        qat = a.int8.get("qat") if a.format == "onnx" else None
+        if qat and qat.get("loss_curve"):
+            first, last = qat["loss_curve"][0][1], qat["loss_curve"][-1][1]
+            console.print(f"{a.path}: distilled {qat['steps']} steps on {qat['images']} images in {qat['seconds']:.0f} s "
+                          f"(KL {first:.4f} -> {last:.4f}); the post-training model is {qat['post_training']}: "
+                          f"`lowformer validate` scores both")
+    for line in getattr(result, "errors", ()):
+        error_line(line)
     for step in result.next_steps:
         next_step_line(step)
 
@@ -137,6 +145,11 @@ def print_validation(result) -> None:
     """The parity table of `validate`, then one error line per failed gate."""
     d = result.data
     print_table(f"{d['images']} images, labels: {d['label_source']}", result.COLUMNS, result.rows())
+    for g in getattr(result, "distillation", ()):
+        lo, hi = g["top1_gain_ci"]
+        console.print(f"{g['artifact']} (distilled, {g['steps']} steps) vs {g['post_training']} (post-training): "
+                      f"top-1 {g['top1_gain']:+.2f} pt, 95% interval [{lo:+.2f}, {hi:+.2f}], McNemar p {g['mcnemar_p']:.3g}",
+                      highlight=False, soft_wrap=True)
     for a in result.artifacts:
         for f in a.failures:
             error_line(f"{a.name}: {f}")

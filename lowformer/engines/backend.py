@@ -105,6 +105,7 @@ class Backend(abc.ABC):
     quantizers: ClassVar[Tuple[str, ...]] = ()  # INT8 quantizers besides Q/DQ its writer takes (nncf)
     artifact_names: ClassVar[Dict[Tuple[str, str], str]] = {}  # (format, precision) -> file name it writes
     int8_targets: ClassVar[Tuple[str, ...]] = ()  # INT8 flavours (`--target`) made for this runtime
+    int8_from_qdq: ClassVar[bool] = True  # its INT8 artifact is the Q/DQ ONNX or built from it (--qat-steps trains it)
     runs_on_cpu: ClassVar[bool] = True  # False: a GPU-only runtime (nothing of it is timed on this CPU)
     can_explain: ClassVar[bool] = False  # exposes block boundaries for `validate --explain` (graph, open_boundaries)
 

@@ -22,14 +22,17 @@ def default_workers() -> int:
 
 def calibration_images(items: Sequence[Item], data: PathLike,
                        samples: Sequence[Any]) -> List[Any]:
-    """The `samples` that calibrated any of the artifacts (their manifests list the files and the
-    folder): an INT8 model evaluated on its own calibration images would look better than it is."""
+    """The `samples` that calibrated (or distilled) any of the artifacts (their manifests list the
+    files and the folder): an INT8 model evaluated on its own calibration images would look better
+    than it is."""
     used: Set[Path] = set()
     for _, entry, _ in items:
-        calib = entry.calibration if entry else {}
-        if calib.get("files") and calib.get("folder"):
-            # resolved absolute paths: the same image whatever folder level `data` names
-            used.update((Path(calib["folder"]) / f).resolve() for f in calib["files"])
+        # the calibration images, and those a distilled INT8 model trained on (--qat-data)
+        seen = [entry.calibration, (entry.int8.get("qat") or {}).get("distillation_images") or {}] if entry else []
+        for calib in seen:
+            if calib.get("files") and calib.get("folder"):
+                # resolved absolute paths: the same image whatever folder level `data` names
+                used.update((Path(calib["folder"]) / f).resolve() for f in calib["files"])
     return [s for s in samples if Path(s.path).resolve() in used] if used else []
 
 

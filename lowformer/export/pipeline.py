@@ -45,22 +45,26 @@ class ExportResult:
     artifacts: List[ArtifactEntry] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
     next_steps: List[str] = field(default_factory=list)
+    errors: List[str] = field(default_factory=list)  # steps that failed though their artifact stands
 
     @property
     def failed(self) -> List[str]:
-        return [a.path for a in self.artifacts if a.parity is not None and not a.parity.passed]
+        """Artifacts that failed their parity check; a post-training model kept beside its distilled
+        version (`--qat-steps`) is a baseline to compare with, not a deliverable."""
+        return [a.path for a in self.artifacts if a.parity is not None and not a.parity.passed
+                and not a.int8.get("post_training_of")]
 
     @property
     def exit_code(self) -> int:
-        if self.failed:
+        if self.failed or self.errors:
             return 1
         return 3 if self.next_steps else 0
 
     def to_dict(self) -> Dict[str, Any]:
         return {"out": str(self.out), "manifest": str(self.manifest_path),
                 "artifacts": [a.to_dict() for a in self.artifacts],
-                "failed": self.failed, "warnings": self.warnings, "next_steps": self.next_steps,
-                "exit_code": self.exit_code}
+                "failed": self.failed, "errors": self.errors, "warnings": self.warnings,
+                "next_steps": self.next_steps, "exit_code": self.exit_code}
 
 
 def default_out_dir(spec: ModelSpec, image_size: int) -> Path:
@@ -363,6 +367,13 @@ class Exporter:
                                      fp32.parity.passed if fp32 is not None and fp32.parity else None)
         if slower:
             self.warn(slower)
+        qat = facts["int8"].get("qat") or {}
+        if qat.get("failed"):  # the post-training model stands; the export still fails
+            self.result.errors.append(f"{path.name}: {qat['failed']}")
+        elif qat.get("post_training"):  # recorded beside the distilled one: validate scores both
+            ptq = {**facts, "int8": {**{k: v for k, v in facts["int8"].items() if k != "qat"},
+                                     "post_training_of": path.name}}
+            self.check_and_record(path.with_name(qat["post_training"]), "onnx", "int8", {"opset": self.opset, **ptq})
         return self.check_and_record(path, "onnx", "int8", {"opset": self.opset, **facts})
 
     @property
@@ -434,6 +445,7 @@ def _check_config(config: ExportConfig, writers: List[Backend]) -> ExportConfig:
         raise LowformerError(f"calibration data {calib.calib_data}: no such folder")
     if config.data and not os.path.isdir(config.data):
         raise LowformerError(f"parity data {config.data}: no such folder")
+    _check_qat(config, writers)
     for b in writers:
         b.check_export(config)
     if not config.int8:
@@ -447,6 +459,30 @@ def _check_config(config: ExportConfig, writers: List[Backend]) -> ExportConfig:
                              "artifacts: add " + " or ".join(f"--to {b.export_targets[0]}" for b in owners)
                              + " (or use --quantizer qdq for a Q/DQ ONNX)")
     return config.replace(calib=calib)
+
+
+def _check_qat(config: ExportConfig, writers: List[Backend]) -> None:
+    """--qat-steps: with INT8, its folders and teacher present, and only where the Q/DQ ONNX is what ships."""
+    qat = config.calib.qat
+    qat.check(config.int8)
+    if not qat.enabled:
+        return
+    if qat.qat_data and not os.path.isdir(qat.qat_data):
+        raise LowformerError(f"distillation data {qat.qat_data}: no such folder")
+    if qat.qat_teacher and not os.path.isfile(qat.qat_teacher):
+        raise LowformerError(f"teacher {qat.qat_teacher}: no such ONNX file")
+    if config.calib.quantizer == "nncf":
+        raise LowformerError("--qat-steps trains the Q/DQ ONNX: use --quantizer qdq (NNCF quantizes on its own)")
+    own = [b.label for b in writers if not b.int8_from_qdq]
+    if own:
+        raise LowformerError(f"--qat-steps trains the Q/DQ ONNX; {', '.join(own)} quantize(s) post-training on "
+                             "its own: export those without --qat-steps")
+    from lowformer.calibrate.data import select_calibration
+
+    images = len(select_calibration(qat.qat_data or config.calib.calib_data, config.calib.calib_size))
+    if images < qat.qat_batch_size:
+        raise LowformerError(f"quantization-aware distillation: {images} image(s) are fewer than --qat-batch-size "
+                             f"{qat.qat_batch_size}")
 
 
 def export_model(model: str, config: Optional[ExportConfig] = None, progress: Progress = no_progress,

@@ -23,6 +23,7 @@ class ExecuTorchBackend(Backend):
     export_order = 25
     artifact_names = {(NAME, "fp32"): "model.pte", (NAME, "int8"): "model_int8.pte"}
     can_explain = True
+    int8_from_qdq = False  # PT2E quantizes the program itself (writer.py)
 
     def companions(self, path: Path) -> List[Path]:
         from lowformer.engines.executorch.writer import etrecord_path
