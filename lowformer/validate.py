@@ -362,9 +362,14 @@ def validate(artifacts: Sequence[str], data: PathLike, config: Optional[Validate
 
     _fill(ref_score, ref_tally)
     not_applied = gates_not_applied(ref_tally.num_classes, listed.label_source)
-    for s, t, error in zip(scores, scorer.tallies, scorer.errors):
+    for (_, entry, _), s, t, error in zip(items, scores, scorer.tallies, scorer.errors):
         s.error = error
         _score(s, ref_score, ref_tally, t, not_applied)
+        baseline_of = entry.int8.get("post_training_of") if entry else None
+        if baseline_of and s.error is None:  # compared with its distilled model, not shipped: never gated
+            s.gate = {**(s.gate or {}), "applied": False,
+                      "reason": f"the post-training baseline of {baseline_of} (export --qat-steps)"}
+            s.failures, s.passed = [], None
 
     if real_checkpoint and near_chance(ref_score.top1, ref_tally.num_classes, ref_tally.n):
         chance = 100.0 / ref_tally.num_classes

@@ -20,7 +20,7 @@ from lowformer.core.errors import LowformerError
 from lowformer.core.files import atomic_path, ensure_dir
 from lowformer.calibrate.ranges import METHODS, TensorHistogram, compute_range, rebin
 
-SCHEMA = 1
+SCHEMA = 2  # 2: entropy ranges without the zero spike (ranges.py); caches of 1 held the clipped ones
 NUM_BINS = 1024  # per tensor, symmetric around zero: 512 per side, finer than INT8's 128 levels per side
 MAX_BINS = 4096  # ORT grows histograms when later batches widen the range; merge bins past this
 CACHE_DIRNAME = "calib-cache"

@@ -69,13 +69,20 @@ class DistillConfig(Config):
             raise LowformerError(f"--qat-device {self.qat_device!r}: use cpu or cuda")
 
 
-class DistillationDiverged(LowformerError):
+class DistillationFailed(LowformerError):
+    """Distillation gave no usable model: the export keeps the post-training one and fails."""
+
+    def __init__(self, message: str, step: Optional[int] = None):
+        super().__init__(message)
+        self.step = step
+
+
+class DistillationDiverged(DistillationFailed):
     """The loss became NaN or infinite: the run stops at that step, the post-training model stays."""
 
     def __init__(self, step: int, loss: float):
         super().__init__(f"quantization-aware distillation stopped at step {step}: the loss is {loss} "
-                         "(lower --qat-lr); the post-training INT8 model is kept")
-        self.step = step
+                         "(lower --qat-lr); the post-training INT8 model is kept", step)
 
 
 def teacher_logits(teacher: Path, images: np.ndarray, progress: Progress = no_progress) -> np.ndarray:
@@ -148,9 +155,10 @@ def distill(graph, images: np.ndarray, teacher: np.ndarray, config: DistillConfi
     if len(images) < c.qat_batch_size:
         raise LowformerError(f"quantization-aware distillation: {len(images)} image(s) are fewer than "
                              f"--qat-batch-size {c.qat_batch_size}")
-    if teacher.shape[-1] != _output_width(graph, images):
-        raise LowformerError(f"the teacher gives {teacher.shape[-1]} outputs but the INT8 model "
-                             f"{_output_width(graph, images)}: distill from a teacher of the same classes")
+    width = _output_width(graph, images[:c.qat_batch_size])
+    if teacher.shape[-1] != width:
+        raise LowformerError(f"the teacher gives {teacher.shape[-1]} outputs but the INT8 model {width}: "
+                             "distill from a teacher of the same classes")
     device = torch.device(c.qat_device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise LowformerError("--qat-device cuda: no CUDA device is available here")
@@ -213,11 +221,11 @@ def distill(graph, images: np.ndarray, teacher: np.ndarray, config: DistillConfi
             "trained_tensors": len(params)}
 
 
-def _output_width(graph, images: np.ndarray) -> int:
+def _output_width(graph, batch: np.ndarray) -> int:
     import torch
 
     with torch.no_grad():
-        return int(graph(torch.from_numpy(np.ascontiguousarray(images[:1]))).shape[-1])
+        return int(graph(torch.from_numpy(np.ascontiguousarray(batch))).shape[-1])
 
 
 def _curve(losses: List[float]) -> List[Tuple[int, float]]:

@@ -142,7 +142,8 @@ def resolve_quantizer(quantizer: Optional[str], target: str, to_ir: bool = True,
     an IR with 7-bit weights (an x86 CPU without VNNI, `choose_weight_bits`) comes from NNCF: on an
     AVX2 EPYC our Q/DQ IR of LowFormer-B1 failed parity even with 7-bit weights (cosine 0.957; one
     residual Add whose inputs' scales differ 11x, stages.2.1.attn, cost most of it) where NNCF's
-    passed (0.991), and the plugin's int8 kernels are NNCF's to know. `auto_exclude` needs Q/DQ."""
+    passed (0.991), and the plugin's int8 kernels are NNCF's to know. `auto_exclude` (or --qat-steps)
+    needs Q/DQ."""
     from lowformer.calibrate.qdq import choose_weight_bits
 
     if quantizer:
@@ -170,7 +171,7 @@ def check_quantizer(config: CalibrationConfig, writes_nncf: bool) -> Calibration
     NNCF importable when it is used (one line). `writes_nncf`: a target that takes NNCF's IR is
     asked for (the export's writers say)."""
     quantizer, why = resolve_quantizer(config.quantizer, str(config.target or "cpu"), writes_nncf,
-                                       config.weight_bits, bool(config.auto_exclude))
+                                       config.weight_bits, bool(config.auto_exclude or config.qat.enabled))
     if config.target == "openvino":  # the other targets have one quantizer
         log.info("INT8 quantizer: %s (%s)", quantizer, why)
     if quantizer == "nncf":

@@ -18,7 +18,7 @@ import numpy as np
 
 from lowformer.calibrate.config import CalibrationConfig
 from lowformer.calibrate.data import ImageSet, select_calibration
-from lowformer.calibrate.distill import DistillConfig, distill, teacher_logits
+from lowformer.calibrate.distill import DistillConfig, DistillationFailed, distill, teacher_logits
 from lowformer.core.errors import LowformerError
 from lowformer.core.progress import Progress, no_progress
 from lowformer.data.imagenet import load_images
@@ -35,12 +35,15 @@ def post_training_path(dst: Path) -> Path:
 
 
 def distill_qdq(session, dst: Path, requantize: Callable[[Path, Path], Dict[str, Any]], config: CalibrationConfig,
-                teacher: Path, cache_dir: Optional[Path] = None, progress: Progress = no_progress) -> Dict[str, Any]:
+                teacher: Optional[Path] = None, cache_dir: Optional[Path] = None,
+                progress: Progress = no_progress) -> Dict[str, Any]:
     """Distill the post-training Q/DQ model `dst` (quantized from the calibration `session`'s FP32
     model, `config.qat` says how) and write the result to `dst` with `requantize(trained_fp32, dst)`
     (the same ranges, target and exclusions); the post-training model moves to
     `post_training_path(dst)`. Returns the manifest's `qat` facts."""
     prepared, qat = session.prepared, config.qat
+    session_src = session.source
+    teacher = Path(teacher or session_src)
     import onnx
 
     from lowformer.calibrate.qdq_torch import QDQGraph
@@ -63,18 +66,25 @@ def distill_qdq(session, dst: Path, requantize: Callable[[Path, Path], Dict[str,
     log.info("distilling the INT8 model: %d steps of %d images (%d images, %d views)", qat.qat_steps,
              qat.qat_batch_size, len(images), 2 * len(images))
     facts = distill(graph, images, t_logits, qat, state_file=state, state_key=key, progress=progress)
-    ptq = post_training_path(dst)
-    shutil.copyfile(dst, ptq)
+    if state is not None:  # states of earlier, abandoned runs (other options) go too
+        for old in state.parent.glob("qat-*.pt"):
+            old.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="lowformer-qat-") as tmp:
-        trained = Path(tmp) / "trained.onnx"
+        trained, written = Path(tmp) / "trained.onnx", Path(tmp) / dst.name
         _write_weights(fp32, graph.trained_initializers(), trained)
-        requantize(trained, dst)
-    facts["graph_cosine"] = _graph_cosine(graph, dst, images[:fixed or 8])
-    if facts["graph_cosine"] < MIN_GRAPH_COSINE:
-        raise LowformerError(f"the distilled Q/DQ model written to {dst.name} does not compute what was trained "
-                             f"(cosine {facts['graph_cosine']:.4f} on 8 images)")
-    return {**facts, "teacher": {"path": str(teacher), "sha256": sha256_file(Path(teacher)),
-                                 "outputs": int(t_logits.shape[-1])},
+        requantize(trained, written)
+        check = images[:fixed or 8]
+        facts["graph_cosine"] = _graph_cosine(graph, written, check)
+        if not facts["graph_cosine"] >= MIN_GRAPH_COSINE:  # NaN fails too
+            raise DistillationFailed(f"the distilled Q/DQ model does not compute what was trained (cosine "
+                                     f"{facts['graph_cosine']:.4f} on {len(check)} images); the post-training "
+                                     "INT8 model is kept")
+        ptq = post_training_path(dst)
+        shutil.copyfile(dst, ptq)
+        shutil.copyfile(written, dst)
+    own_teacher = session_src is not None and Path(teacher) == Path(session_src)
+    return {**facts, "teacher": {"path": "the FP32 model (model.onnx)" if own_teacher else str(teacher),
+                                 "sha256": sha256_file(Path(teacher)), "outputs": int(t_logits.shape[-1])},
             "distillation_images": images_set.facts(), "post_training": ptq.name,
             "quantized_weights": graph.weights_quantized, "quantized_activations": graph.activations_quantized}
 
@@ -94,7 +104,8 @@ def _write_weights(model, weights: Dict[str, np.ndarray], dst: Path) -> None:
         if init.name in weights:
             value = weights[init.name]
             if not np.isfinite(value).all():
-                raise LowformerError(f"quantization-aware distillation: {init.name} holds non-finite weights")
+                raise DistillationFailed(f"quantization-aware distillation left non-finite weights in {init.name}; "
+                                         "the post-training INT8 model is kept")
             init.CopyFrom(numpy_helper.from_array(value.astype(numpy_helper.to_array(init).dtype), init.name))
     onnx.save(model, str(dst))
 

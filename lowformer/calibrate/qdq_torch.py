@@ -6,14 +6,16 @@ stay float (`--exclude`), what ONNX Runtime's QDQ quantizer folded (a Clip or Re
 range of the Q that follows a convolution). Any library that inserts fake quantization into a PyTorch
 model (torchao's PT2E QAT, ModelOpt's quantizers) does so by its own placement rules, which differ
 from the Q/DQ ONNX that TensorRT, ONNX Runtime and OpenVINO run. So this module executes the Q/DQ
-ONNX itself, node by node, with torch's own fake-quantize kernels (straight-through gradients):
+ONNX itself, node by node, with fake quantization that rounds and saturates as QuantizeLinear does
+(`fake_quantize`, clipped straight-through gradients):
 
-- an activation QuantizeLinear -> DequantizeLinear pair: `torch.fake_quantize_per_tensor_affine` with
-  the ONNX's scale and zero point (the calibrated ranges stay fixed);
+- an activation QuantizeLinear -> DequantizeLinear pair: the ONNX's scale and zero point (the
+  calibrated ranges stay fixed);
 - a weight DequantizeLinear: the FP32 weight it was quantized from, trainable, fake-quantized per
   channel with the scale ONNX Runtime will compute from the trained weight (its symmetric rule,
   checked against the ONNX's own scales when built);
-- a bias DequantizeLinear (int32): the FP32 bias, trainable, in float (its int32 grid is ~1e-7).
+- a bias DequantizeLinear (int32, the `cpu` target): the FP32 bias, trainable, fake-quantized on the
+  grid ONNX Runtime uses (input scale x weight scale).
 
 `trained_initializers()` gives the float weights to write back into the FP32 ONNX, which is then
 quantized again with the same ranges, target and exclusions: the same Q/DQ graph, trained weights.
@@ -90,7 +92,14 @@ class _WeightQuant:
         if half not in (127.0, 64.0) or np.any(ratio > half * (1 + 1e-4)):
             raise LowformerError(f"QAT graph: {where}: its quantization is not ONNX Runtime's symmetric rule "
                                  f"(absmax/scale up to {ratio.max():g})")
-        return cls(axis, half, np.where(raised, scale, 0.0) if axis is not None else np.where(raised, scale, 0.0)[0])
+        floor = np.where(raised, scale, 0.0)
+        return cls(axis, half, floor if axis is not None else floor[0])
+
+
+def _torch_pads(pads: List[int]) -> List[int]:
+    """ONNX pads (every axis' begin, then every axis' end) as F.pad takes them (the last axis first)."""
+    k = len(pads) // 2
+    return [v for i in reversed(range(k)) for v in (pads[i], pads[i + k])]
 
 
 def _conv(x, w, b=None, **a):
@@ -99,8 +108,8 @@ def _conv(x, w, b=None, **a):
     if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         raise LowformerError("Conv with auto_pad is not supported by the QAT graph")
     strides, dil, group = a.get("strides", [1] * k), a.get("dilations", [1] * k), a.get("group", 1)
-    if pads[:k] != pads[k:]:  # asymmetric: pad explicitly (F.pad takes the last axis first)
-        x = F.pad(x, [p for i in reversed(range(k)) for p in (pads[i], pads[i + k])])
+    if pads[:k] != pads[k:]:  # asymmetric: pad explicitly
+        x = F.pad(x, _torch_pads(pads))
         pads = [0] * 2 * k
     conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[k]
     return conv(x, w, b, strides, pads[:k], dil, group)
@@ -137,11 +146,11 @@ def _reduce(fn: Callable) -> Callable:
     return run
 
 
-def _split(x, split=None, axis=0, num_outputs=None, **_a):
-    sizes = _ints(split) if split is not None else _a.get("split")
+def _split(x, split=None, axis=0, num_outputs=None, outputs=2, **a):
+    """`outputs`: the node's output count (ONNX splits evenly into that many when no sizes are given)."""
+    sizes = _ints(split) if split is not None else a.get("split")
     if sizes is None:
-        n = num_outputs or 2
-        sizes = [math.ceil(x.shape[axis] / n)] * n
+        return torch.split(x, math.ceil(x.shape[axis] / (num_outputs or outputs)), dim=axis)
     return torch.split(x, list(sizes), dim=axis)
 
 
@@ -167,14 +176,43 @@ def _clip(x, lo=None, hi=None, **a):
 
 
 def _pad(x, pads, value=None, axes=None, mode=b"constant"):
-    p = _ints(pads)  # ONNX: every axis' begin, then every axis' end
-    k = len(p) // 2
-    if axes is not None or k != x.dim():
+    p = _ints(pads)
+    if axes is not None or len(p) != 2 * x.dim():
         raise LowformerError("Pad with axes is not supported by the QAT graph")
-    flat = [v for i in reversed(range(k)) for v in (p[i], p[i + k])]  # F.pad: the last axis first
-    fill = float(value.reshape(-1)[0]) if value is not None and value.numel() else 0.0
     m = mode.decode() if isinstance(mode, bytes) else mode
-    return F.pad(x, flat, mode=m, value=fill) if m == "constant" else F.pad(x, flat, mode=m)
+    if m == "constant":
+        fill = float(value.reshape(-1)[0]) if value is not None and value.numel() else 0.0
+        return F.pad(x, _torch_pads(p), mode="constant", value=fill)
+    k = x.dim()
+    if p[:2] != [0, 0] or p[k:k + 2] != [0, 0] or m not in ("reflect", "edge", "wrap"):
+        raise LowformerError(f"Pad mode {m} of the batch or channel axis is not supported by the QAT graph")
+    spatial = p[2:k] + p[k + 2:]
+    return F.pad(x, _torch_pads(spatial), mode={"reflect": "reflect", "edge": "replicate", "wrap": "circular"}[m])
+
+
+def _gather(x, i, axis: int):
+    i = i.long()
+    i = torch.where(i < 0, i + x.shape[axis], i)
+    return torch.index_select(x, axis, i.reshape(-1)).reshape(*x.shape[:axis], *i.shape, *x.shape[axis + 1:])
+
+
+def _pool(kind: str) -> Callable:
+    """2-D AveragePool / MaxPool with symmetric pads (what the exported graphs hold); others refused."""
+    def run(x, kernel_shape, strides=None, pads=None, **a):
+        pads = list(pads or [0] * 2 * len(kernel_shape))
+        k, ceil = len(kernel_shape), bool(a.get("ceil_mode", 0))
+        if k != 2 or pads[:k] != pads[k:] or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            raise LowformerError(f"{kind} other than 2-D with symmetric pads is not supported by the QAT graph")
+        if kind == "MaxPool":
+            return F.max_pool2d(x, kernel_shape, strides or kernel_shape, pads[:k], a.get("dilations") or 1, ceil)
+        return F.avg_pool2d(x, kernel_shape, strides or kernel_shape, pads[:k], ceil, bool(a.get("count_include_pad", 0)))
+    return run
+
+
+def _unsqueeze(x, axes):
+    for a in sorted(a % (x.dim() + len(axes)) for a in axes):
+        x = x.unsqueeze(a)
+    return x
 
 
 _OPS: Dict[str, Callable] = {
@@ -192,12 +230,8 @@ _OPS: Dict[str, Callable] = {
     "ReduceSum": _reduce(lambda x, d, k: x.sum(d, keepdim=k)),
     "ReduceMax": _reduce(lambda x, d, k: x.amax(d, keepdim=k)),
     "GlobalAveragePool": lambda x: x.mean(tuple(range(2, x.dim())), keepdim=True),
-    "AveragePool": lambda x, kernel_shape, strides=None, pads=None, count_include_pad=0, ceil_mode=0:
-        F.avg_pool2d(x, kernel_shape, strides or kernel_shape, (pads or [0, 0, 0, 0])[:2], bool(ceil_mode),
-                     bool(count_include_pad)),
-    "MaxPool": lambda x, kernel_shape, strides=None, pads=None, ceil_mode=0, dilations=None, storage_order=0:
-        F.max_pool2d(x, kernel_shape, strides or kernel_shape, (pads or [0, 0, 0, 0])[:2], dilations or 1,
-                     bool(ceil_mode)),
+    "AveragePool": _pool("AveragePool"),
+    "MaxPool": _pool("MaxPool"),
     "Flatten": lambda x, axis=1: x.reshape(int(np.prod(x.shape[:axis])), -1),
     "Reshape": _reshape,
     "Transpose": lambda x, perm=None: x.permute(*(perm or reversed(range(x.dim())))),
@@ -210,15 +244,8 @@ _OPS: Dict[str, Callable] = {
     "LayerNormalization": _layer_norm,
     "Identity": lambda x: x,
     "Pad": _pad,
-    "Gather": lambda x, i, axis=0: torch.index_select(x, axis, i.reshape(-1).long()).reshape(
-        *x.shape[:axis], *i.shape, *x.shape[axis + 1:]),
+    "Gather": lambda x, i, axis=0: _gather(x, i, axis % x.dim()),
 }
-
-
-def _unsqueeze(x, axes):
-    for a in sorted(a % (x.dim() + len(axes)) for a in axes):
-        x = x.unsqueeze(a)
-    return x
 
 
 class QDQGraph(torch.nn.Module):
@@ -346,7 +373,7 @@ class QDQGraph(torch.nn.Module):
                 args.pop()
             if len(ins) > 2 and ins[2] in self._int32_bias and self.quantize:
                 args[2] = self._quantized_bias(args[2], ins, env)
-            y = _OPS[op](*args, **a)
+            y = _OPS[op](*args, **a, outputs=len(outs)) if op == "Split" else _OPS[op](*args, **a)
             if isinstance(y, (tuple, list)):
                 env.update(zip(outs, y))
             else:

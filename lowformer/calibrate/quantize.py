@@ -9,7 +9,7 @@ from lowformer.core.blocks import nodes_matching, nodes_of_blocks
 from lowformer.calibrate.config import DEFAULT_EVAL_SIZE, CalibrationConfig
 from lowformer.calibrate.cache import CACHE_DIRNAME
 from lowformer.calibrate.data import select_calibration, split_eval_and_calibration
-from lowformer.calibrate.distill import DistillationDiverged
+from lowformer.calibrate.distill import DistillationFailed
 from lowformer.calibrate.qat import distill_qdq
 from lowformer.calibrate.qdq import qdq_summary
 from lowformer.calibrate.sensitivity import EvalData, auto_exclude_blocks
@@ -58,9 +58,9 @@ def quantize_onnx(src: Path, dst: Path, preprocessing: Preprocessing, config: Ca
             try:
                 qat = distill_qdq(session, dst,
                                   lambda trained, out: session.quantize(out, method, target, excluded, prepared=trained),
-                                  c, Path(c.qat.qat_teacher or src), cache_dir or src.parent / CACHE_DIRNAME, progress)
-            except DistillationDiverged as e:  # `dst` still holds the post-training model
-                log.error("%s", e)
+                                  c, Path(c.qat.qat_teacher) if c.qat.qat_teacher else None,
+                                  cache_dir or src.parent / CACHE_DIRNAME, progress)
+            except DistillationFailed as e:  # `dst` still holds the post-training model
                 qat = {"failed": str(e), "failed_at_step": e.step}
         cache_hit = session.cache.hit
         cache_file = str(session.cache.path)

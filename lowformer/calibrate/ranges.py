@@ -11,8 +11,8 @@ so switching methods never re-runs the model:
   calibrator does (pytorch-quantization / ModelOpt `_compute_amax_entropy`: `bins[0] = bins[1]`).
   Zero is exact in symmetric int8, but ORT's search spreads a ReLU6 output's spike of zeros (21-80 %
   of EfficientNet-Lite0's) over the fine bins of one quantized bin and then picks the smallest
-  threshold it can: 19 of its 32 ReLU6 outputs were clipped at 2.3-5.3 instead of 6, top-1 81.32 %
-  instead of 84.20 % (FP32 84.00 %; benchmarks/modelopt_compare.py);
+  threshold it can: 19 of its 32 ReLU6 outputs were clipped at 2.3-5.3 instead of 6: `--target
+  tensorrt` top-1 81.32 % before, 84.48 % now (FP32 84.00 %; docs/measurements.md);
 - percentile: ONNX Runtime's own `compute_percentile` on the histogram of |x| (folded from ours).
 """
 from __future__ import annotations

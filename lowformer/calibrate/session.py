@@ -43,6 +43,7 @@ class CalibratedModel:
     preprocessing: Preprocessing
     graph_io: List[tuple]  # (op_type, inputs, outputs) of every node
     weight_bits: str = "auto"  # every quantization of this session: auto, 7 or 8 (qdq.resolve_weight_bits)
+    source: Optional[Path] = None  # the FP32 ONNX it was prepared from
 
     def tensors_for(self, target: str) -> List[str]:
         """Activations the target's op types can quantize: the only ranges ORT needs."""
@@ -89,4 +90,4 @@ def calibrated(src: Path, calib: ImageSet, preprocessing: Preprocessing, checkpo
                 return collect_histograms(prepared, reader.one_batch_readers(), len(reader), task.advance)
 
         cache = open_cache(Path(cache_dir) if cache_dir else src.parent / CACHE_DIRNAME, key, collect)
-        yield CalibratedModel(prepared, names, cache, calib, preprocessing, graph_io)
+        yield CalibratedModel(prepared, names, cache, calib, preprocessing, graph_io, source=src)

@@ -2,6 +2,7 @@
 preprocessing every image goes through (the manifest's, else the reference's own, overridden)."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple
@@ -38,9 +39,9 @@ def _reference_from_manifests(items: Sequence[Item], checkpoint: Optional[str] =
         folder = folder_of(path, entry)
         sha = manifest.checkpoint.get("sha256")
         ckpt = None if checkpoint is not None else manifest.checkpoint_path(folder, full)
-        # the same model with the same weights (sha256), whichever folder holds its copy of them
+        # the same model with the same weights (sha256) and input, whichever folder holds its copy of them
         same_weights = sha if sha and sha != "random-init" else (str(Path(ckpt).resolve()) if ckpt else None, sha)
-        key = (manifest.model_name, same_weights)
+        key = (manifest.model_name, same_weights, json.dumps(manifest.preprocessing, sort_keys=True))
         found.setdefault(key, (manifest, folder, ckpt, (ckpt is not None or checkpoint is not None)
                                and sha != "random-init"))
     if len(found) > 1:

@@ -186,6 +186,7 @@ class Exporter:
         _refuse_nonfinite_reference(self.reference, self.ref_logits, self.spec, reused or checkpoint)
         self.out = ensure_dir(out_dir)
         self.result = ExportResult(self.out, self.out / MANIFEST_NAME)
+        self.superseded: List[str] = []  # files of the folder this export makes obsolete (removed at commit)
         self.staging = Staging(self.out)
         try:
             self._prepare(reused, shape)
@@ -279,6 +280,10 @@ class Exporter:
                     if old is not None:  # same bytes (e.g. validated while we ran): its records still hold
                         e.carry_records(old)
                     target.upsert(e)
+                for name in self.superseded:  # e.g. the post-training baseline of an INT8 model made anew
+                    if name not in mine:
+                        target.artifacts = [a for a in target.artifacts if a.path != name]
+                        (self.out / name).unlink(missing_ok=True)
             else:
                 stale = [a.path for a in current.artifacts if a.path not in mine]
                 if stale and not current.random_weights:
@@ -349,6 +354,7 @@ class Exporter:
 
     def int8_onnx(self) -> ArtifactEntry:
         """The Q/DQ INT8 ONNX (lowformer.calibrate), calibrated once per export."""
+        from lowformer.calibrate.qat import post_training_path
         from lowformer.calibrate.quantize import quantize_onnx
 
         src = self.ensure_onnx()
@@ -368,6 +374,8 @@ class Exporter:
         if slower:
             self.warn(slower)
         qat = facts["int8"].get("qat") or {}
+        if not qat.get("post_training"):  # an earlier distilled export's baseline no longer belongs to this model
+            self.superseded.append(post_training_path(path).name)
         if qat.get("failed"):  # the post-training model stands; the export still fails
             self.result.errors.append(f"{path.name}: {qat['failed']}")
         elif qat.get("post_training"):  # recorded beside the distilled one: validate scores both
@@ -445,10 +453,10 @@ def _check_config(config: ExportConfig, writers: List[Backend]) -> ExportConfig:
         raise LowformerError(f"calibration data {calib.calib_data}: no such folder")
     if config.data and not os.path.isdir(config.data):
         raise LowformerError(f"parity data {config.data}: no such folder")
-    _check_qat(config, writers)
     for b in writers:
         b.check_export(config)
     if not config.int8:
+        _check_qat(config, writers)
         return config
     from lowformer.calibrate.nncf import check_quantizer
 
@@ -458,7 +466,9 @@ def _check_config(config: ExportConfig, writers: List[Backend]) -> ExportConfig:
         raise LowformerError(f"the {calib.quantizer} quantizer writes {' / '.join(b.label for b in owners) or 'no'} "
                              "artifacts: add " + " or ".join(f"--to {b.export_targets[0]}" for b in owners)
                              + " (or use --quantizer qdq for a Q/DQ ONNX)")
-    return config.replace(calib=calib)
+    config = config.replace(calib=calib)
+    _check_qat(config, writers)
+    return config
 
 
 def _check_qat(config: ExportConfig, writers: List[Backend]) -> None:

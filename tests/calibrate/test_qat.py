@@ -46,10 +46,16 @@ def images(tmp_path_factory) -> Path:
     return write_smooth_images(tmp_path_factory.mktemp("calib"), 40)
 
 
-def _ptq(tiny, images, dst: Path, target: str, **qat):
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    """One calibration of the mini model for every test (the histograms do not depend on the target)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def _ptq(tiny, images, dst: Path, target: str, cache: Path, **qat):
     src, pre = tiny
     config = CalibrationConfig.build(calib_data=str(images), calib_size=16, target=target, method="minmax", qat=qat)
-    return quantize_onnx(src, dst, pre, config, "mini_b1", cache_dir=dst.parent / "cache")
+    return quantize_onnx(src, dst, pre, config, "mini_b1", cache_dir=cache)
 
 
 def _reference_math(path: Path, x: np.ndarray) -> np.ndarray:
@@ -68,10 +74,10 @@ def _graph(tiny, qdq: Path, tmp_path: Path) -> QDQGraph:
     return QDQGraph(onnx.load(str(prepared)), onnx.load(str(qdq)))
 
 
-@pytest.mark.parametrize("target", ["cpu", "tensorrt", "openvino"])
-def test_the_trainable_graph_computes_what_onnxruntime_computes(tiny, images, tmp_path, target):
+@pytest.mark.parametrize("target", ["cpu", "tensorrt", pytest.param("openvino", marks=pytest.mark.heavy)])
+def test_the_trainable_graph_computes_what_onnxruntime_computes(tiny, images, cache_dir, tmp_path, target):
     dst = tmp_path / "int8.onnx"
-    _ptq(tiny, images, dst, target)
+    _ptq(tiny, images, dst, target, cache_dir)
     graph = _graph(tiny, dst, tmp_path)
     assert graph.weights_quantized > 10 and graph.activations_quantized > 10
     # Every weight is fake-quantized exactly as ONNX Runtime quantized it (its rule, recomputed from FP32).
@@ -154,9 +160,9 @@ class _StopAt:
         return contextlib.nullcontext(_Task())
 
 
-def test_an_interrupted_distillation_resumes_where_it_was_saved(tiny, images, tmp_path):
+def test_an_interrupted_distillation_resumes_where_it_was_saved(tiny, images, cache_dir, tmp_path):
     dst = tmp_path / "int8.onnx"
-    _ptq(tiny, images, dst, "tensorrt")
+    _ptq(tiny, images, dst, "tensorrt", cache_dir)
     x = load_images(select_calibration(str(images), 16).samples, tiny[1])
     t = teacher_logits(tiny[0], x)
     config = DistillConfig(qat_steps=10, qat_lr=1e-3, qat_batch_size=4)
@@ -201,14 +207,30 @@ def test_export_records_both_models_and_validate_measures_the_gain(images, tmp_p
     lo, hi = gain["top1_gain_ci"]
     assert lo <= gain["top1_gain"] <= hi and 0 <= gain["mcnemar_p"] <= 1
     assert report.to_dict()["distillation"] == report.distillation
+    baseline = next(a for a in report.artifacts if "model_int8_ptq.onnx" in a.name)
+    assert baseline.gate["applied"] is False and baseline.passed is None and not baseline.failures
+
+    # Exported again without distillation: the old baseline goes, file and entry.
+    again = export_model("timm:tf_efficientnet_lite0", int8=True, image_size=SIZE, out=str(out), fp16=True,
+                         calib=dict(calib_data=str(images), calib_size=16, method="percentile", target="tensorrt"))
+    assert not again.errors and not (out / "model_int8_ptq.onnx").exists()
+    assert "model_int8_ptq.onnx" not in {a["path"] for a in manifest_dict(out)["artifacts"]}
 
 
-def test_distilling_on_another_folder_holds_those_images_out_of_validation(tiny, images, tmp_path):
+def test_distilling_on_another_folder_holds_those_images_out_of_validation(tiny, images, cache_dir, tmp_path):
+    from lowformer.evaluate.data import calibration_images
+    from lowformer.artifacts import ArtifactEntry
+    from lowformer.data.imagenet import any_images
+
     extra = write_smooth_images(tmp_path / "unlabelled", 12, seed=3)
     dst = tmp_path / "int8.onnx"
-    facts = _ptq(tiny, images, dst, "tensorrt", qat_steps=2, qat_batch_size=4, qat_data=str(extra))
+    facts = _ptq(tiny, images, dst, "tensorrt", cache_dir, qat_steps=2, qat_batch_size=4, qat_data=str(extra))
     seen = facts["int8"]["qat"]["distillation_images"]
     assert seen["count"] == 12 and Path(seen["folder"]) == extra.resolve()
+    # validate on that folder holds those images out, as it does the calibration images
+    entry = ArtifactEntry(dst.name, "onnx", "int8", facts=facts)
+    samples = any_images(str(extra), "data").samples
+    assert len(calibration_images([(dst, entry, None)], extra, samples)) == 12
 
 
 def test_qat_bad_input_is_one_line(tiny, images, tmp_path):
