@@ -417,6 +417,31 @@ def _latency_table(data: ReportData) -> str:
             f'<tbody>{"".join(rows)}</tbody></table></div>')
 
 
+def _distillation_section(data: ReportData) -> str:
+    """Each distilled INT8 artifact (`export --qat-steps`): how it was trained and, once validated, its
+    top-1 gain over the post-training model kept beside it (paired interval on the same images)."""
+    rows = []
+    for f, e in data.artifacts():
+        qat = e.int8.get("qat") or {}
+        if not qat.get("steps"):
+            continue
+        curve = qat.get("loss_curve") or []
+        loss = f"{curve[0][1]:.4f} → {curve[-1][1]:.4f}" if curve else "-"
+        g = qat.get("validated_gain")
+        gain = (f"{g['top1_gain']:+.2f} pt [{g['top1_gain_ci'][0]:+.2f}, {g['top1_gain_ci'][1]:+.2f}], "
+                f"McNemar p {g['mcnemar_p']:.3g}, {g['images']} images" if g else
+                "not validated yet: lowformer validate FOLDER --data DIR scores both")
+        cells = [f.name, e.path, qat.get("post_training", "-"), f"{qat['steps']} x {qat.get('batch_size')}",
+                 f"{qat.get('images')}", f"{qat.get('seconds', 0):.0f} s", loss, gain]
+        rows.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
+    if not rows:
+        return '<p class="note">No distilled INT8 artifacts (<code>export --int8 --qat-steps N</code>).</p>'
+    head = "".join(f"<th>{_e(c)}</th>" for c in ("model", "artifact", "post-training baseline", "steps x batch",
+                                                  "images", "time", "KL first → last", "top-1 gain (95% CI)"))
+    return (f'<div class="scroll"><table id="distillation-table"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
+
+
 def _divergence_section(data: ReportData) -> str:
     parts, missing = [], []
     for f, e in data.artifacts():
@@ -567,6 +592,7 @@ def render_html(data: ReportData) -> str:
            "bootstrap 95% interval; McNemar p tests the images only one of the two got right; agreement is the "
            "share of images with the reference's top-1 class; logit cosine is the mean per-image cosine.</p>"),
         ("latency", "Latency", _latency_table(data)),
+        ("distillation", "Quantization-aware distillation", _distillation_section(data)),
         ("divergence", "Per-block divergence", _divergence_section(data)),
         ("profile", "Per-block latency", _profile_section(data)),
         ("gallery", "Flipped images", _gallery(data)),

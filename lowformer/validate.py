@@ -218,6 +218,10 @@ def _record(items: Sequence[Item], scores: List[ModelScore], result: ValidationR
                     target.set_validation_run(key, _validation_record(s, result))
                 else:
                     target.validation = _validation_record(s, result)
+                gain = next((g for g in result.distillation if g["artifact"] == s.name), None)
+                if gain is not None and target.int8.get("qat"):  # the report shows it beside the baseline
+                    target.facts["int8"]["qat"]["validated_gain"] = {**gain, "images": s.images,
+                                                                     "date": result.date}
         _artifacts.update(folder, apply, timeout=lock_timeout)  # re-read under the lock: others may write meanwhile
 
 

@@ -133,3 +133,16 @@ def write_smooth_images(folder: Path, n: int, classes: int = 4, seed: int = 0) -
         d.mkdir(parents=True, exist_ok=True)
         img.save(d / f"img{i:03d}.png")
     return folder
+
+
+def export_mini_b1(folder: Path, size: int):
+    """A mini LowFormer (stem, stages with attention, head) as a fused FP32 ONNX: (path, preprocessing)."""
+    from conftest import FIXTURES
+    from lowformer.data.preprocess import lowformer_protocol
+    from lowformer.export.onnx_export import export_onnx
+    from lowformer.models.fusion import fuse
+
+    model, _, _ = load_mini(FIXTURES / "mini" / "mini_b1.safetensors")
+    fuse(model)
+    export_onnx(model, folder / "model.onnx", size)
+    return folder / "model.onnx", lowformer_protocol(size)

@@ -219,28 +219,17 @@ def test_cli_every_image_held_out_is_one_line(tmp_path, images):
 
 
 @pytest.mark.slow
-def test_lite0_int8_entropy_explain_names_the_blocks_to_exclude(tmp_path, imagenet_val, effnet_lite0_checkpoint):
-    """The acceptance condition: entropy-calibrated INT8 EfficientNet-Lite0 (`--target cpu`) loses
-    ~3.3 pt top-1 on the held-out images; `--explain` names the blocks that cause it, and exporting
-    again with exactly those kept in float (same calibration) brings the drop within 1 pt."""
+def test_lite0_int8_entropy_is_within_a_point_and_explain_reads_every_block(tmp_path, imagenet_val,
+                                                                          effnet_lite0_checkpoint):
+    """Entropy-calibrated INT8 EfficientNet-Lite0 (`--target cpu`) used to lose 3.26 pt here (ReLU6
+    outputs clipped for their zeros; docs/explain.md's walk-through shows what --explain said of it).
+    Now within 1 pt on the 1,044 held-out images, and --explain still reads all 18 blocks on them."""
     from lowformer.validate import validate
 
     kw = dict(checkpoint=effnet_lite0_checkpoint, calib_data=str(imagenet_val), calib_size=256,
               method="entropy", target="cpu")
-    base = _export(tmp_path / "base", "timm:tf_efficientnet_lite0", 224, parity=False, **kw)  # fails parity
+    base = _export(tmp_path / "base", "timm:tf_efficientnet_lite0", 224, parity=False, **kw)
     v = validate([str(base / "model_int8.onnx")], imagenet_val, batch_size=25, workers=1, record=False)
-    before = v.artifacts[0]
-    assert before.top1_delta < -2.0, before  # the problem is there (measured: -3.26 pt on 1,044 images)
+    assert v.data["images"] == 1044 and v.artifacts[0].top1_delta > -1.0, v.artifacts[0]  # measured: -0.57 pt
     ex = explain([str(base / "model_int8.onnx")], imagenet_val, workers=1, record=False).artifacts[0]
-    assert ex.images == v.data["images"] == 1044  # the same held-out images validate used
-    assert ex.matched == ex.total == 18 and ex.first_diverging == "blocks.0.0"
-    named = ex.suggested_exclude
-    assert named and named[0] == "blocks.0.0" and ex.suggestion["covered"] >= ex.suggestion["share"]
-    assert any(line.startswith("suggested --exclude: " + " ".join(named)) for line in ex.findings())
-    (tmp_path / "fixed").mkdir()
-    shutil.copytree(base / "calib-cache", tmp_path / "fixed" / "calib-cache")  # same calibration, re-quantized
-    fixed = _export(tmp_path / "fixed", "timm:tf_efficientnet_lite0", 224, exclude=named, **kw)
-    v2 = validate([str(fixed / "model_int8.onnx")], imagenet_val, batch_size=25, workers=1, record=False)
-    after = v2.artifacts[0]
-    assert v2.data["images"] == 1044
-    assert abs(after.top1_delta) <= 1.0, (named, before.top1_delta, after.top1_delta)
+    assert ex.images == 1044 and ex.matched == ex.total == 18

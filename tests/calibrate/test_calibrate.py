@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import FIXTURES
-from helpers import assert_one_line_error, load_mini, run_cli, write_smooth_images
+from helpers import export_mini_b1, assert_one_line_error, run_cli, write_smooth_images
 
 from lowformer.core.blocks import block_of_path, blocks_in_order, node_blocks, nodes_matching
 from lowformer.calibrate.data import select_calibration, split_eval_and_calibration
@@ -24,8 +23,6 @@ from lowformer.calibrate.sensitivity import EvalData, auto_exclude_blocks, block
 from lowformer.compare import compare_logits
 from lowformer.core.errors import LowformerError
 from lowformer.core.naming import module_path_of_node
-from lowformer.export.onnx_export import export_onnx
-from lowformer.models.fusion import fuse
 from lowformer.data.preprocess import lowformer_protocol
 
 SIZE = 64
@@ -36,12 +33,7 @@ _write_images = write_smooth_images
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A mini LowFormer (stem, stages with attention, head) as a fused FP32 ONNX at 64 px."""
-    folder = tmp_path_factory.mktemp("tiny")
-    model, _, _ = load_mini(FIXTURES / "mini" / "mini_b1.safetensors")
-    fuse(model)
-    export_onnx(model, folder / "model.onnx", SIZE)
-    return folder / "model.onnx", lowformer_protocol(SIZE)
+    return export_mini_b1(tmp_path_factory.mktemp("tiny"), SIZE)
 
 
 @pytest.fixture(scope="module")

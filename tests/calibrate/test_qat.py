@@ -10,8 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import FIXTURES
-from helpers import assert_ends_in_error, assert_one_line_error, load_mini, manifest_dict, run_cli, write_smooth_images
+from helpers import export_mini_b1, assert_ends_in_error, assert_one_line_error, manifest_dict, run_cli, write_smooth_images
 from onnx import numpy_helper
 
 from lowformer.calibrate.config import CalibrationConfig
@@ -21,24 +20,16 @@ from lowformer.calibrate.qdq_torch import QDQGraph
 from lowformer.calibrate.quantize import quantize_onnx
 from lowformer.calibrate.sensitivity import run_onnx
 from lowformer.compare import compare_logits
-from lowformer.core.errors import LowformerError
 from lowformer.data.imagenet import load_images
 from lowformer.calibrate.data import select_calibration
-from lowformer.data.preprocess import Preprocessing, lowformer_protocol
-from lowformer.export.onnx_export import export_onnx
-from lowformer.models.fusion import fuse
+from lowformer.data.preprocess import Preprocessing
 
 SIZE = 64
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A mini LowFormer (convolutions, attention, LayerNorm, GELU) as a fused FP32 ONNX at 64 px."""
-    folder = tmp_path_factory.mktemp("tiny")
-    model, _, _ = load_mini(FIXTURES / "mini" / "mini_b1.safetensors")
-    fuse(model)
-    export_onnx(model, folder / "model.onnx", SIZE)
-    return folder / "model.onnx", lowformer_protocol(SIZE)
+    return export_mini_b1(tmp_path_factory.mktemp("tiny"), SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +191,7 @@ def test_export_records_both_models_and_validate_measures_the_gain(images, tmp_p
     assert entries["model_int8.onnx"]["int8"]["qat"]["post_training"] == "model_int8_ptq.onnx"
     assert entries["model_int8_ptq.onnx"]["int8"]["post_training_of"] == "model_int8.onnx"
     assert "qat" not in entries["model_int8_ptq.onnx"]["int8"]
-    report = validate([str(out)], images, record=False, workers=0)
+    report = validate([str(out)], images, workers=0)  # recorded: the report shows the gain
     assert report.data["held_out_calibration_images"] == 16
     (gain,) = report.distillation
     assert "model_int8.onnx" in gain["artifact"] and "model_int8_ptq.onnx" in gain["post_training"]
@@ -209,6 +200,13 @@ def test_export_records_both_models_and_validate_measures_the_gain(images, tmp_p
     assert report.to_dict()["distillation"] == report.distillation
     baseline = next(a for a in report.artifacts if "model_int8_ptq.onnx" in a.name)
     assert baseline.gate["applied"] is False and baseline.passed is None and not baseline.failures
+    recorded = {a["path"]: a for a in manifest_dict(out)["artifacts"]}["model_int8.onnx"]["int8"]["qat"]
+    assert recorded["validated_gain"]["top1_gain"] == gain["top1_gain"] and recorded["validated_gain"]["images"] == 24
+    from lowformer.report import write_html_report
+
+    html = write_html_report([out], tmp_path / "report.html").read_text()
+    row = html[html.index('id="distillation-table"'):]
+    assert "model_int8_ptq.onnx" in row and f"{gain['top1_gain']:+.2f} pt" in row
 
     # Exported again without distillation: the old baseline goes, file and entry.
     again = export_model("timm:tf_efficientnet_lite0", int8=True, image_size=SIZE, out=str(out), fp16=True,
