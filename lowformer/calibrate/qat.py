@@ -40,23 +40,22 @@ def distill_qdq(session, dst: Path, requantize: Callable[[Path, Path], Dict[str,
     """Distill the post-training Q/DQ model `dst` (quantized from the calibration `session`'s FP32
     model, `config.qat` says how) and write the result to `dst` with `requantize(trained_fp32, dst)`
     (the same ranges, target and exclusions); the post-training model moves to
-    `post_training_path(dst)`. Returns the manifest's `qat` facts."""
-    prepared, qat = session.prepared, config.qat
-    session_src = session.source
-    teacher = Path(teacher or session_src)
+    `post_training_path(dst)`. `teacher`: an ONNX of the same classes (default: that FP32 model).
+    Returns the manifest's `qat` facts."""
     import onnx
 
     from lowformer.calibrate.qdq_torch import QDQGraph
-
     from lowformer.calibrate.session import model_input
 
+    prepared, qat, session_src = session.prepared, config.qat, session.source
+    teacher = Path(teacher or session_src)
     _name, fixed = model_input(dst)
     if fixed and fixed != qat.qat_batch_size:
         raise LowformerError(f"the INT8 model has a fixed batch of {fixed}: distill it with --qat-batch-size {fixed} "
                              "(or export with a dynamic batch)")
     images_set = select_calibration(qat.qat_data, config.calib_size) if qat.qat_data else session.calib
     images = load_images(images_set.samples, session.preprocessing)
-    t_logits = teacher_logits(Path(teacher), images, progress)
+    t_logits = teacher_logits(teacher, images, progress)
     fp32 = onnx.load(str(prepared))
     graph = QDQGraph(fp32, onnx.load(str(dst)))
     key = _state_key(dst, images_set, qat, teacher)
@@ -82,9 +81,9 @@ def distill_qdq(session, dst: Path, requantize: Callable[[Path, Path], Dict[str,
         ptq = post_training_path(dst)
         shutil.copyfile(dst, ptq)
         shutil.copyfile(written, dst)
-    own_teacher = session_src is not None and Path(teacher) == Path(session_src)
+    own_teacher = session_src is not None and teacher == Path(session_src)
     return {**facts, "teacher": {"path": "the FP32 model (model.onnx)" if own_teacher else str(teacher),
-                                 "sha256": sha256_file(Path(teacher)), "outputs": int(t_logits.shape[-1])},
+                                 "sha256": sha256_file(teacher), "outputs": int(t_logits.shape[-1])},
             "distillation_images": images_set.facts(), "post_training": ptq.name,
             "quantized_weights": graph.weights_quantized, "quantized_activations": graph.activations_quantized}
 
