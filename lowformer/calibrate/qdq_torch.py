@@ -252,7 +252,8 @@ class QDQGraph(torch.nn.Module):
     """The Q/DQ ONNX `qdq` as a module whose weights are the FP32 ONNX `fp32`'s, trainable.
 
     `fp32`, `qdq`: onnx ModelProtos (the prepared FP32 model the quantizer read, and what it wrote).
-    `quantize=False` runs the same graph without any fake quantization (the float model)."""
+    There is no float mode: where ONNX Runtime folded a Clip into a range, the graph without its
+    quantization would not be the FP32 model (the teacher is that model's ONNX instead)."""
 
     def __init__(self, fp32, qdq):
         super().__init__()
@@ -270,7 +271,6 @@ class QDQGraph(torch.nn.Module):
         self._dq_input: Dict[str, str] = {}  # activation DQ output -> the Q output it reads
         self._int32_bias: set = set()  # DQ outputs of int32 biases (scale = input scale x weight scale)
         self._scales: Dict[str, torch.Tensor] = {}  # weight DQ output -> its scales in this forward
-        self.quantize = True
         for name, arr in inits.items():
             if arr.dtype in (np.float32, np.float64, np.float16):
                 self._consts[name] = torch.from_numpy(np.array(arr, dtype=np.float32))
@@ -356,22 +356,19 @@ class QDQGraph(torch.nn.Module):
                 if outs[0] in self._weight_source:
                     w = self.params[self._param_names[self._weight_source[outs[0]]]]
                     quant = self._weight_quant.get(outs[0])
-                    if quant is not None and self.quantize:
+                    if quant is not None:
                         w, self._scales[outs[0]] = quant(w)
                     env[outs[0]] = w
                 else:  # the Q before it already produced the fake-quantized value
                     env[outs[0]] = env[ins[0]]
                 continue
             if op == "QuantizeLinear":
-                v = env[ins[0]] if ins[0] in env else self._value(ins[0], env)
-                if self.quantize:
-                    v = fake_quantize(v, *self._act_quant[outs[0]])
-                env[outs[0]] = v
+                env[outs[0]] = fake_quantize(self._value(ins[0], env), *self._act_quant[outs[0]])
                 continue
             args = [self._value(n, env) for n in ins]
             while args and args[-1] is None:
                 args.pop()
-            if len(ins) > 2 and ins[2] in self._int32_bias and self.quantize:
+            if len(ins) > 2 and ins[2] in self._int32_bias:
                 args[2] = self._quantized_bias(args[2], ins, env)
             y = _OPS[op](*args, **a, outputs=len(outs)) if op == "Split" else _OPS[op](*args, **a)
             if isinstance(y, (tuple, list)):
