@@ -51,6 +51,7 @@ from lowformer.core.progress import Progress, no_progress
 from lowformer.evaluate import Images, Item, default_workers, folder_of, resolve_reference, run_pass, select_images
 from lowformer.evaluate import unique_names
 from lowformer.evaluate.config import DataConfig, ReferenceConfig
+from lowformer.evaluate.shards import pass_order
 from lowformer.engines.config import RunConfig
 from lowformer.evaluate.divergence import BlockSums, Divergence
 from lowformer.evaluate.tally import SQNR_CAP_DB
@@ -257,8 +258,12 @@ class ExplainPlan:
     def run(self, progress: Progress = no_progress, record: bool = True,
             lock_timeout: float = _artifacts.DEFAULT_LOCK_TIMEOUT_S) -> "ExplainResult":
         consumer = self.consumer()
-        bad = run_pass(self.samples, self.pre, self.batch_size, self.workers, [consumer], progress,
-                       self.skip_bad_images, "explaining")
+        # validate's order (one image of each class per round), so `validate --explain` has these figures
+        order = pass_order(self.samples)
+        bad = run_pass([self.samples[i] for i in order], self.pre, self.batch_size, self.workers, [consumer],
+                       progress, self.skip_bad_images, "explaining")
+        at = {str(s.path): i for i, s in enumerate(self.samples)}
+        bad.sort(key=lambda b: at[b["path"]])
         result = consumer.result(bad)
         if record:
             record_explanation(result, lock_timeout)

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -34,7 +35,9 @@ from lowformer.evaluate.data import calibration_images, default_workers  # noqa:
 from lowformer.evaluate.items import Item, folder_of as _folder_of, unique_names as _unique_names  # noqa: F401
 from lowformer.evaluate.reference import reference_model, resolve_reference  # noqa: F401 (re-exported)
 from lowformer.evaluate.scoring import Scorer
-from lowformer.evaluate.tally import Tally as _Tally
+from lowformer.evaluate.records import RunRecords, image_list_checksum
+from lowformer.evaluate.shards import Shard, shard_positions
+from lowformer.evaluate.tally import Tally
 from lowformer.verdict import gates_not_applied
 
 # (pt drop of top-1 allowed, minimum top-1 agreement); None = not gated.
@@ -117,6 +120,7 @@ class ValidationResult:
     explain_error: Optional[Exception] = field(default=None, repr=False, compare=False)
     # a distilled INT8 artifact against its post-training model scored in the same pass (`qat_gains`)
     distillation: List[Dict[str, Any]] = field(default_factory=list)
+    machine: Optional[Dict[str, Any]] = None  # the CPU the images ran on (that of the first shard); None: this one
 
     def explained(self) -> Any:
         """The ExplainResult of `validate(..., explain_plan=)` (None without a plan); raises, now, the
@@ -134,7 +138,7 @@ class ValidationResult:
                 "images_per_second": round(self.data["images"] / self.seconds, 2) if self.seconds else None,
                 "data": self.data, "preprocessing": self.preprocessing,
                 "reference": self.reference.to_dict(), "artifacts": [a.to_dict() for a in self.artifacts],
-                "warnings": self.warnings, "machine": _machine(),
+                "warnings": self.warnings, "machine": self.machine or _machine(),
                 **({"distillation": self.distillation} if self.distillation else {}),
                 **({"explain": self.explanation.to_dict()} if self.explanation is not None else {})}
 
@@ -262,7 +266,8 @@ class ValidateConfig(Config):
     verify). `report`: also write the full result as JSON to this file; `record`: write each
     artifact's outcome into its manifest entry; `skip_missing`: skip manifest entries whose file is
     missing (else an error); `lock_timeout`: seconds to wait while another process writes a folder
-    this records into."""
+    this records into; `distributed`: this process is one rank of `torchrun` (RANK of WORLD_SIZE):
+    it scores its shard and the ranks gather their records (see `validate`)."""
 
     images: DataConfig = field(default_factory=DataConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -272,6 +277,7 @@ class ValidateConfig(Config):
     record: bool = True
     skip_missing: bool = False
     lock_timeout: float = _artifacts.DEFAULT_LOCK_TIMEOUT_S
+    distributed: bool = False
 
     def __post_init__(self) -> None:
         if self.images.batch_size is None:
@@ -286,8 +292,8 @@ def validate(artifacts: Sequence[str], data: PathLike, config: Optional[Validate
     `config`: a ValidateConfig, or its fields (and its nested configs' fields) as keywords: labels,
     limit, batch_size, workers, seed, skip_bad_images, crop_ratio, interpolation, mean, std (the
     images), device, threads, runtimes, precisions (where they run), gate_top1_drop, gate_agreement,
-    reference, checkpoint, verify, report, record, skip_missing, lock_timeout. An unknown keyword is
-    one LowformerError.
+    reference, checkpoint, verify, report, record, skip_missing, lock_timeout, distributed. An
+    unknown keyword is one LowformerError.
 
     `verify`: "cache" trusts `.verified.json` for files whose stat is unchanged; "full" re-hashes
     every artifact and the reference checkpoint.
@@ -295,24 +301,74 @@ def validate(artifacts: Sequence[str], data: PathLike, config: Optional[Validate
     `runtimes` / `precisions` (lowformer.engines.runtimes): also run ONNX artifacts through OpenVINO,
     at each OpenVINO inference precision; every such run is scored and gated on its own.
 
+    `distributed` (a process of `torchrun --nproc-per-node N`): this rank scores its shard (RANK+1
+    of WORLD_SIZE, `validate_shard`), the ranks gather their records over torch.distributed (gloo;
+    nccl with device cuda) and every rank returns the whole result, the figures of one process over
+    all images; only rank 0 writes the `report` and records the manifests. A rank that fails fails
+    every rank with one LowformerError line naming it.
+
     `explain_plan` (`validate --explain`): a `lowformer.explain.prepare_explain(...)` plan of the same
     artifacts and data, explained in the same pass (each image decoded once): on validate's images
     (held out, subset, seed), preprocessing and batches (give prepare_explain the same `batch_size`:
     its figures are then those of `plan.run()`). Its ExplainResult is `result.explained()`, which
     raises what stopped it (a failing boundary runner does not stop the validation); it is in
     `result.to_dict()["explain"]`, in the `report`, and with `record` in the manifests too."""
+    config = ValidateConfig.build(config, **fields)
+    if config.distributed:
+        if explain_plan is not None:
+            raise LowformerError("--explain runs in one process: run it without torchrun")
+        from lowformer.evaluate.gather import gather_records
+
+        shard = Shard.from_torchrun() or Shard()
+        records = gather_records(lambda: _score_images(artifacts, data, config, progress, None, shard)[0],
+                                 config.run.device)
+        return _finish(records, _items_of(records), config, writer=shard.index == 1)
+    records, items, explaining = _score_images(artifacts, data, config, progress, explain_plan, Shard())
+    return _finish(records, items, config, explaining=explaining)
+
+
+def validate_shard(artifacts: Sequence[str], data: PathLike, shard: Union[str, Shard],
+                   config: Optional[ValidateConfig] = None, progress: Progress = no_progress,
+                   **fields: Any) -> RunRecords:
+    """Score shard `shard` ("K/N") of the images `validate` would score with the same arguments: a
+    deterministic, class-stratified share of whole batches (lowformer.evaluate.shards). Returns its
+    per-image records (`.write(path)`); `merge_validation` of every shard's records gives the result
+    of one process over all images. Nothing is gated or recorded in the manifests."""
+    config = ValidateConfig.build(config, **fields)
+    shard = Shard.parse(shard) if isinstance(shard, str) else shard
+    return _score_images(artifacts, data, config, progress, None, shard)[0]
+
+
+def merge_validation(files: Sequence[PathLike], config: Optional[ValidateConfig] = None,
+                     **fields: Any) -> ValidationResult:
+    """The result of a run from its shards' records files (`validate --shard K/N --records FILE`):
+    checked to be every shard of one run once (one LowformerError line naming what is not), then
+    scored as one process over all images; `report` and `record` as in `validate` (the artifacts'
+    manifests are found at the paths the first shard recorded)."""
+    from lowformer.evaluate.records import merge
+
+    config = ValidateConfig.build(config, **fields)
+    records = merge(files)
+    return _finish(records, _items_of(records), config)
+
+
+def _score_images(artifacts: Sequence[str], data: PathLike, config: ValidateConfig, progress: Progress,
+                  explain_plan: Optional[Any], shard: Shard) -> Tuple[RunRecords, List[Item], Optional[Deferred]]:
+    """The pass of a run (or of its shard): (the per-image records, the artifacts, the explanation)."""
     import torch
 
     from lowformer.data.imagenet import list_samples
     from lowformer.engines import PyTorchRunner, load_artifacts
     from lowformer.engines.base import InputSpec
 
-    config = ValidateConfig.build(config, **fields)
     opts, run, gates = config.images.checked(), config.run, config.gate.checked()
     if not artifacts:
         raise LowformerError("name at least one artifact, export folder or manifest")
     ref = config.ref.checked()
     limit, seed, threads, device = opts.limit, opts.seed, run.threads, run.device
+    share = int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if config.distributed else 1  # ranks on this node
+    if threads is None and share > 1:  # torchrun's ranks share the cores: one share each
+        threads = max(1, (os.cpu_count() or 1) // share)
     started = time.perf_counter()
     listed = list_samples(data, opts.labels)  # data errors first: they are cheap to find
 
@@ -342,74 +398,153 @@ def validate(artifacts: Sequence[str], data: PathLike, config: Optional[Validate
             torch.set_num_threads(threads)
         ref_runner = PyTorchRunner(ref_model, InputSpec(shape=(None, 3, pre.crop, pre.crop)), device=device)
 
-        ref_score = ModelScore(ref_name, "pytorch", "fp32", None)
         scores = [ModelScore(n, r.backend, r.precision if r.variant else (e.precision if e else r.precision), str(p),
                              runtime=r.runtime, inference_precision=r.hint)
                   for n, r, (p, e, _) in zip(names, runners, items)]
         for s in scores:
             s.gate = asdict(gates.gate(s.precision))
-        scorer = Scorer(ref_runner, runners, ref_name, names, listed.label_source)
+        positions = shard_positions(samples, opts.batch_size, shard)
+        scorer = Scorer(ref_runner, runners, ref_name, names, listed.label_source, positions)
         images = Images(listed, samples, held_out, pre, limit, seed)
         explaining = None if explain_plan is None else Deferred(explain_plan.consumer(images))
-        workers = default_workers() if opts.workers is None else max(0, opts.workers)
-        bad = run_pass(samples, pre, opts.batch_size, workers, [scorer] + ([explaining] if explaining else []),
-                       progress, opts.skip_bad_images, "validating")
-        if scorer.ref.nonfinite:  # nothing to compare with: refused, whatever the artifacts did
-            raise LowformerError(scorer.ref.nonfinite_failure(f"the reference {ref_name}") +
-                                 ": its weights hold NaN/Inf or it overflows; no artifact can be validated against it")
+        workers = default_workers(share) if opts.workers is None else max(0, opts.workers)
+        passed = [samples[i] for i in positions]
+        what = "validating" if shard.whole else f"validating shard {shard}"
+        bad = run_pass(passed, pre, opts.batch_size, workers, [scorer] + ([explaining] if explaining else []),
+                       progress, opts.skip_bad_images, what)
     finally:
         for r in runners:
             r.close()
-    ref_tally = scorer.ref
-    if ref_tally.n == 0:
-        raise LowformerError("no readable images to validate")
+    at = {str(s.path): i for i, s in enumerate(samples)}
+    setup = {"artifacts": [_artifact_setup(s, item) for s, item in zip(scores, items)],
+             "reference": {"name": ref_name, "real_checkpoint": bool(real_checkpoint),
+                           "checkpoint_sha256": _reference_sha(manifest, ref)},
+             "preprocessing": pre.to_dict(), "batch_size": opts.batch_size,
+             "data": {**listed.describe(), "images": 0, "limit": limit, "seed": seed,
+                      "held_out_calibration_images": len(held_out)},
+             "images": {"checksum": image_list_checksum(samples, listed.root), "count": len(samples),
+                        "labels": [int(s.label) for s in samples]}}
+    records = RunRecords(shard, setup, [int(p) for p in scorer.ref.columns["index"]],
+                         [str(samples[p].path) for p in scorer.ref.columns["index"]], scorer.ref, scorer.tallies,
+                         list(scorer.errors), [{**b, "position": at[b["path"]]} for b in bad], warnings,
+                         _machine(), time.perf_counter() - started,
+                         _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    if records.reference.nonfinite_at:  # nothing to compare with: refused, whatever the artifacts did
+        ref_tally = Tally.merged([records.reference]).finish(records.labels, records.path_of())
+        raise LowformerError(ref_tally.nonfinite_failure(f"the reference {ref_name}") +
+                             ": its weights hold NaN/Inf or it overflows; no artifact can be validated against it")
+    return records, items, explaining
 
-    _fill(ref_score, ref_tally)
-    not_applied = gates_not_applied(ref_tally.num_classes, listed.label_source)
-    for (_, entry, _), s, t, error in zip(items, scores, scorer.tallies, scorer.errors):
-        s.error = error
-        _score(s, ref_score, ref_tally, t, not_applied)
-        baseline_of = entry.int8.get("post_training_of") if entry else None
-        if baseline_of and s.error is None:  # compared with its distilled model, not shipped: never gated
-            s.gate = {**(s.gate or {}), "applied": False,
-                      "reason": f"the post-training baseline of {baseline_of} (export --qat-steps)"}
-            s.failures, s.passed = [], None
 
-    if real_checkpoint and near_chance(ref_score.top1, ref_tally.num_classes, ref_tally.n):
-        chance = 100.0 / ref_tally.num_classes
-        warnings.append(f"the reference scores {ref_score.top1:.2f}% top-1 (chance {chance:.2f}%) with a real "
-                        f"checkpoint: the labels probably do not follow the model's class order "
-                        f"(labels: {listed.label_source})")
-    if any((s.gate or {}).get("applied") is False for s in scores):
-        warnings.append(f"accuracy gates not applied: {not_applied}")
-    if bad:
-        shown = ", ".join(b["path"] for b in bad[:MAX_BAD_NAMED])
-        more = f" and {len(bad) - MAX_BAD_NAMED} more (all in --report)" if len(bad) > MAX_BAD_NAMED else ""
-        warnings.append(f"skipped {len(bad)} unreadable image(s): {shown}{more}")
-    data_info = {**listed.describe(), "images": ref_tally.n, "limit": limit, "seed": seed,
-                 "held_out_calibration_images": len(held_out), "bad_images": bad}
-    result = ValidationResult(data_info, pre.to_dict(), ref_score, scores, warnings,
-                              time.perf_counter() - started,
-                              _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    result.items = items  # what `record_validation` writes into (not part of the JSON)
-    result.distillation = qat_gains(items, scores, scorer.tallies)
+def _artifact_setup(s: ModelScore, item: Item) -> Dict[str, Any]:
+    """What the records keep of an artifact: its score's identity and gate, sha256, what it distils."""
+    path, entry, _ = item
+    qat = (entry.int8.get("qat") or {}) if entry else {}
+    return {"score": {"name": s.name, "backend": s.backend, "precision": s.precision, "path": s.path,
+                      "runtime": s.runtime, "inference_precision": s.inference_precision, "gate": s.gate},
+            "sha256": entry.sha256 if entry and entry.sha256 else _file_sha(path),
+            "post_training_of": entry.int8.get("post_training_of") if entry else None,
+            "qat_post_training": qat.get("post_training"), "qat_steps": qat.get("steps")}
+
+
+def _file_sha(path: PathLike) -> Optional[str]:
+    from lowformer.core.files import sha256_file
+
+    return sha256_file(path) if Path(path).is_file() else None
+
+
+def _reference_sha(manifest: Optional[Manifest], ref: ReferenceConfig) -> Optional[str]:
+    if ref.checkpoint is not None:
+        return _file_sha(ref.checkpoint)
+    return manifest.checkpoint.get("sha256") if manifest is not None else None
+
+
+def _items_of(records: RunRecords) -> List[Item]:
+    """The (path, entry, manifest) of each artifact the records name, for recording into the manifests
+    (entry None where the file is gone or its manifest entry now holds other bytes)."""
+    from lowformer.engines import resolve_artifacts
+
+    out: List[Item] = []
+    for a in records.run["artifacts"]:
+        path = a["score"]["path"]
+        try:
+            found = resolve_artifacts([path], False, [], False)
+        except LowformerError:
+            found = []
+        p, entry, manifest = found[0] if found else (path, None, None)
+        if entry is not None and entry.sha256 != a["sha256"]:
+            entry = None  # re-exported since: its manifest no longer describes what was scored
+        out.append((p, entry, manifest))
+    return out
+
+
+def _finish(records: RunRecords, items: Sequence[Item], config: ValidateConfig, writer: bool = True,
+            explaining: Optional[Deferred] = None) -> ValidationResult:
+    """The result from a run's records; its report and manifest records when `writer`."""
+    result = result_from_records(records, items)
     if explaining is not None:
         try:
             if explaining.error is not None:
                 raise explaining.error
-            result.explanation = explaining.consumer.result(bad)
+            result.explanation = explaining.consumer.result(result.data["bad_images"])
         except Exception as e:  # raised by result.explained(), once the validation is shown and recorded
             result.explain_error = e
-    if config.report is not None:
+    if writer and config.report is not None:
         write_json(config.report, result.to_dict())
-    if config.record:
+    if writer and config.record:
         record_validation(result, config.lock_timeout)
         if result.explanation is not None:
             result.explanation.record(config.lock_timeout)
     return result
 
 
-def _score(s: ModelScore, ref_score: ModelScore, ref_tally: _Tally, t: _Tally, not_applied: Optional[str]) -> None:
+def result_from_records(records: RunRecords, items: Sequence[Item] = ()) -> ValidationResult:
+    """The figures, gates and warnings of a run from its per-image records (one process's, or its
+    shards' merged): the same whichever way the images were split. `items`: the artifacts'
+    (path, entry, manifest), kept for `record_validation`."""
+    run = records.run
+    labels, paths = records.labels, records.path_of()
+    ref_tally = Tally.merged([records.reference]).finish(labels, paths)
+    if ref_tally.n == 0:
+        raise LowformerError("no readable images to validate")
+    ref_score = ModelScore(run["reference"]["name"], "pytorch", "fp32", None)
+    _fill(ref_score, ref_tally)
+    not_applied = gates_not_applied(records.reference.num_classes, run["data"]["label_source"])
+    scores, tallies = [], []
+    for a, t, error in zip(run["artifacts"], records.artifacts, records.errors):
+        s = ModelScore(**a["score"])
+        t = Tally.merged([t]).finish(labels, paths, records.reference)
+        s.error = error
+        _score(s, ref_score, ref_tally, t, not_applied)
+        if a["post_training_of"] and s.error is None:  # compared with its distilled model: never gated
+            s.gate = {**(s.gate or {}), "applied": False,
+                      "reason": f"the post-training baseline of {a['post_training_of']} (export --qat-steps)"}
+            s.failures, s.passed = [], None
+        scores.append(s)
+        tallies.append(t)
+    warnings = list(records.warnings)
+    if run["reference"]["real_checkpoint"] and near_chance(ref_score.top1, records.reference.num_classes,
+                                                           ref_tally.n):
+        chance = 100.0 / records.reference.num_classes
+        warnings.append(f"the reference scores {ref_score.top1:.2f}% top-1 (chance {chance:.2f}%) with a real "
+                        f"checkpoint: the labels probably do not follow the model's class order "
+                        f"(labels: {run['data']['label_source']})")
+    if any((s.gate or {}).get("applied") is False for s in scores):
+        warnings.append(f"accuracy gates not applied: {not_applied}")
+    bad = [{"path": b["path"], "error": b["error"]} for b in sorted(records.bad_images, key=lambda b: b["position"])]
+    if bad:
+        shown = ", ".join(b["path"] for b in bad[:MAX_BAD_NAMED])
+        more = f" and {len(bad) - MAX_BAD_NAMED} more (all in --report)" if len(bad) > MAX_BAD_NAMED else ""
+        warnings.append(f"skipped {len(bad)} unreadable image(s): {shown}{more}")
+    data_info = {**run["data"], "images": ref_tally.n, "bad_images": bad}
+    result = ValidationResult(data_info, run["preprocessing"], ref_score, scores, warnings, records.seconds,
+                              records.date, machine=records.machine)
+    result.items = list(items)  # what `record_validation` writes into (not part of the JSON)
+    result.distillation = qat_gains(run["artifacts"], scores, tallies)
+    return result
+
+
+def _score(s: ModelScore, ref_score: ModelScore, ref_tally: Tally, t: Tally, not_applied: Optional[str]) -> None:
     """An artifact's figures, gate and verdict from its tally (`s.error`: why it stopped being run)."""
     _fill(s, t)
     if s.error is None and t.n and t.nonfinite:  # NaN agrees, compares and argmaxes by accident
@@ -448,7 +583,7 @@ def _machine() -> Dict[str, Any]:
     return {"cpu": cpu_model(), "isa": cpu_isa(flags), "cpu_flags": flags}
 
 
-def _paired_statistics(score: ModelScore, ref: _Tally, art: _Tally) -> None:
+def _paired_statistics(score: ModelScore, ref: Tally, art: Tally) -> None:
     """Is the top-1 delta real or noise of the data set: bootstrap interval, McNemar p, a sentence."""
     ref_c, art_c = np.concatenate(ref.correct), np.concatenate(art.correct)
     if len(ref_c) != len(art_c) or not len(ref_c):
@@ -459,14 +594,16 @@ def _paired_statistics(score: ModelScore, ref: _Tally, art: _Tally) -> None:
     score.decision = drop_decision(ci, (score.gate or {}).get("max_top1_drop"))
 
 
-def qat_gains(items: Sequence[Item], scores: Sequence[ModelScore], tallies: Sequence[_Tally]) -> List[Dict[str, Any]]:
+def qat_gains(artifacts: Sequence[Dict[str, Any]], scores: Sequence[ModelScore],
+              tallies: Sequence[Tally]) -> List[Dict[str, Any]]:
     """Each distilled INT8 artifact (`export --qat-steps`) against its post-training model, when both
-    ran on these images: the top-1 gain, its paired bootstrap interval and McNemar's p."""
-    by_path = {str(p): (s, t) for (p, _, _), s, t in zip(items, scores, tallies) if s.error is None and t.n}
+    ran on these images: the top-1 gain, its paired bootstrap interval and McNemar's p. `artifacts`:
+    the run's artifacts as its records keep them (`qat_post_training`, `qat_steps`)."""
+    by_path = {a["score"]["path"]: (s, t) for a, s, t in zip(artifacts, scores, tallies) if s.error is None and t.n}
     out = []
-    for (path, entry, _), s, t in zip(items, scores, tallies):
-        baseline = (entry.int8.get("qat") or {}).get("post_training") if entry else None
-        other = by_path.get(str(Path(path).with_name(baseline))) if baseline else None
+    for a, s, t in zip(artifacts, scores, tallies):
+        baseline = a.get("qat_post_training")
+        other = by_path.get(str(Path(a["score"]["path"]).with_name(baseline))) if baseline else None
         if other is None or s.error is not None or not t.n:
             continue
         ptq_c, qat_c = np.concatenate(other[1].correct), np.concatenate(t.correct)
@@ -476,11 +613,11 @@ def qat_gains(items: Sequence[Item], scores: Sequence[ModelScore], tallies: Sequ
         out.append({"artifact": s.name, "post_training": other[0].name, "top1": s.top1, "post_training_top1": other[0].top1,
                     "top1_gain": round(s.top1 - other[0].top1, 4), "top1_gain_ci": [round(ci[0], 4), round(ci[1], 4)],
                     "mcnemar_p": mcnemar_exact(int((ptq_c & ~qat_c).sum()), int((~ptq_c & qat_c).sum())),
-                    "steps": entry.int8["qat"].get("steps")})
+                    "steps": a.get("qat_steps")})
     return out
 
 
-def _fill(score: ModelScore, tally: _Tally) -> None:
+def _fill(score: ModelScore, tally: Tally) -> None:
     score.images = tally.n
     score.top1 = round(tally.pct(tally.top1), 4)
     score.top5 = round(tally.pct(tally.top5), 4)

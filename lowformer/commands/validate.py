@@ -11,6 +11,7 @@ from lowformer.commands.errors import handle_errors
 from lowformer.commands.options import RunOptions, json_option, options_into, parse_triplet, runtime_options
 from lowformer.commands.progress import RichProgress
 from lowformer.commands.render import emit_json, print_explain, print_validation, warning_line
+from lowformer.core.progress import no_progress
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,20 @@ class RecordOptions:
     as_json: bool
 
 
+@dataclass(frozen=True)
+class SplitOptions:
+    """What the pass does and how the run is split: `explain` (block by block too), `shard` (K/N)
+    with its `records` file, or `merge` of records files."""
+
+    explain: bool
+    shard: Optional[str]
+    records: Optional[str]
+    merge: bool
+
+
 @click.command("validate")
 @click.argument("artifacts", nargs=-1, required=True, metavar="ARTIFACT_OR_MANIFEST...")
-@click.option("--data", required=True, type=click.Path(), help="val/<wnid>/*.JPEG folder, or a flat folder with --labels.")
+@click.option("--data", type=click.Path(), help="val/<wnid>/*.JPEG folder, or a flat folder with --labels.")
 @click.option("--labels", type=click.Path(), help="LOC_val_solution.csv, or lines of '<file> <wnid-or-index>'.")
 @click.option("--limit", type=int, help="Validate a deterministic, class-stratified subset of N images.")
 @click.option("--batch-size", default=50, show_default=True, type=click.IntRange(1, 4096))
@@ -89,6 +101,13 @@ class RecordOptions:
 @click.option("--explain", is_flag=True,
               help="Then compare every block's output with the reference's (SQNR, cosine, ...; CPU): where it diverges; "
                    "INT8: the blocks to --exclude (largest SQNR loss first, >= 90% of it).")
+@click.option("--shard", "shard", metavar="K/N",
+              help="Score only shard K of N (a class-stratified share of whole batches) and write its per-image "
+                   "records to --records; merge every shard's with --merge. Under torchrun: the ranks' shards.")
+@click.option("--records", "records", type=click.Path(), help="With --shard: the records file to write.")
+@click.option("--merge", "merge", is_flag=True,
+              help="The arguments are the records files of every shard of one run: the report of one process "
+                   "over all images, checked, gated and recorded as validate would.")
 @click.option("--lock-timeout", default=600.0, show_default=True, type=click.FloatRange(0),
               help="Seconds to wait while another lowformer process writes into a folder this records into.")
 @json_option()
@@ -96,9 +115,10 @@ class RecordOptions:
 @options_into("images", ImageOptions)
 @options_into("ref", ReferenceOptions)
 @options_into("run", RunOptions)
+@options_into("split", SplitOptions)
 @options_into("output", RecordOptions)
-def validate_cmd(artifacts: Tuple[str, ...], data: str, images: ImageOptions, ref: ReferenceOptions, run: RunOptions,
-                 skip_missing: bool, explain: bool, output: RecordOptions) -> None:
+def validate_cmd(artifacts: Tuple[str, ...], data: Optional[str], images: ImageOptions, ref: ReferenceOptions,
+                 run: RunOptions, skip_missing: bool, split: SplitOptions, output: RecordOptions) -> None:
     """ImageNet top-1/top-5 of every artifact against the PyTorch reference, on the same images.
 
     \b
@@ -108,8 +128,19 @@ def validate_cmd(artifacts: Tuple[str, ...], data: str, images: ImageOptions, re
     A 1000-class model on class folders that are not ImageNet wnids (labels in folder order,
     e.g. generated images): the gates are recorded as not applied, with the reason (a warning).
     The outcome is also recorded under "validation" in each artifact's manifest entry.
+
+    \b
+    Beyond one process (docs/commands/validate.md):
+      --shard K/N --records FILE   score shard K of N (any launcher: Slurm array, Kubernetes, Ray)
+      --merge FILE...              the whole report from every shard's records
+      torchrun --nproc-per-node N -m lowformer validate ...   ranks split the images, rank 0 reports
     """
-    from lowformer.validate import ValidateConfig, record_validation, validate
+    from lowformer.validate import ValidateConfig, validate
+
+    explain = split.explain
+    distributed = _check_split(split, data, output)
+    if split.merge:
+        return _merge(artifacts, output)
 
     # what validate and prepare_explain both take: the same images, reference and runtimes
     shared = dict(**images.fields(), reference=ref.reference, checkpoint=ref.checkpoint, threads=run.threads,
@@ -122,8 +153,21 @@ def validate_cmd(artifacts: Tuple[str, ...], data: str, images: ImageOptions, re
     # one pass over the images: validate's scores and, with --explain, the block-by-block comparison
     config = ValidateConfig.build(**shared, gate_top1_drop=ref.gate_top1_drop, gate_agreement=ref.gate_agreement,
                                   report=None if explain else output.report, device=run.device, record=False,
-                                  verify=ref.verify)
-    result = validate(list(artifacts), data, config, progress=RichProgress(), explain_plan=plan)
+                                  verify=ref.verify, distributed=distributed)
+    if split.shard:
+        return _shard(artifacts, data, split, config, output.as_json)
+    writer = not distributed or _rank() == 0  # under torchrun every rank holds the result; rank 0 speaks
+    result = validate(list(artifacts), data, config.replace(report=config.report if writer else None),
+                      progress=RichProgress() if writer else no_progress, explain_plan=plan)
+    if not writer:
+        sys.exit(0 if result.passed else 1)
+    _report_result(result, output, plan)
+
+
+def _report_result(result, output: RecordOptions, plan=None) -> None:
+    """Show, record and (with --json) print a result; exit 1 unless every artifact passed."""
+    from lowformer.validate import record_validation
+
     lock_timeout, as_json = output.lock_timeout, output.as_json
     _show_validation(result, as_json)
     if not output.no_record:  # after the table: a folder we cannot write to still shows what was measured
@@ -164,3 +208,66 @@ def _write_report(report: Optional[str], out: Dict[str, Any]) -> None:
         from lowformer.core.files import write_json
 
         write_json(report, out)
+
+
+def _rank() -> int:
+    from lowformer.evaluate.gather import rank_and_world
+
+    return rank_and_world()[0]
+
+
+def _check_split(split: SplitOptions, data: Optional[str], output: RecordOptions) -> bool:
+    """Usage errors of --shard/--records/--merge; whether this process is a rank of torchrun."""
+    import os
+
+    distributed = "WORLD_SIZE" in os.environ and "RANK" in os.environ
+    if split.merge:
+        if split.shard or split.records or split.explain or data or distributed:
+            raise click.UsageError("--merge takes only records files (and --report, --json, --no-record, "
+                                   "--lock-timeout): the run's options are in them")
+        return False
+    if data is None:
+        raise click.UsageError("Missing option '--data'")
+    if bool(split.shard) != bool(split.records):
+        raise click.UsageError("--shard K/N and --records FILE go together")
+    if split.shard and distributed:
+        raise click.UsageError("under torchrun the ranks are the shards: leave out --shard and --records")
+    if split.explain and (split.shard or distributed):
+        raise click.UsageError("--explain runs in one process: run it without --shard or torchrun")
+    if split.shard and (output.report or output.no_record):
+        raise click.UsageError("a shard writes only its --records (no --report, nothing recorded): "
+                               "merge every shard with --merge")
+    return distributed
+
+
+def _shard(artifacts: Tuple[str, ...], data: str, split: SplitOptions, config, as_json: bool) -> None:
+    """`--shard K/N --records FILE`: score the shard, write its records, say so in one line."""
+    from lowformer.evaluate.shards import Shard
+    from lowformer.validate import validate_shard
+
+    shard = Shard.parse(split.shard or "")
+    records = validate_shard(list(artifacts), data, shard, config, progress=RichProgress())
+    records.write(split.records)
+    for w in records.warnings:
+        warning_line(w)
+    stopped = [f"{a['score']['name']}: {e}" for a, e in zip(records.run["artifacts"], records.errors) if e]
+    for s in stopped:
+        warning_line(f"stopped running {s}")
+    summary = {"shard": str(shard), "images": len(records.positions), "bad_images": len(records.bad_images),
+               "artifacts": len(records.artifacts), "seconds": round(records.seconds, 2), "records": split.records}
+    if as_json:
+        emit_json(summary)
+    else:
+        print(f"shard {shard}: {len(records.positions)} images scored by the reference and "
+              f"{len(records.artifacts)} artifact(s) in {records.seconds:.1f} s; records: {split.records} "
+              f"(merge every shard's: lowformer validate --merge FILE...)")
+    if stopped:
+        sys.exit(1)
+
+
+def _merge(files: Tuple[str, ...], output: RecordOptions) -> None:
+    """`--merge FILE...`: the whole run from its shards' records."""
+    from lowformer.validate import ValidateConfig, merge_validation
+
+    result = merge_validation(list(files), ValidateConfig.build(report=output.report, record=False))
+    _report_result(result, output)

@@ -15,9 +15,12 @@ from lowformer.data.preprocess import Preprocessing
 from lowformer.evaluate.items import Item
 
 
-def default_workers() -> int:
-    # Leave a core to the models: decoding runs beside inference, not instead of it.
-    return max(1, min(4, (os.cpu_count() or 2) - 1))
+def default_workers(share: int = 1) -> int:
+    """Decode processes of one of `share` processes on this machine (torchrun's ranks on a node)."""
+    # Leave a core to the models: decoding runs beside inference, not instead of it. A rank with one
+    # core of its own decodes in its own process (a worker would only take turns with it).
+    cores = max(1, (os.cpu_count() or 2) // max(1, share))
+    return max(1 if share == 1 else 0, min(4, cores - 1))
 
 
 def calibration_images(items: Sequence[Item], data: PathLike,
@@ -61,12 +64,13 @@ def select_images(listed: Any, items: Sequence[Item], data: PathLike, limit: Opt
 
 
 class Batch(NamedTuple):
-    """The readable images of one decoded batch: inputs (a torch tensor, N x 3 x crop x crop), labels
-    and paths, in sample order."""
+    """The readable images of one decoded batch: inputs (a torch tensor, N x 3 x crop x crop), labels,
+    paths and their indices in the pass's samples, in sample order."""
 
     x: Any
     labels: np.ndarray
     paths: List[str]
+    index: np.ndarray
 
 
 def batches(samples: Sequence[Any], pre: Preprocessing, batch_size: int, workers: int
@@ -97,5 +101,6 @@ def readable(x, y, idx, errors: Sequence[str], samples: Sequence[Any], bad: List
     if not ok.any():
         return None
     xb = x[torch.from_numpy(ok)] if not ok.all() else x
-    paths = [str(samples[int(i)].path) for i in idx.numpy()[ok]]
-    return Batch(xb, y.numpy()[ok], paths)
+    index = idx.numpy()[ok]
+    paths = [str(samples[int(i)].path) for i in index]
+    return Batch(xb, y.numpy()[ok], paths, index)

@@ -1,5 +1,5 @@
 """validate's consumer: the reference and every artifact on each batch, their top-1/top-5 and each
-artifact's parity with the reference (agreement, logit cosine and differences, flipped images)."""
+artifact's parity with the reference (logit cosine and differences), image by image (`Tally`)."""
 from __future__ import annotations
 
 from typing import Any, List, Optional, Sequence
@@ -12,14 +12,16 @@ from lowformer.evaluate.tally import Tally
 
 
 class Scorer:
-    """A pass consumer. `ref` and `tallies` hold the sums; `errors[i]` is why artifact i stopped being
-    run (a backend failing mid-run, an output of another shape), None while it runs. The runners are
-    the caller's (it loaded them and closes them)."""
+    """A pass consumer. `ref` and `tallies` hold the per-image records, under each image's position
+    in the run's image list (`positions[i]`: that of the pass's i-th sample; default: i); `errors[i]`
+    is why artifact i stopped being run (a backend failing mid-run, an output of another shape), None
+    while it runs. The runners are the caller's (it loaded them and closes them)."""
 
     def __init__(self, ref_runner: Any, runners: Sequence[Any], ref_name: str, names: Sequence[str],
-                 label_source: str):
+                 label_source: str, positions: Optional[Sequence[int]] = None):
         self.ref_runner, self.runners = ref_runner, list(runners)
         self.ref_name, self.names, self.label_source = ref_name, list(names), label_source
+        self.positions = None if positions is None else np.asarray(positions, dtype=np.int64)
         self.ref = Tally()
         self.tallies = [Tally() for _ in self.runners]
         self.errors: List[Optional[str]] = [None] * len(self.runners)
@@ -31,22 +33,22 @@ class Scorer:
         pass
 
     def status(self) -> Optional[str]:
-        running = [f"{self.ref_name} {self.ref.pct(self.ref.top1):.1f}%"]
-        running += [f"{n} {t.pct(t.top1):.1f}%" for n, t, e in zip(self.names, self.tallies, self.errors) if not e]
+        running = [f"{self.ref_name} {self.ref.running_pct():.1f}%"]
+        running += [f"{n} {t.running_pct():.1f}%" for n, t, e in zip(self.names, self.tallies, self.errors) if not e]
         return "top-1: " + "  ".join(running)
 
     def consume(self, batch: Batch) -> None:
         """The reference and every artifact on one batch."""
-        labels, paths = batch.labels, batch.paths
+        labels = batch.labels
+        index = batch.index if self.positions is None else self.positions[batch.index]
         ref_logits = self.ref_runner.run(batch.x).numpy()
-        if self.ref.count_nonfinite(ref_logits, paths):
-            self.ref.n += len(labels)  # counted as run, compared with nothing (the caller refuses the run)
-            return
+        if self.ref.count_nonfinite(ref_logits, index).any():
+            self.ref.accuracy(ref_logits, labels, index)  # counted as run, compared with nothing
+            return  # the caller refuses the run
         if ref_logits.shape[1] <= labels.max():
             raise LowformerError(f"the labels go up to class {labels.max()} but the model has "
                                  f"{ref_logits.shape[1]} outputs ({self.label_source})")
-        ref_pred = self.ref.accuracy(ref_logits, labels)
-        self.ref.num_classes = ref_logits.shape[1]
+        self.ref.accuracy(ref_logits, labels, index)
         xn = batch.x.numpy()
         for i, (r, t) in enumerate(zip(self.runners, self.tallies)):
             if self.errors[i]:
@@ -59,6 +61,5 @@ class Scorer:
             if out.shape != ref_logits.shape:
                 self.errors[i] = f"output shape {tuple(out.shape)} differs from the reference {tuple(ref_logits.shape)}"
                 continue
-            pred = t.accuracy(out, labels)
-            if not t.count_nonfinite(out, paths) and not t.nonfinite:
-                t.parity(ref_logits, out, ref_pred, pred, labels, paths)
+            t.accuracy(out, labels, index)
+            t.parity(ref_logits, out, np.flatnonzero(~t.count_nonfinite(out, index)))

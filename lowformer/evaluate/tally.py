@@ -1,6 +1,11 @@
-"""Running sums over the batches of a pass: accuracy and logit parity per model (`Tally`), error
-sums per block boundary tensor (`BlockTally`); ratios are taken of whole-pass sums, never means of
-per-batch ratios."""
+"""Per-image results of a pass (`Tally`: one model's records) and the figures taken from them;
+error sums per block boundary tensor (`BlockTally`).
+
+A model's results are kept image by image, each under its position in the run's image list, so
+that a run's figures are the same whether its images ran in one process or in shards merged
+afterwards (lowformer.evaluate.records): `Tally.finish` sorts the records by position and takes
+every sum with math.fsum (exactly rounded, so independent of order and of how images were split).
+"""
 from __future__ import annotations
 
 import math
@@ -10,66 +15,157 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from lowformer.compare import compare_logits, nonfinite_message, nonfinite_rows
+from lowformer.compare import nonfinite_message, nonfinite_rows
 
 SQNR_CAP_DB = 150.0  # an exact match (no error at all) reads as this, never as infinity (JSON)
+COLUMNS = ("index", "top1", "top5", "prob", "cosine", "sq_diff", "sq_ref", "max_abs")
 
 
 class Tally:
-    """Running accuracy and (for artifacts) parity with the reference, over batches."""
+    """One model's per-image results over a run: its top-1 and top-5 classes, the softmax probability
+    of its top-1 class and (an artifact) its logit cosine, squared error, squared reference norm and
+    largest difference against the reference (NaN where not compared); the images whose logits hold
+    NaN/Inf (`nonfinite_at`: position -> kinds). `finish(labels, paths)` takes the run's figures."""
 
     def __init__(self) -> None:
+        self.columns: Dict[str, List[Any]] = {k: [] for k in COLUMNS}
+        self.nonfinite_at: Dict[int, List[str]] = {}
+        self.num_classes = 0
+        self.seen = self.right = 0  # running counts for the progress line
+        self._finish_empty()
+
+    def _finish_empty(self) -> None:
         self.n = self.top1 = self.top5 = self.agree = 0
         self.cos_sum = self.max_abs = self.sq_diff = self.sq_ref = 0.0
         self.flips: List[Dict[str, Any]] = []
-        self.num_classes = 0
-        self.correct: List[np.ndarray] = []  # per image, in order: the paired statistics need them
+        self.correct: List[np.ndarray] = []  # per image, in position order: the paired statistics need them
         self.nonfinite = 0  # images whose logits hold NaN/Inf (then no parity metric is meaningful)
         self.nonfinite_kinds: List[str] = []
         self.nonfinite_first: Optional[str] = None
 
-    def accuracy(self, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    # ------------------------------------------------------------------ during the pass
+    def accuracy(self, logits: np.ndarray, labels: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """Record the top-1/top-5 classes of a batch (images at `index`); returns the top-1 classes."""
         k = min(5, logits.shape[1])
         pred = logits.argmax(1)
-        topk = np.argpartition(-logits, k - 1, axis=1)[:, :k]
-        self.n += len(labels)
-        self.top1 += int((pred == labels).sum())
-        self.correct.append(pred == labels)
-        self.top5 += int((topk == labels[:, None]).any(1).sum())
+        top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(logits, top, 1), axis=1, kind="stable")
+        top = np.take_along_axis(top, order, 1)
+        self.num_classes = logits.shape[1]
+        self.columns["index"].extend(int(i) for i in index)
+        self.columns["top1"].extend(int(p) for p in pred)
+        self.columns["top5"].extend(t.tolist() for t in top)
+        self.columns["prob"].extend(prob(row, int(p)) for row, p in zip(logits, pred))
+        for c in ("cosine", "sq_diff", "sq_ref", "max_abs"):
+            self.columns[c].extend([math.nan] * len(pred))
+        self.seen += len(labels)
+        self.right += int((pred == labels).sum())
         return pred
 
-    def parity(self, ref: np.ndarray, out: np.ndarray, ref_pred: np.ndarray, pred: np.ndarray,
-               labels: np.ndarray, paths: Sequence[str]) -> None:
-        cmp = compare_logits(ref, out)
-        self.cos_sum += cmp.cosine * cmp.n
-        self.max_abs = max(self.max_abs, cmp.max_abs)
-        self.sq_diff += float(np.square(out.astype(np.float64) - ref).sum())
-        self.sq_ref += float(np.square(ref.astype(np.float64)).sum())
-        same = ref_pred == pred
-        self.agree += int(same.sum())
-        for i in np.flatnonzero(~same):
-            self.flips.append({"path": paths[i], "label": int(labels[i]), "reference": int(ref_pred[i]),
-                               "artifact": int(pred[i]),
-                               # softmax probability of each side's predicted class, from its own logits
-                               "reference_prob": prob(ref[i], int(ref_pred[i])),
-                               "artifact_prob": prob(out[i], int(pred[i]))})
+    def parity(self, ref: np.ndarray, out: np.ndarray, rows: np.ndarray) -> None:
+        """Record each image's logit cosine and errors against the reference, for the batch's `rows`
+        (those with finite logits) of the batch just recorded by `accuracy`."""
+        if not len(rows):
+            return
+        r = np.asarray(ref, dtype=np.float64)[rows].reshape(len(rows), -1)
+        o = np.asarray(out, dtype=np.float64)[rows].reshape(len(rows), -1)
+        diff = o - r
+        denom = np.linalg.norm(r, axis=1) * np.linalg.norm(o, axis=1)
+        cos = np.where(denom > 0, (r * o).sum(1) / np.maximum(denom, 1e-300), 1.0)
+        start = len(self.columns["index"]) - len(ref)
+        for j, row in enumerate(rows):
+            at = start + int(row)
+            self.columns["cosine"][at] = float(cos[j])
+            self.columns["sq_diff"][at] = float(np.square(diff[j]).sum())
+            self.columns["sq_ref"][at] = float(np.square(r[j]).sum())
+            self.columns["max_abs"][at] = float(np.abs(diff[j]).max(initial=0.0))
+
+    def count_nonfinite(self, logits: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """Record the images of a batch whose logits hold NaN/Inf; returns the rows that do."""
+        rows, _ = nonfinite_rows(logits)
+        for i in np.flatnonzero(rows):
+            _, kinds = nonfinite_rows(logits[i:i + 1])
+            self.nonfinite_at[int(index[i])] = kinds
+        return rows
+
+    def running_pct(self) -> float:
+        return 100.0 * self.right / self.seen if self.seen else 0.0
+
+    # ------------------------------------------------------------------ after it
+    def finish(self, labels: Sequence[int], paths: Sequence[str], ref: Optional["Tally"] = None) -> "Tally":
+        """The figures over the recorded images (labels and paths: the run's, by position), summed in
+        position order: n, top1, top5, correct; with `ref`, the parity sums and flipped images."""
+        self._finish_empty()
+        cols = self.columns
+        order = sorted(range(len(cols["index"])), key=lambda j: cols["index"][j])
+        pos = [cols["index"][j] for j in order]
+        pred = np.array([cols["top1"][j] for j in order], dtype=np.int64)
+        y = np.array([labels[p] for p in pos], dtype=np.int64)
+        self.n = len(pos)
+        correct = pred == y
+        self.correct = [correct]
+        self.top1 = int(correct.sum())
+        self.top5 = sum(1 for j, lab in zip(order, y) if int(lab) in cols["top5"][j])
+        bad = sorted(p for p in self.nonfinite_at if p in set(pos))
+        self.nonfinite = len(bad)
+        kinds = {k for p in bad for k in self.nonfinite_at[p]}
+        self.nonfinite_kinds = [k for k in ("NaN", "+Inf", "-Inf") if k in kinds]
+        self.nonfinite_first = Path(paths[bad[0]]).name if bad else None
+        if ref is None or self.nonfinite:
+            return self
+        ref_at = {p: j for j, p in enumerate(ref.columns["index"])}
+        compared = [j for j in order if not math.isnan(cols["cosine"][j])]
+        self.cos_sum = math.fsum(cols["cosine"][j] for j in compared)
+        self.sq_diff = math.fsum(cols["sq_diff"][j] for j in compared)
+        self.sq_ref = math.fsum(cols["sq_ref"][j] for j in compared)
+        self.max_abs = max((cols["max_abs"][j] for j in compared), default=0.0)
+        for j, p in zip(order, pos):
+            r = ref_at[p]
+            ref_pred = ref.columns["top1"][r]
+            if ref_pred == cols["top1"][j]:
+                self.agree += 1
+            else:
+                self.flips.append({"path": paths[p], "label": int(labels[p]), "reference": int(ref_pred),
+                                   "artifact": int(cols["top1"][j]),
+                                   # softmax probability of each side's predicted class, from its own logits
+                                   "reference_prob": ref.columns["prob"][r], "artifact_prob": cols["prob"][j]})
+        return self
 
     def pct(self, v: int) -> float:
         return 100.0 * v / self.n if self.n else 0.0
 
-    def count_nonfinite(self, logits: np.ndarray, paths: Sequence[str]) -> bool:
-        """Count the images whose logits hold NaN/Inf; whether this batch had any."""
-        rows, kinds = nonfinite_rows(logits)
-        if not kinds:
-            return False
-        self.nonfinite += int(rows.sum())
-        self.nonfinite_kinds = [k for k in ("NaN", "+Inf", "-Inf") if k in kinds or k in self.nonfinite_kinds]
-        self.nonfinite_first = self.nonfinite_first or Path(paths[int(np.flatnonzero(rows)[0])]).name
-        return True
-
     def nonfinite_failure(self, where: str) -> str:
         return (nonfinite_message(where, self.nonfinite_kinds, self.nonfinite, self.n, "image") +
                 f" (first: {self.nonfinite_first})")
+
+    # ------------------------------------------------------------------ as records
+    def to_records(self) -> Dict[str, Any]:
+        """The per-image columns as JSON (NaN: null), with the images whose logits hold NaN/Inf."""
+        out: Dict[str, Any] = {k: [None if isinstance(v, float) and math.isnan(v) else v for v in vals]
+                               for k, vals in self.columns.items()}
+        out["nonfinite"] = {str(p): kinds for p, kinds in sorted(self.nonfinite_at.items())}
+        out["num_classes"] = self.num_classes
+        return out
+
+    @classmethod
+    def from_records(cls, records: Dict[str, Any]) -> "Tally":
+        t = cls()
+        for k in COLUMNS:
+            t.columns[k] = [math.nan if v is None else v for v in records[k]]
+        t.nonfinite_at = {int(p): list(kinds) for p, kinds in records.get("nonfinite", {}).items()}
+        t.num_classes = int(records.get("num_classes", 0))
+        return t
+
+    @classmethod
+    def merged(cls, parts: Sequence["Tally"]) -> "Tally":
+        """The records of several shards as one tally."""
+        t = cls()
+        for part in parts:
+            for k in COLUMNS:
+                t.columns[k].extend(part.columns[k])
+            t.nonfinite_at.update(part.nonfinite_at)
+            t.num_classes = t.num_classes or part.num_classes
+        return t
 
 
 def prob(logits: np.ndarray, cls: int) -> float:
