@@ -10,7 +10,7 @@ install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e ".[test,openvino,executorch]"
+	$(BIN)/pip install -q -e ".[test,openvino,executorch,ray]"
 	touch $(STAMP)
 
 test: install

@@ -9,12 +9,12 @@ machinery when called.
     with lowformer.load(result.out / "model.onnx") as runner:
         logits = runner.run(images)
 """
-from lowformer.api import bench, explain, export, load, profile, report, validate
+from lowformer.api import bench, explain, export, load, profile, report, sweep, validate
 from lowformer.core.errors import LowformerError
 from lowformer.models.factory import create_model
 from lowformer.models.fusion import fuse
 from lowformer.models.registry import RELEASED, VARIANTS, resolve
 
-__all__ = ["export", "validate", "explain", "profile", "bench", "load", "report", "LowformerError", "fuse",
+__all__ = ["export", "validate", "explain", "profile", "bench", "sweep", "load", "report", "LowformerError", "fuse",
            "create_model", "resolve", "RELEASED", "VARIANTS"]
 __version__ = "0.1.0"

@@ -1,7 +1,7 @@
 """The public Python API: one function per command (`lowformer.export(...)`, `lowformer.validate(...)`,
 ...), re-exported by `lowformer`. Each imports its machinery when called.
 
-`lowformer.export`, `.validate`, `.explain`, `.bench` and `.report` are also the names of modules of
+`lowformer.export`, `.validate`, `.explain`, `.bench`, `.sweep` and `.report` are also the names of modules of
 the package; those modules are callable (lowformer.core.command_module), so the name works as the
 function whether or not the module was imported.
 """
@@ -18,9 +18,10 @@ if TYPE_CHECKING:
     from lowformer.export.config import ExportConfig
     from lowformer.export.pipeline import ExportResult
     from lowformer.profiling.report import ProfileReport
+    from lowformer.sweep.run import SweepReport
     from lowformer.validate import ValidationResult
 
-__all__ = ["export", "validate", "explain", "profile", "bench", "load", "report"]
+__all__ = ["export", "validate", "explain", "profile", "bench", "sweep", "load", "report"]
 
 
 def export(model: str, to: Union[str, Sequence[str]] = ("onnx",), config: Optional["ExportConfig"] = None,
@@ -66,6 +67,16 @@ def bench(targets: Sequence[str], **options: Any) -> "BenchReport":
     from lowformer.bench.run import bench as _bench
 
     return _bench(list(targets), **options)
+
+
+def sweep(models: Sequence[str], **options: Any) -> "SweepReport":
+    """`lowformer sweep`: export, (with `data`) validate and time models x formats x batch sizes as Ray
+    tasks (a Ray cluster: `ray_address`; a local Ray; or this process: `use_ray=False`), one timed cell
+    per node at a time, merged into `out`'s results-<isa>.json and RESULTS-<isa>.md. Options as
+    lowformer.sweep.run.sweep (formats, batch_sizes, image_size, cell_seconds, labels, ...)."""
+    from lowformer.sweep.run import sweep as _sweep
+
+    return _sweep(models=tuple(models), **options)
 
 
 def load(path: Union[str, "Path"], device: str = "cpu", threads: Optional[int] = None,

@@ -17,6 +17,7 @@ from lowformer.commands.info import info_cmd, models_cmd
 from lowformer.commands.profile import profile_cmd
 from lowformer.commands.progress import install_logging
 from lowformer.commands.report import report_cmd
+from lowformer.commands.sweep import sweep_cmd
 from lowformer.commands.train import train_cmd
 from lowformer.commands.validate import validate_cmd
 
@@ -54,6 +55,7 @@ main.add_command(validate_cmd)
 main.add_command(train_cmd)
 main.add_command(profile_cmd)
 main.add_command(bench_cmd)
+main.add_command(sweep_cmd)
 main.add_command(report_cmd)
 main.add_command(demo_cmd)
 main.add_command(calibrate_group)

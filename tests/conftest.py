@@ -22,6 +22,7 @@ DOCS = (
     "docs/commands/validate.md",
     "docs/commands/profile.md",
     "docs/commands/bench.md",
+    "docs/commands/sweep.md",
     "docs/commands/report.md",
     "docs/commands/build-engine.md",
     "docs/commands/calibrate.md",

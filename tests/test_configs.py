@@ -25,13 +25,14 @@ from lowformer.explain import ExplainConfig
 from lowformer.export.config import ExportConfig
 from lowformer.profiling.config import ProfileConfig
 from lowformer.report import ChartStyle, bar_chart
+from lowformer.sweep.config import ClusterConfig, SweepConfig
 from lowformer.validate import GateConfig, ValidateConfig
 
 MAX_PARAMETERS = 8
 # the configs of issue #30, each field documented in its docstring
 DOCUMENTED = [RunConfig, DataConfig, ReferenceConfig, GateConfig, ValidateConfig, ExplainConfig, BenchConfig,
               ProfileConfig, HarnessConfig, TrtBuildConfig, AutoExcludeConfig, SearchConfig, ChartStyle, ExportConfig,
-              CalibrationConfig]
+              CalibrationConfig, SweepConfig, ClusterConfig]
 CONFIGS = DOCUMENTED
 
 

@@ -180,6 +180,21 @@ def print_bench(report) -> None:
             console.print(Text.assemble(("warning:", "yellow"), f" {r.target}: {w}"), highlight=False, soft_wrap=True)
 
 
+def print_sweep(report) -> None:
+    """`sweep`: one row per cell (figures, the node and ISA that timed it, attempts), then the files."""
+    def figure(c: Dict[str, Any], key: str, spec: str) -> str:
+        return format(c[key], spec) if c.get("status") == "ok" and c.get(key) is not None else "-"
+
+    print_table(f"sweep on {report.where}: {len(report.cells)} cell(s), {len(report.failed)} failed",
+                ["model", "format", "batch", "median ms", "images/s", "node (ISA)", "attempts", "status"],
+                [(c["model"], c["format"], c["batch_size"], figure(c, "median_ms", ".2f"),
+                  figure(c, "images_per_s", ".1f"),
+                  f"{c['node']} ({c['isa']})" if c.get("node") else "-", c.get("attempts", "-"),
+                  "ok" if c.get("status") == "ok" else c.get("status", "-")) for c in report.cells])
+    for path in report.files:
+        print_path("results", path)
+
+
 def print_demo(summary: Dict[str, Any]) -> None:
     print_table("lowformer demo", summary["columns"], summary["rows"])
     for w in summary.get("warnings") or []:  # under the table whose latencies they qualify

@@ -1,7 +1,7 @@
 """Modules that are also their command's API function.
 
-`lowformer.export`, `lowformer.validate`, `lowformer.explain`, `lowformer.bench` and `lowformer.report`
-are functions of the public API (lowformer.api) and modules of the package: importing the module
+`lowformer.export`, `lowformer.validate`, `lowformer.explain`, `lowformer.bench`, `lowformer.sweep` and
+`lowformer.report` are functions of the public API (lowformer.api) and modules of the package: importing the module
 makes Python set the package attribute to the module, hiding the function. Such a module calls
 `callable_as_command(__name__)` last, which makes the module object itself callable, forwarding to
 the API function of the same name: `lowformer.validate(...)` works whichever of the two it is.
