@@ -251,6 +251,11 @@ class ExplainPlan:
     def images(self) -> Images:
         return Images(self.listed, self.samples, self.held_out, self.pre, self.limit, self.seed)
 
+    def merged(self, shards: Sequence[Dict[str, Any]], items: Dict[str, Item],
+               bad: List[Dict[str, str]]) -> "ExplainResult":
+        """The explanation of a run from its shards' records (`explanation_from_records`)."""
+        return explanation_from_records(shards, items, bad)
+
     def consumer(self, images: Optional[Images] = None) -> "_Explaining":
         """The pass consumer that explains on `images` (default: the plan's own); `.result(bad)` after."""
         return _Explaining(self, images or self.images())
@@ -392,11 +397,10 @@ class _Explaining(Divergence):
                          [p.open for p in plan.planned], plan.threads)
         self.plan, self.images = plan, images
 
-    def result(self, bad: List[Dict[str, str]]) -> ExplainResult:
+    def setup(self) -> Dict[str, Any]:
+        """What the result needs besides the sums, as JSON (a shard's records keep it): each planned
+        run, the warnings known before the pass, the data, the reference and its blocks."""
         plan, images = self.plan, self.images
-        if not self.sums or self.sums[0].n == 0:
-            raise LowformerError("no readable images to explain")
-        results = [_explanation(p, s, self.date) for p, s in zip(plan.planned, self.sums)]
         warnings = list(plan.warnings)
         if [s.path for s in images.samples] != [s.path for s in plan.samples]:
             warnings.append(f"explained on the {len(images.samples)} images validate ran, not the "
@@ -404,20 +408,56 @@ class _Explaining(Divergence):
         if images.held_out:
             warnings.append(f"held out {len(images.held_out)} calibration image(s); explained on the other "
                             f"{len(images.samples)}")
-        for r in results:
-            if r.logits_max_abs_vs_artifact and r.logits_max_abs_vs_artifact > 1e-3:
-                hint = r.inference_precision or "f32"
-                why = ("the runtime fused across a boundary" if hint == "f32" else
-                       f"at {hint}, an exposed tensor changes where OpenVINO rounds; the block figures come from a "
-                       "run that differs that much from the validated one")
-                warnings.append(f"{r.name}: exposing the block boundaries changed its logits by up to "
-                                f"{r.logits_max_abs_vs_artifact:.3g}: {why}")
-        data_info = {**images.listed.describe(), "images": results[0].images, "limit": images.limit,
-                     "seed": images.seed, "held_out_calibration_images": len(images.held_out), "bad_images": bad,
-                     "reference": plan.ref_name, "blocks": list(plan.ref_blocks)}
-        result = ExplainResult(data_info, results, warnings, time.perf_counter() - self.started, self.date)
-        result.items = [(p.item, r) for p, r in zip(plan.planned, results)]
-        return result
+        planned = [{"path": str(p.item[0]), "name": p.name, "precision": p.precision, "runtime": p.runtime,
+                    "total": p.total, "unmatched": list(p.unmatched), "backend": p.backend, "hint": p.hint,
+                    "run_key": p.run_key} for p in plan.planned]
+        return {"planned": planned, "warnings": warnings,
+                "data": {**images.listed.describe(), "images": 0, "limit": images.limit, "seed": images.seed,
+                         "held_out_calibration_images": len(images.held_out), "bad_images": [],
+                         "reference": plan.ref_name, "blocks": list(plan.ref_blocks)}}
+
+    def to_records(self) -> Dict[str, Any]:
+        """This pass's explanation as a shard's records keep it (`explanation_from_records` merges)."""
+        return {"setup": self.setup(), "sums": [s.to_records() for s in self.sums], "date": self.date,
+                "seconds": time.perf_counter() - self.started}
+
+    def result(self, bad: List[Dict[str, str]]) -> ExplainResult:
+        items = {str(p.item[0]): p.item for p in self.plan.planned}
+        return _result(self.setup(), self.sums, items, bad, time.perf_counter() - self.started, self.date)
+
+
+def explanation_from_records(shards: Sequence[Dict[str, Any]], items: Dict[str, Item],
+                             bad: List[Dict[str, str]]) -> ExplainResult:
+    """The explanation of a run from its shards' records (`_Explaining.to_records`, in shard order):
+    the block sums replayed in pass order, so the figures are those of one process over all images.
+    `items`: path -> (path, entry, manifest) of the artifacts, for recording (entry None: not recorded)."""
+    sums = [BlockSums.merged([shard["sums"][i] for shard in shards]) for i in range(len(shards[0]["sums"]))]
+    return _result(shards[0]["setup"], sums, items, bad, max(s["seconds"] for s in shards),
+                   min(s["date"] for s in shards))
+
+
+def _result(setup: Dict[str, Any], sums: Sequence[BlockSums], items: Dict[str, Item], bad: List[Dict[str, str]],
+            seconds: float, date: str) -> ExplainResult:
+    """The ExplainResult of a pass: each planned run's findings from its sums."""
+    if not sums or sums[0].n == 0:
+        raise LowformerError("no readable images to explain")
+    planned = [_Planned(items.get(d["path"], (d["path"], None, None)), d["name"], d["precision"], d["runtime"], {},
+                        0, d["total"], d["unmatched"], None, d["backend"], d["hint"], d["run_key"])
+               for d in setup["planned"]]
+    results = [_explanation(p, s, date) for p, s in zip(planned, sums)]
+    warnings = list(setup["warnings"])
+    for r in results:
+        if r.logits_max_abs_vs_artifact and r.logits_max_abs_vs_artifact > 1e-3:
+            hint = r.inference_precision or "f32"
+            why = ("the runtime fused across a boundary" if hint == "f32" else
+                   f"at {hint}, an exposed tensor changes where OpenVINO rounds; the block figures come from a "
+                   "run that differs that much from the validated one")
+            warnings.append(f"{r.name}: exposing the block boundaries changed its logits by up to "
+                            f"{r.logits_max_abs_vs_artifact:.3g}: {why}")
+    data_info = {**setup["data"], "images": results[0].images, "bad_images": bad}
+    result = ExplainResult(data_info, results, warnings, seconds, date)
+    result.items = [(p.item, r) for p, r in zip(planned, results)]
+    return result
 
 
 def _explanation(p: _Planned, sums: BlockSums, date: str) -> ArtifactExplanation:

@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from lowformer.artifacts import ArtifactEntry, Manifest, ValidationRecord
 from lowformer.compare import drop_decision, finite_or_none, mcnemar_exact, paired_bootstrap_delta
 from lowformer.core.config import Config
 from lowformer.core.progress import Progress, no_progress
-from lowformer.core.errors import LowformerError
+from lowformer.core.errors import LowformerError, first_line
 from lowformer.core.files import PathLike, write_json
 from lowformer.evaluate import Deferred, Images, run_pass, select_images
 from lowformer.engines.config import RunConfig
@@ -315,41 +315,42 @@ def validate(artifacts: Sequence[str], data: PathLike, config: Optional[Validate
     `result.to_dict()["explain"]`, in the `report`, and with `record` in the manifests too."""
     config = ValidateConfig.build(config, **fields)
     if config.distributed:
-        if explain_plan is not None:
-            raise LowformerError("--explain runs in one process: run it without torchrun")
         from lowformer.evaluate.gather import gather_records
 
         shard = Shard.from_torchrun() or Shard()
-        records = gather_records(lambda: _score_images(artifacts, data, config, progress, None, shard)[0],
+        records = gather_records(lambda: _score_images(artifacts, data, config, progress, explain_plan, shard)[0],
                                  config.run.device)
-        return _finish(records, _items_of(records), config, writer=shard.index == 1)
+        return _finish(records, _items_of(records), config, writer=shard.index == 1,
+                       explain_from=explain_plan.merged if explain_plan is not None else None)
     records, items, explaining = _score_images(artifacts, data, config, progress, explain_plan, Shard())
     return _finish(records, items, config, explaining=explaining)
 
 
 def validate_shard(artifacts: Sequence[str], data: PathLike, shard: Union[str, Shard],
                    config: Optional[ValidateConfig] = None, progress: Progress = no_progress,
-                   **fields: Any) -> RunRecords:
+                   explain_plan: Optional[Any] = None, **fields: Any) -> RunRecords:
     """Score shard `shard` ("K/N") of the images `validate` would score with the same arguments: a
     deterministic, class-stratified share of whole batches (lowformer.evaluate.shards). Returns its
     per-image records (`.write(path)`); `merge_validation` of every shard's records gives the result
-    of one process over all images. Nothing is gated or recorded in the manifests."""
+    of one process over all images. Nothing is gated or recorded in the manifests. `explain_plan`:
+    also explain on the shard (its block sums, batch by batch, go into the records)."""
     config = ValidateConfig.build(config, **fields)
     shard = Shard.parse(shard) if isinstance(shard, str) else shard
-    return _score_images(artifacts, data, config, progress, None, shard)[0]
+    return _score_images(artifacts, data, config, progress, explain_plan, shard)[0]
 
 
 def merge_validation(files: Sequence[PathLike], config: Optional[ValidateConfig] = None,
-                     **fields: Any) -> ValidationResult:
+                     explain_from: Optional[Callable[..., Any]] = None, **fields: Any) -> ValidationResult:
     """The result of a run from its shards' records files (`validate --shard K/N --records FILE`):
     checked to be every shard of one run once (one LowformerError line naming what is not), then
     scored as one process over all images; `report` and `record` as in `validate` (the artifacts'
-    manifests are found at the paths the first shard recorded)."""
+    manifests are found at the paths the first shard recorded). Shards run with an explain plan are
+    explained too when `explain_from` is lowformer.explain.explanation_from_records."""
     from lowformer.evaluate.records import merge
 
     config = ValidateConfig.build(config, **fields)
     records = merge(files)
-    return _finish(records, _items_of(records), config)
+    return _finish(records, _items_of(records), config, explain_from=explain_from)
 
 
 def _score_images(artifacts: Sequence[str], data: PathLike, config: ValidateConfig, progress: Progress,
@@ -419,7 +420,7 @@ def _score_images(artifacts: Sequence[str], data: PathLike, config: ValidateConf
     setup = {"artifacts": [_artifact_setup(s, item) for s, item in zip(scores, items)],
              "reference": {"name": ref_name, "real_checkpoint": bool(real_checkpoint),
                            "checkpoint_sha256": _reference_sha(manifest, ref)},
-             "preprocessing": pre.to_dict(), "batch_size": opts.batch_size,
+             "preprocessing": pre.to_dict(), "batch_size": opts.batch_size, "explain": explain_plan is not None,
              "data": {**listed.describe(), "images": 0, "limit": limit, "seed": seed,
                       "held_out_calibration_images": len(held_out)},
              "images": {"checksum": image_list_checksum(samples, listed.root), "count": len(samples),
@@ -429,6 +430,11 @@ def _score_images(artifacts: Sequence[str], data: PathLike, config: ValidateConf
                          list(scorer.errors), [{**b, "position": at[b["path"]]} for b in bad], warnings,
                          _machine(), time.perf_counter() - started,
                          _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    if explaining is not None and not (shard.whole and not config.distributed):  # the shard's block sums too
+        error = explaining.error
+        records.explain = [{"records": explaining.consumer.to_records(),
+                            "error": None if error is None else first_line(error, typed=not isinstance(
+                                error, LowformerError))}]
     if records.reference.nonfinite_at:  # nothing to compare with: refused, whatever the artifacts did
         ref_tally = Tally.merged([records.reference]).finish(records.labels, records.path_of())
         raise LowformerError(ref_tally.nonfinite_failure(f"the reference {ref_name}") +
@@ -479,14 +485,24 @@ def _items_of(records: RunRecords) -> List[Item]:
 
 
 def _finish(records: RunRecords, items: Sequence[Item], config: ValidateConfig, writer: bool = True,
-            explaining: Optional[Deferred] = None) -> ValidationResult:
-    """The result from a run's records; its report and manifest records when `writer`."""
+            explaining: Optional[Deferred] = None, explain_from: Optional[Callable[..., Any]] = None
+            ) -> ValidationResult:
+    """The result from a run's records; its report and manifest records when `writer`. The
+    explanation: of this process's pass (`explaining`), or of the shards' (`explain_from`)."""
     result = result_from_records(records, items)
-    if explaining is not None:
+    if explaining is not None or (explain_from is not None and records.explain):
         try:
-            if explaining.error is not None:
-                raise explaining.error
-            result.explanation = explaining.consumer.result(result.data["bad_images"])
+            if explaining is not None:
+                if explaining.error is not None:
+                    raise explaining.error
+                result.explanation = explaining.consumer.result(result.data["bad_images"])
+            else:
+                failed = next((e["error"] for e in records.explain if e["error"]), None)
+                if failed:
+                    raise LowformerError(failed)
+                by_path = {a["score"]["path"]: item for a, item in zip(records.run["artifacts"], items)}
+                result.explanation = explain_from([e["records"] for e in records.explain], by_path,
+                                                  result.data["bad_images"])
         except Exception as e:  # raised by result.explained(), once the validation is shown and recorded
             result.explain_error = e
     if writer and config.report is not None:

@@ -155,7 +155,7 @@ def validate_cmd(artifacts: Tuple[str, ...], data: Optional[str], images: ImageO
                                   report=None if explain else output.report, device=run.device, record=False,
                                   verify=ref.verify, distributed=distributed)
     if split.shard:
-        return _shard(artifacts, data, split, config, output.as_json)
+        return _shard(artifacts, data, split, config, output.as_json, plan)
     writer = not distributed or _rank() == 0  # under torchrun every rank holds the result; rank 0 speaks
     result = validate(list(artifacts), data, config.replace(report=config.report if writer else None),
                       progress=RichProgress() if writer else no_progress, explain_plan=plan)
@@ -173,7 +173,7 @@ def _report_result(result, output: RecordOptions, plan=None) -> None:
     if not output.no_record:  # after the table: a folder we cannot write to still shows what was measured
         record_validation(result, lock_timeout)
     out = result.to_dict()
-    if plan is not None:
+    if plan is not None or result.explanation is not None or result.explain_error is not None:
         _show_explanation(result.explained(), not output.no_record, as_json, lock_timeout)  # raises if it failed
         _write_report(output.report, out)
     if as_json:
@@ -232,25 +232,24 @@ def _check_split(split: SplitOptions, data: Optional[str], output: RecordOptions
         raise click.UsageError("--shard K/N and --records FILE go together")
     if split.shard and distributed:
         raise click.UsageError("under torchrun the ranks are the shards: leave out --shard and --records")
-    if split.explain and (split.shard or distributed):
-        raise click.UsageError("--explain runs in one process: run it without --shard or torchrun")
     if split.shard and (output.report or output.no_record):
         raise click.UsageError("a shard writes only its --records (no --report, nothing recorded): "
                                "merge every shard with --merge")
     return distributed
 
 
-def _shard(artifacts: Tuple[str, ...], data: str, split: SplitOptions, config, as_json: bool) -> None:
+def _shard(artifacts: Tuple[str, ...], data: str, split: SplitOptions, config, as_json: bool, plan=None) -> None:
     """`--shard K/N --records FILE`: score the shard, write its records, say so in one line."""
     from lowformer.evaluate.shards import Shard
     from lowformer.validate import validate_shard
 
     shard = Shard.parse(split.shard or "")
-    records = validate_shard(list(artifacts), data, shard, config, progress=RichProgress())
+    records = validate_shard(list(artifacts), data, shard, config, progress=RichProgress(), explain_plan=plan)
     records.write(split.records)
     for w in records.warnings:
         warning_line(w)
     stopped = [f"{a['score']['name']}: {e}" for a, e in zip(records.run["artifacts"], records.errors) if e]
+    stopped += [f"the explanation: {e['error']}" for e in records.explain if e["error"]]
     for s in stopped:
         warning_line(f"stopped running {s}")
     summary = {"shard": str(shard), "images": len(records.positions), "bad_images": len(records.bad_images),
@@ -267,7 +266,9 @@ def _shard(artifacts: Tuple[str, ...], data: str, split: SplitOptions, config, a
 
 def _merge(files: Tuple[str, ...], output: RecordOptions) -> None:
     """`--merge FILE...`: the whole run from its shards' records."""
+    from lowformer.explain import explanation_from_records
     from lowformer.validate import ValidateConfig, merge_validation
 
-    result = merge_validation(list(files), ValidateConfig.build(report=output.report, record=False))
+    result = merge_validation(list(files), ValidateConfig.build(report=output.report, record=False),
+                              explain_from=explanation_from_records)
     _report_result(result, output)

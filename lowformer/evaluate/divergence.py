@@ -82,11 +82,15 @@ class BlockSums:
         self.shape_mismatch: set = set()
         self.logits_vs_artifact: Optional[float] = None
         self.nonfinite: Dict[str, Dict[str, int]] = {}  # block -> images with NaN/Inf, per side
+        # each batch's additions to the block sums, in pass order: shards' sums replay them (`merged`)
+        self.parts: List[Dict[str, List[float]]] = []
 
     def add(self, ref: Dict[str, np.ndarray], art: Dict[str, np.ndarray], labels: np.ndarray,
             paths: Sequence[str]) -> None:
         n = len(labels)
         per_image = np.full((len(self.blocks), n), SQNR_CAP_DB)
+        part: Dict[str, List[float]] = {}
+        self.parts.append(part)
         for k, b in enumerate(self.blocks):
             if b in self.shape_mismatch or b not in ref or b not in art:
                 continue
@@ -111,12 +115,9 @@ class BlockSums:
             ar = np.einsum("ij,ij->i", a, r, dtype=np.float64)
             denom = np.sqrt(aa * rr)
             cos = np.where(denom > 0, ar / np.where(denom > 0, denom, 1.0), np.where((aa == 0) & (rr == 0), 1.0, 0.0))
-            t = self.tally[b]
-            t.n += len(r)
-            t.cos_sum += float(cos.sum())
-            t.sq_ref += float(rr.sum())
-            t.sq_diff += float(dd.sum())
-            t.max_abs = max(t.max_abs, float(np.abs(d).max()) if d.size else 0.0)
+            part[b] = [len(r), float(cos.sum()), float(rr.sum()), float(dd.sum()),
+                       float(np.abs(d).max()) if d.size else 0.0]
+            self.tally[b].add(*part[b])
             per_image[k][keep] = [sqnr(x, y) for x, y in zip(rr, dd)]
         ref_pred, pred = ref["head"].argmax(1), art["head"].argmax(1)
         self.n += n
@@ -126,6 +127,36 @@ class BlockSums:
             self.flips.append({"path": paths[i], "label": int(labels[i]), "reference": int(ref_pred[i]),
                                "artifact": int(pred[i])})
             self.flip_sqnr.append([float(v) for v in per_image[:, i]])
+
+
+    def to_records(self) -> Dict[str, Any]:
+        """What a shard keeps of these sums (JSON): each batch's additions, the counts, the flips."""
+        return {"blocks": self.blocks, "parts": self.parts, "nonfinite": self.nonfinite, "flips": self.flips,
+                "flip_sqnr": self.flip_sqnr, "n": self.n, "correct": self.correct, "ref_correct": self.ref_correct,
+                "shape_mismatch": sorted(self.shape_mismatch), "logits_vs_artifact": self.logits_vs_artifact}
+
+    @classmethod
+    def merged(cls, shards: Sequence[Dict[str, Any]]) -> "BlockSums":
+        """The sums of one pass from its shards' records, in pass order: each batch's additions
+        replayed in the order one process made them, so the figures are that process's to the bit."""
+        out = cls(shards[0]["blocks"])
+        for rec in shards:
+            for part in rec["parts"]:
+                out.parts.append(part)
+                for b, values in part.items():
+                    out.tally[b].add(*values)
+            for b, counts in rec["nonfinite"].items():
+                mine = out.nonfinite.setdefault(b, {"reference": 0, "artifact": 0})
+                for side, k in counts.items():
+                    mine[side] += int(k)
+            out.flips += [dict(f) for f in rec["flips"]]
+            out.flip_sqnr += [list(v) for v in rec["flip_sqnr"]]
+            out.n, out.correct = out.n + rec["n"], out.correct + rec["correct"]
+            out.ref_correct += rec["ref_correct"]
+            out.shape_mismatch |= set(rec["shape_mismatch"])
+            if out.logits_vs_artifact is None:  # measured on the pass's first batch (the first shard's)
+                out.logits_vs_artifact = rec["logits_vs_artifact"]
+        return out
 
 
 class Divergence:

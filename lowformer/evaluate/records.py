@@ -53,6 +53,8 @@ class RunRecords:
     machine: Dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     date: str = ""
+    # with --explain, per shard in shard order: {"records": the explain consumer's, "error": one line or None}
+    explain: List[Dict[str, Any]] = field(default_factory=list)
 
     @property
     def labels(self) -> List[int]:
@@ -67,7 +69,7 @@ class RunRecords:
                 "paths": self.paths, "reference": self.reference.to_records(),
                 "artifacts": [t.to_records() for t in self.artifacts], "errors": self.errors,
                 "bad_images": self.bad_images, "warnings": self.warnings, "machine": self.machine,
-                "seconds": self.seconds, "date": self.date}
+                "seconds": self.seconds, "date": self.date, "explain": self.explain}
         return {"schema": SCHEMA, "kind": KIND, "sha256": _digest(body), **body}
 
     def write(self, path: PathLike) -> None:
@@ -100,7 +102,7 @@ class RunRecords:
                        list(data["paths"]), Tally.from_records(data["reference"]),
                        [Tally.from_records(t) for t in data["artifacts"]], list(data["errors"]),
                        list(data["bad_images"]), list(data["warnings"]), dict(data["machine"]),
-                       float(data["seconds"]), str(data["date"]))
+                       float(data["seconds"]), str(data["date"]), list(data["explain"]))
         except (KeyError, TypeError, ValueError) as e:
             raise LowformerError(f"{name} is not a complete records file ({type(e).__name__}: {e})") from None
 
@@ -154,7 +156,8 @@ def merge_records(parts: Sequence[Tuple[str, RunRecords]]) -> RunRecords:
                       [p for r in records for p in r.paths], Tally.merged([r.reference for r in records]),
                       [Tally.merged([r.artifacts[i] for r in records]) for i in range(len(first.artifacts))],
                       errors, [b for r in records for b in r.bad_images], warnings, first.machine,
-                      max(r.seconds for r in records), min(r.date for r in records))
+                      max(r.seconds for r in records), min(r.date for r in records),
+                      [e for r in records for e in r.explain])
 
 
 @dataclass

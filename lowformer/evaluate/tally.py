@@ -189,6 +189,14 @@ class BlockTally:
     def sqnr_db(self) -> float:
         return sqnr(self.sq_ref, self.sq_diff)
 
+    def add(self, n: int, cos_sum: float, sq_ref: float, sq_diff: float, max_abs: float) -> None:
+        """One batch's sums (in pass order: float additions in the order one process makes them)."""
+        self.n += int(n)
+        self.cos_sum += cos_sum
+        self.sq_ref += sq_ref
+        self.sq_diff += sq_diff
+        self.max_abs = max(self.max_abs, max_abs)
+
 
 def sqnr(sq_ref: float, sq_diff: float) -> float:
     """10 log10(|ref|^2 / |diff|^2) in dB, within +-SQNR_CAP_DB (an exact match reads as the cap)."""

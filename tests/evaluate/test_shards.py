@@ -1,5 +1,6 @@
 """Validation beyond one process (issue #32): `--shard K/N --records FILE` and `--merge`, and torchrun's
-ranks, give the report of one process over all images, figure for figure; bad shards are one line."""
+ranks, give the report of one process over all images (with --explain too), figure for figure; bad
+shards and failing ranks are one line."""
 from __future__ import annotations
 
 import json
@@ -30,6 +31,11 @@ def _figures(report: Path) -> str:
     d = json.loads(Path(report).read_text())
     for k in RUN_ONLY:
         d.pop(k)
+    if "explain" in d:
+        d["explain"].pop("date")
+        d["explain"].pop("seconds")
+        for a in d["explain"]["artifacts"]:
+            a.pop("date")
     return json.dumps(d, indent=1)
 
 
@@ -184,13 +190,29 @@ def test_three_shards_merged_equal_one_run_and_record_the_manifest(small, tmp_pa
     assert [e["validation"]["images"] for e in entries] == [16, 16]  # recorded like validate
 
 
+def test_explained_shards_merged_equal_one_explained_run(small, tmp_path):
+    """--explain too: each shard keeps its block sums batch by batch; the merge replays them in pass order."""
+    root, images, _ = small
+    one, merged = tmp_path / "one.json", tmp_path / "merged.json"
+    _ok(run_cli("validate", *_small_args(root, images), "--explain", "--report", str(one), "--no-record"))
+    files = [str(tmp_path / f"x{k}.json") for k in (1, 2)]
+    for k, f in zip((1, 2), files):
+        r = run_cli("validate", *_small_args(root, images), "--explain", "--shard", f"{k}/2", "--records", f)
+        assert r.exit_code == 0, r.output
+    r = run_cli("validate", "--merge", *files, "--report", str(merged), "--no-record")
+    _ok(r)
+    assert "suggested --exclude" in r.output  # the explanation is shown as validate --explain shows it
+    assert _figures(merged) == _figures(one)
+    assert json.loads(merged.read_text())["explain"]["artifacts"][1]["blocks"]
+
+
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
 def test_torchrun_two_ranks_equal_one_process(small, tmp_path):
     root, images, _ = small
     one, ranks = tmp_path / "one.json", tmp_path / "ranks.json"
-    _ok(run_cli("validate", *_small_args(root, images), "--report", str(one), "--no-record"))
+    _ok(run_cli("validate", *_small_args(root, images), "--explain", "--report", str(one), "--no-record"))
     p = subprocess.run([str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "lowformer", "validate",
-                        *_small_args(root, images), "--report", str(ranks), "--no-record"],
+                        *_small_args(root, images), "--explain", "--report", str(ranks), "--no-record"],
                        capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert p.returncode in (0, 1), p.stderr[-3000:]
     assert _figures(ranks) == _figures(one)
@@ -247,5 +269,43 @@ def test_usage_errors_of_the_split(small):
     r = run_cli("validate", str(r1), "--merge", "--data", str(images))
     assert r.exit_code == 2
     r = run_cli("validate", str(root / "export"), "--data", str(images), "--shard", "2/3", "--records", "x.json",
-                "--explain")
-    assert r.exit_code == 2 and "one process" in r.output
+                "--report", "r.json")
+    assert r.exit_code == 2 and "merge every shard" in r.output
+
+
+FAILING_RANK = """
+import sys
+from lowformer.core.errors import LowformerError
+from lowformer.evaluate.gather import gather_records, rank_and_world
+from lowformer.validate import validate_shard
+
+rank, world = rank_and_world()
+
+
+def score():
+    if rank == 1:
+        raise LowformerError("no such folder: /data/imagenet/val (on this node)")
+    return validate_shard([sys.argv[1]], sys.argv[2], f"{rank + 1}/{world}", batch_size=4, workers=0, threads=1)
+
+
+try:
+    gather_records(score)
+except LowformerError as e:
+    print(f"rank {rank}: error: {e}")
+    sys.exit(1)
+print(f"rank {rank}: merged")
+"""
+
+
+@pytest.mark.heavy
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
+def test_a_rank_that_fails_fails_every_rank_in_one_line(small, tmp_path):
+    root, images, _ = small
+    script = tmp_path / "ranks.py"
+    script.write_text(FAILING_RANK)
+    p = subprocess.run([str(TORCHRUN), "--standalone", "--nproc-per-node", "2", str(script), str(root / "export"),
+                        str(images)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode != 0 and "merged" not in p.stdout
+    lines = sorted(x for x in p.stdout.splitlines() if "error:" in x)
+    assert lines == [f"rank {r}: error: rank 1 of 2 failed: no such folder: /data/imagenet/val (on this node); "
+                     "no report" for r in (0, 1)], p.stdout + p.stderr[-2000:]
