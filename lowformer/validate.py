@@ -421,6 +421,7 @@ def _score_images(artifacts: Sequence[str], data: PathLike, config: ValidateConf
              "reference": {"name": ref_name, "real_checkpoint": bool(real_checkpoint),
                            "checkpoint_sha256": _reference_sha(manifest, ref)},
              "preprocessing": pre.to_dict(), "batch_size": opts.batch_size, "explain": explain_plan is not None,
+             "device": device,
              "data": {**listed.describe(), "images": 0, "limit": limit, "seed": seed,
                       "held_out_calibration_images": len(held_out)},
              "images": {"checksum": image_list_checksum(samples, listed.root), "count": len(samples),
@@ -430,7 +431,7 @@ def _score_images(artifacts: Sequence[str], data: PathLike, config: ValidateConf
                          list(scorer.errors), [{**b, "position": at[b["path"]]} for b in bad], warnings,
                          _machine(), time.perf_counter() - started,
                          _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    if explaining is not None and not (shard.whole and not config.distributed):  # the shard's block sums too
+    if explaining is not None:  # the block sums too, for a merge (one process reads its consumer instead)
         error = explaining.error
         records.explain = [{"records": explaining.consumer.to_records(),
                             "error": None if error is None else first_line(error, typed=not isinstance(
@@ -480,6 +481,9 @@ def _items_of(records: RunRecords) -> List[Item]:
         p, entry, manifest = found[0] if found else (path, None, None)
         if entry is not None and entry.sha256 != a["sha256"]:
             entry = None  # re-exported since: its manifest no longer describes what was scored
+            log.warning("not recorded for %s: it was replaced after it was validated", path)
+        elif entry is None:
+            log.warning("not recorded for %s: no manifest entry of it here", path)
         out.append((p, entry, manifest))
     return out
 

@@ -159,12 +159,12 @@ def validate_cmd(artifacts: Tuple[str, ...], data: Optional[str], images: ImageO
     writer = not distributed or _rank() == 0  # under torchrun every rank holds the result; rank 0 speaks
     result = validate(list(artifacts), data, config.replace(report=config.report if writer else None),
                       progress=RichProgress() if writer else no_progress, explain_plan=plan)
-    if not writer:
-        sys.exit(0 if result.passed else 1)
+    if not writer:  # rank 0 speaks, and fails too when any of this does
+        sys.exit(0 if result.passed and result.explain_error is None else 1)
     _report_result(result, output, plan)
 
 
-def _report_result(result, output: RecordOptions, plan=None) -> None:
+def _report_result(result, output: RecordOptions, plan=None, write_report: bool = False) -> None:
     """Show, record and (with --json) print a result; exit 1 unless every artifact passed."""
     from lowformer.validate import record_validation
 
@@ -175,6 +175,8 @@ def _report_result(result, output: RecordOptions, plan=None) -> None:
     out = result.to_dict()
     if plan is not None or result.explanation is not None or result.explain_error is not None:
         _show_explanation(result.explained(), not output.no_record, as_json, lock_timeout)  # raises if it failed
+        _write_report(output.report, out)
+    elif write_report:
         _write_report(output.report, out)
     if as_json:
         emit_json(out)
@@ -232,7 +234,7 @@ def _check_split(split: SplitOptions, data: Optional[str], output: RecordOptions
         raise click.UsageError("--shard K/N and --records FILE go together")
     if split.shard and distributed:
         raise click.UsageError("under torchrun the ranks are the shards: leave out --shard and --records")
-    if split.shard and (output.report or output.no_record):
+    if split.shard and output.report:
         raise click.UsageError("a shard writes only its --records (no --report, nothing recorded): "
                                "merge every shard with --merge")
     return distributed
@@ -269,6 +271,6 @@ def _merge(files: Tuple[str, ...], output: RecordOptions) -> None:
     from lowformer.explain import explanation_from_records
     from lowformer.validate import ValidateConfig, merge_validation
 
-    result = merge_validation(list(files), ValidateConfig.build(report=output.report, record=False),
-                              explain_from=explanation_from_records)
-    _report_result(result, output)
+    # the report after the explanation's check, as validate --explain: no report without it
+    result = merge_validation(list(files), ValidateConfig.build(record=False), explain_from=explanation_from_records)
+    _report_result(result, output, write_report=True)

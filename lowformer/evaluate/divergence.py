@@ -154,7 +154,7 @@ class BlockSums:
             out.n, out.correct = out.n + rec["n"], out.correct + rec["correct"]
             out.ref_correct += rec["ref_correct"]
             out.shape_mismatch |= set(rec["shape_mismatch"])
-            if out.logits_vs_artifact is None:  # measured on the pass's first batch (the first shard's)
+            if rec["parts"] and len(out.parts) == len(rec["parts"]):  # the pass's first batch is this shard's
                 out.logits_vs_artifact = rec["logits_vs_artifact"]
         return out
 

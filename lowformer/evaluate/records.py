@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -22,18 +23,18 @@ from lowformer.evaluate.tally import Tally
 
 SCHEMA = 1
 KIND = "lowformer-validate-records"
-# `run` keys that name this machine's files, not what was run: not compared between shards
-LOCAL_KEYS = {"path", "root", "labels_file"}
+# `run` keys that name this machine's files (or say so in a sentence), not what was run: not compared
+LOCAL_KEYS = {"path", "root", "labels_file", "warnings"}
 
 
 def image_list_checksum(samples: Sequence[Any], root: PathLike) -> str:
-    """sha256 of the run's image list (paths relative to the data folder, labels), in order."""
+    """sha256 of the run's image list (paths relative to the data folder, labels), in order. Paths
+    are not resolved: a folder of links (git-annex, DVC, a subset) names the same images anywhere."""
     h = hashlib.sha256()
-    base = Path(root).resolve()
+    base = os.path.abspath(root)
     for s in samples:
-        p = Path(s.path).resolve()
-        rel = p.relative_to(base) if p.is_relative_to(base) else p
-        h.update(f"{rel.as_posix()}\t{int(s.label)}\n".encode())
+        rel = os.path.relpath(os.path.abspath(s.path), base)
+        h.update(f"{Path(rel).as_posix()}\t{int(s.label)}\n".encode())
     return h.hexdigest()
 
 
@@ -118,8 +119,8 @@ def merge_records(parts: Sequence[Tuple[str, RunRecords]]) -> RunRecords:
     """The records of every shard of one run, joined (one LowformerError line when they are not:
     another run or other images, a shard given twice or missing, images outside a shard's share);
     `parts`: (where each came from, its records)."""
-    parts = list(parts)
-    first_name, first = parts[0]
+    parts = sorted(parts, key=lambda p: p[1].shard.index)
+    first_name, first = parts[0]  # shard 1 when complete: its run, paths and machine are the merge's
     for name, part in parts[1:]:
         _same_run(first_name, first, name, part)
     count = first.shard.count
@@ -144,18 +145,21 @@ def merge_records(parts: Sequence[Tuple[str, RunRecords]]) -> RunRecords:
         if got != expected:
             raise LowformerError(f"{name} (shard {part.shard}) holds other images than its share: "
                                  f"{len(got - expected)} outside it, {len(expected - got)} of it missing")
-    parts.sort(key=lambda p: p[1].shard.index)
     records = [p for _, p in parts]
-    errors = [next((r.errors[i] for r in records if r.errors[i]), None) for i in range(len(first.artifacts))]
-    warnings = list(dict.fromkeys(w for r in records for w in r.warnings))
+    artifacts, errors = [], []
+    for i in range(len(first.artifacts)):
+        # one process stops running an artifact at its first failure: so do the shards after it
+        stop = next((k for k, r in enumerate(records) if r.errors[i]), len(records) - 1)
+        artifacts.append(Tally.merged([r.artifacts[i] for r in records[:stop + 1]]))
+        errors.append(records[stop].errors[i])
+    warnings = list(first.warnings) + [w for r in records[1:] for w in r.warnings if w not in first.warnings]
     cpus = {r.machine.get("cpu"): r.machine for r in records}
     if len(cpus) > 1:
         warnings.append(f"the shards ran on {len(cpus)} kinds of CPU ({', '.join(sorted(map(str, cpus)))}): "
                         "INT8 and BF16 figures can depend on the CPU's kernels")
     return RunRecords(Shard(), first.run, [p for r in records for p in r.positions],
                       [p for r in records for p in r.paths], Tally.merged([r.reference for r in records]),
-                      [Tally.merged([r.artifacts[i] for r in records]) for i in range(len(first.artifacts))],
-                      errors, [b for r in records for b in r.bad_images], warnings, first.machine,
+                      artifacts, errors, [b for r in records for b in r.bad_images], warnings, first.machine,
                       max(r.seconds for r in records), min(r.date for r in records),
                       [e for r in records for e in r.explain])
 

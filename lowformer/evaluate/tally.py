@@ -106,7 +106,8 @@ class Tally:
         self.correct = [correct]
         self.top1 = int(correct.sum())
         self.top5 = sum(1 for j, lab in zip(order, y) if int(lab) in cols["top5"][j])
-        bad = sorted(p for p in self.nonfinite_at if p in set(pos))
+        scored = set(pos)
+        bad = sorted(p for p in self.nonfinite_at if p in scored)
         self.nonfinite = len(bad)
         kinds = {k for p in bad for k in self.nonfinite_at[p]}
         self.nonfinite_kinds = [k for k in ("NaN", "+Inf", "-Inf") if k in kinds]

@@ -3,5 +3,5 @@ from lowformer.profiling.api import profile, profile_runner, report_from_recordi
 from lowformer.profiling.report import GROUPS, LayerRow, ProfileReport
 from lowformer.profiling.structure import KINDS, ModelStructure
 
-__all__ = ["profile", "profile_runner", "report_from_trtexec", "ProfileReport", "LayerRow", "GROUPS", "KINDS",
+__all__ = ["profile", "profile_runner", "report_from_recording", "report_from_trtexec", "ProfileReport", "LayerRow", "GROUPS", "KINDS",
            "ModelStructure"]

@@ -18,7 +18,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from lowformer.core.errors import LowformerError, first_line
 from lowformer.core.harness import JobFailed, combine, drift_note, interleaved, wall_rounds
@@ -157,8 +157,3 @@ def run_cell(cell: Cell, config: SweepConfig, prepared: Optional[Prepared] = Non
 def failed_outcome(cell: Cell, line: str, attempt: int) -> Outcome:
     """A cell whose attempt gave no result at all (its worker or node died): failed, where unknown."""
     return Outcome({**cell.head(), "status": f"failed: {line}", "attempts": attempt}, False)
-
-
-def planned(cells: Sequence[Cell]) -> List[Cell]:
-    """The cells that are timed (not n/a by design)."""
-    return [c for c in cells if c.timed]

@@ -3,10 +3,10 @@
 Ray schedules everything; this module only says what each task needs:
   - one build task per model (1 CPU): its artifacts into the node's cache, its parameters and MACs,
     with images its validation. Build tasks run side by side, as many as the nodes have CPUs.
-  - one timing task per cell, once every build has finished (so no build shares a CPU with a timing):
-    1 CPU and 1 unit of the custom resource TIMING_SLOT, which each node advertises once, so that a
-    node times one cell at a time. It prefers the node that built its model (a soft node affinity) and
-    builds the artifact itself on another node. A cell that fails (its code, its worker or its node) is
+  - one timing task per cell, once every build has finished (so no build of this sweep shares a CPU
+    with a timing): 1 CPU and 1 unit of the custom resource TIMING_SLOT, which each node advertises
+    once, so that a node times one cell at a time. Any node with a free slot takes it; one that lacks
+    the model's artifacts builds them first (into its cache), outside the timed calls. A cell that fails (its code, its worker or its node) is
     submitted again as a new task, `retries` times, then reported with its error line.
   - one peaks task per ISA, on the node whose machine facts the ISA's table shows (1 TIMING_SLOT).
 Every task carries the label selector of `labels` (node labels, Ray >= 2.49): it runs only on nodes
@@ -201,7 +201,9 @@ class _Driver:
         return options
 
     def build(self, models: List[str]) -> Dict[str, Prepared]:
-        refs = {self.prepare.options(**self._options(False)).remote(m, self.config): m for m in models}
+        # spread over the nodes: each builds into its own cache what its cells then find there
+        refs = {self.prepare.options(**self._options(False), scheduling_strategy="SPREAD").remote(m, self.config): m
+                for m in models}
         prepared: Dict[str, Prepared] = {}
         with self.progress.task("building", total=len(models)) as task:
             for ref, model in self._as_done(refs):
@@ -214,9 +216,9 @@ class _Driver:
 
     def time(self, cells: List[Cell], prepared: Dict[str, Prepared]) -> List[Outcome]:
         def submit(cell: Cell, attempt: int):
-            node = prepared[cell.model].node_id if attempt == 1 else None  # a retry may go to another node
-            return self.cell.options(**self._options(True, node)).remote(cell, self.config, prepared[cell.model],
-                                                                        attempt)
+            # no node affinity: a node with a free timing slot takes the cell (a soft affinity would wait for
+            # the busy build node); a node without the model's artifacts builds them first (its own cache)
+            return self.cell.options(**self._options(True)).remote(cell, self.config, prepared[cell.model], attempt)
 
         pending = {submit(c, 1): (c, 1) for c in cells}
         done: Dict[Cell, Outcome] = {}
