@@ -311,3 +311,23 @@ def test_a_rank_that_fails_fails_every_rank_in_one_line(small, tmp_path):
     assert said.get("1") == "rank 1 of 2 failed: no such folder: /data/imagenet/val (on this node); no report", \
         p.stdout + p.stderr[-2000:]
     assert set(said.values()) == {said["1"]}
+
+
+def test_an_artifact_that_failed_in_one_shard_counts_only_up_to_it(small, tmp_path):
+    """One process stops running an artifact at its first failure; the merge drops it from the later shards."""
+    from lowformer.evaluate.records import RunRecords
+    from lowformer.validate import merge_validation
+
+    _, _, files = small
+    parts = [RunRecords.read(f) for f in files]
+    failed = parts[1].artifacts[1]  # shard 2: the INT8 model stopped after its first batch (4 images)
+    for column in failed.columns.values():
+        del column[4:]
+    parts[1].errors[1] = "RuntimeError: out of memory"
+    for k, part in enumerate(parts, 1):
+        part.write(tmp_path / f"p{k}.json")
+    result = merge_validation([tmp_path / f"p{k}.json" for k in (1, 2, 3)], record=False)
+    fp32, int8 = result.artifacts
+    assert fp32.images == 16 and fp32.error is None
+    assert int8.images == len(parts[0].positions) + 4 and int8.error == "RuntimeError: out of memory"
+    assert int8.passed is False and int8.failures == ["RuntimeError: out of memory"]
