@@ -437,7 +437,7 @@ def _score_images(artifacts: Sequence[str], data: PathLike, config: ValidateConf
                             "error": None if error is None else first_line(error, typed=not isinstance(
                                 error, LowformerError))}]
     if records.reference.nonfinite_at:  # nothing to compare with: refused, whatever the artifacts did
-        ref_tally = Tally.merged([records.reference]).finish(records.labels, records.path_of())
+        ref_tally = records.reference.finish(records.labels, records.path_of())
         raise LowformerError(ref_tally.nonfinite_failure(f"the reference {ref_name}") +
                              ": its weights hold NaN/Inf or it overflows; no artifact can be validated against it")
     return records, items, explaining
@@ -524,7 +524,7 @@ def result_from_records(records: RunRecords, items: Sequence[Item] = ()) -> Vali
     (path, entry, manifest), kept for `record_validation`."""
     run = records.run
     labels, paths = records.labels, records.path_of()
-    ref_tally = Tally.merged([records.reference]).finish(labels, paths)
+    ref_tally = records.reference.finish(labels, paths)
     if ref_tally.n == 0:
         raise LowformerError("no readable images to validate")
     ref_score = ModelScore(run["reference"]["name"], "pytorch", "fp32", None)
@@ -533,7 +533,7 @@ def result_from_records(records: RunRecords, items: Sequence[Item] = ()) -> Vali
     scores, tallies = [], []
     for a, t, error in zip(run["artifacts"], records.artifacts, records.errors):
         s = ModelScore(**a["score"])
-        t = Tally.merged([t]).finish(labels, paths, records.reference)
+        t.finish(labels, paths, records.reference)
         s.error = error
         _score(s, ref_score, ref_tally, t, not_applied)
         if a["post_training_of"] and s.error is None:  # compared with its distilled model: never gated

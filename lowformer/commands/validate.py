@@ -213,16 +213,16 @@ def _write_report(report: Optional[str], out: Dict[str, Any]) -> None:
 
 
 def _rank() -> int:
-    from lowformer.evaluate.gather import rank_and_world
+    from lowformer.evaluate.shards import Shard
 
-    return rank_and_world()[0]
+    return (Shard.from_torchrun() or Shard()).index - 1
 
 
 def _check_split(split: SplitOptions, data: Optional[str], output: RecordOptions) -> bool:
     """Usage errors of --shard/--records/--merge; whether this process is a rank of torchrun."""
-    import os
+    from lowformer.evaluate.shards import Shard
 
-    distributed = "WORLD_SIZE" in os.environ and "RANK" in os.environ
+    distributed = Shard.from_torchrun() is not None
     if split.merge:
         if split.shard or split.records or split.explain or data or distributed:
             raise click.UsageError("--merge takes only records files (and --report, --json, --no-record, "

@@ -17,11 +17,6 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 7200.0  # the longest a rank waits for the slowest one (LOWFORMER_DIST_TIMEOUT_S)
 
 
-def rank_and_world() -> tuple:
-    """(RANK, WORLD_SIZE) as torchrun sets them; (0, 1) outside it."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 def gather_records(score: Callable[[], RunRecords], device: str = "cpu") -> RunRecords:
     """Run `score` (this rank's shard) and return every rank's records merged, on every rank."""
     import torch

@@ -55,7 +55,7 @@ class Tally:
         self.columns["index"].extend(int(i) for i in index)
         self.columns["top1"].extend(int(p) for p in pred)
         self.columns["top5"].extend(t.tolist() for t in top)
-        self.columns["prob"].extend(prob(row, int(p)) for row, p in zip(logits, pred))
+        self.columns["prob"].extend(top1_probs(logits, pred))
         for c in ("cosine", "sq_diff", "sq_ref", "max_abs"):
             self.columns[c].extend([math.nan] * len(pred))
         self.seen += len(labels)
@@ -71,14 +71,14 @@ class Tally:
         o = np.asarray(out, dtype=np.float64)[rows].reshape(len(rows), -1)
         diff = o - r
         denom = np.linalg.norm(r, axis=1) * np.linalg.norm(o, axis=1)
-        cos = np.where(denom > 0, (r * o).sum(1) / np.maximum(denom, 1e-300), 1.0)
-        start = len(self.columns["index"]) - len(ref)
-        for j, row in enumerate(rows):
-            at = start + int(row)
-            self.columns["cosine"][at] = float(cos[j])
-            self.columns["sq_diff"][at] = float(np.square(diff[j]).sum())
-            self.columns["sq_ref"][at] = float(np.square(r[j]).sum())
-            self.columns["max_abs"][at] = float(np.abs(diff[j]).max(initial=0.0))
+        figures = {"cosine": np.where(denom > 0, (r * o).sum(1) / np.maximum(denom, 1e-300), 1.0),
+                   "sq_diff": np.square(diff).sum(1), "sq_ref": np.square(r).sum(1),
+                   "max_abs": np.abs(diff).max(1, initial=0.0)}
+        at = len(self.columns["index"]) - len(ref) + np.asarray(rows)
+        for name, values in figures.items():
+            column = self.columns[name]
+            for k, v in zip(at.tolist(), values.tolist()):
+                column[k] = v
 
     def count_nonfinite(self, logits: np.ndarray, index: np.ndarray) -> np.ndarray:
         """Record the images of a batch whose logits hold NaN/Inf; returns the rows that do."""
@@ -169,11 +169,12 @@ class Tally:
         return t
 
 
-def prob(logits: np.ndarray, cls: int) -> float:
-    """Softmax probability of class `cls` from one image's logits (stable: max subtracted), 4 digits."""
-    z = logits.astype(np.float64)
-    e = np.exp(z - z.max())
-    return round(float(e[cls] / e.sum()), 4)
+def top1_probs(logits: np.ndarray, pred: np.ndarray) -> List[float]:
+    """Each row's softmax probability of its class in `pred` (stable: max subtracted), 4 digits."""
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(z - z.max(1, keepdims=True))
+    with np.errstate(invalid="ignore"):  # rows with NaN/Inf: NaN, recorded as such
+        return [round(p, 4) for p in (e[np.arange(len(z)), pred] / e.sum(1)).tolist()]
 
 
 @dataclass

@@ -277,10 +277,12 @@ def test_usage_errors_of_the_split(small):
 FAILING_RANK = """
 import sys
 from lowformer.core.errors import LowformerError
-from lowformer.evaluate.gather import gather_records, rank_and_world
+from lowformer.evaluate.gather import gather_records
+from lowformer.evaluate.shards import Shard
 from lowformer.validate import validate_shard
 
-rank, world = rank_and_world()
+shard = Shard.from_torchrun()
+rank, world = shard.index - 1, shard.count
 
 
 def score():
