@@ -38,7 +38,7 @@ def main(debug: bool) -> None:
     \b
     Every failure is one `error:` line on stderr: exit code 1 (or the command's own, e.g. 3
     for "run this on the target device"), 2 for a usage error (a missing argument, an unknown
-    or bad option), 130 when interrupted.
+    or bad option), 130 when interrupted, 143 when stopped (SIGTERM).
     """
     import signal
 

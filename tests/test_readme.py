@@ -4,7 +4,7 @@ import shlex
 
 import click
 
-from conftest import REPO, docs_text
+from conftest import docs_text
 from lowformer.cli import main
 
 

@@ -18,7 +18,7 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from conftest import REPO, docs_text
+from conftest import docs_text
 
 pytestmark = pytest.mark.readme
 

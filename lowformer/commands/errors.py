@@ -11,7 +11,7 @@ import click
 from rich.text import Text
 
 from lowformer.commands.progress import console
-from lowformer.core.errors import LowformerError, NeedsTargetDevice, first_line
+from lowformer.core.errors import LowformerError, NeedsTargetDevice, Stopped, first_line
 
 # Library errors name parameters; the user typed flags. Whole-word names only (they have underscores).
 PARAMETER_FLAGS = {"calib_data": "--calib-data", "eval_data": "--eval-data", "skip_bad_images": "--skip-bad-images",
@@ -54,6 +54,9 @@ def handle_errors(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             error_line("interrupted")
             sys.exit(130)
+        except Stopped as e:
+            error_line(e.message)
+            sys.exit(e.code)
         except OSError as e:
             if DEBUG["on"]:
                 raise
@@ -71,7 +74,7 @@ def handle_errors(fn: Callable) -> Callable:
 
 def terminate(signum, frame) -> None:
     # SIGTERM unwinds like an exception, so staging folders and temporaries are removed on the way out
-    raise SystemExit(128 + signum)
+    raise Stopped(128 + signum)
 
 
 class OneLineErrors(click.Group):

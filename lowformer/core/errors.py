@@ -13,6 +13,19 @@ class NeedsTargetDevice(LowformerError):
     exit_code = 3
 
 
+class Stopped(SystemExit):
+    """The process was told to stop (SIGTERM): it unwinds like SystemExit(128 + signal), so staging
+    folders and temporaries are removed on the way out; `message` is the one line the CLI says."""
+
+    def __init__(self, code: int, message: str = "") -> None:
+        super().__init__(code)
+        if not message:
+            import signal
+
+            message = f"stopped by {signal.Signals(code - 128).name}; nothing half-written was kept"
+        self.message = message
+
+
 def env_int(name: str, default: int, unit: str = "") -> int:
     """A whole-number setting from the environment variable `name` (else `default`); one clear line
     when it is not a whole number."""

@@ -4,17 +4,33 @@ rank holds the figures of one process over all images. A rank that fails sends i
 then every rank fails with that one line."""
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, Iterator, List
 
-from lowformer.core.errors import LowformerError, first_line
+from lowformer.core.errors import LowformerError, Stopped, first_line
 from lowformer.evaluate.records import RunRecords, merge_records
+from lowformer.evaluate.shards import Shard
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 7200.0  # the longest a rank waits for the slowest one (LOWFORMER_DIST_TIMEOUT_S)
+
+
+@contextlib.contextmanager
+def rank_named_on_stop() -> Iterator[None]:
+    """Under torchrun, a stop (torchrun's SIGTERM to every rank once one has died) says which rank was
+    stopped, why, and that no report was written; outside torchrun the stop passes unchanged."""
+    try:
+        yield
+    except Stopped as e:
+        shard = Shard.from_torchrun()
+        if shard is None:
+            raise
+        raise Stopped(e.code, f"rank {shard.index - 1} of {shard.count} was stopped (exit {e.code}): another "
+                              "rank failed or was killed; no report") from None
 
 
 def gather_records(score: Callable[[], RunRecords], device: str = "cpu") -> RunRecords:
@@ -36,7 +52,7 @@ def gather_records(score: Callable[[], RunRecords], device: str = "cpu") -> RunR
         raise LowformerError(f"cannot join the torchrun group ({backend}): {first_line(e)}") from None
     rank, world = dist.get_rank(), dist.get_world_size()
     try:
-        payload = _scored(score, rank, world)
+        payload = _scored(score, rank)
         gathered: List[Any] = [None] * world
         try:
             dist.all_gather_object(gathered, payload)
@@ -54,15 +70,12 @@ def gather_records(score: Callable[[], RunRecords], device: str = "cpu") -> RunR
                           for r, p in enumerate(gathered)])
 
 
-def _scored(score: Callable[[], RunRecords], rank: int, world: int) -> Dict[str, Any]:
+def _scored(score: Callable[[], RunRecords], rank: int) -> Dict[str, Any]:
     """{"records": ...} or {"error": one line}: what this rank sends the others."""
     try:
         return {"records": score().to_dict()}
     except LowformerError as e:
         return {"error": str(e)}
-    except SystemExit as e:  # SIGTERM: torchrun stops the group when another rank died
-        raise LowformerError(f"rank {rank} of {world} was stopped (exit {e.code}): another rank failed or "
-                             "was killed; no report") from None
     except Exception as e:  # any fault of this rank fails the run, named, on every rank
         log.debug("rank %d failed", rank, exc_info=True)
         return {"error": f"{type(e).__name__}: {first_line(e)}"}

@@ -87,6 +87,23 @@ def test_interrupt_is_an_error_line_with_exit_130(monkeypatch):
     assert_one_line_error(r, "interrupted")
 
 
+def test_a_stop_is_an_error_line_with_exit_143(monkeypatch):
+    """SIGTERM mid-command (kill, a job scheduler's stop, torchrun stopping its ranks): one line, exit 128 + 15."""
+    import os
+    import signal
+    import time
+
+    import lowformer.models.catalog as catalog
+
+    def stopped(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the handler raises in this frame, long before this ends
+    monkeypatch.setattr(catalog, "model_info", stopped)
+    r = run_cli("info", "b0")
+    assert r.exit_code == 143
+    assert_one_line_error(r, "stopped by SIGTERM")
+
+
 def test_unreadable_image_names_its_path_not_a_python_object(tiny, images):
     bad = images / CLASSES[0] / "broken.JPEG"
     bad.write_bytes(b"\xff\xd8 not really a jpeg")

@@ -74,6 +74,25 @@ def test_shard_text_and_torchrun_environment(monkeypatch):
     assert Shard.from_torchrun() == Shard(2, 4)
 
 
+def test_a_stopped_rank_says_which_and_that_there_is_no_report(monkeypatch):
+    """torchrun stops every rank (SIGTERM) once one died: whatever a rank was doing, its line names it."""
+    from lowformer.core.errors import Stopped
+    from lowformer.evaluate.gather import rank_named_on_stop
+
+    with pytest.raises(Stopped) as outside:
+        with rank_named_on_stop():
+            raise Stopped(143)
+    assert outside.value.code == 143 and outside.value.message.startswith("stopped by SIGTERM")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(Stopped) as rank:
+        with rank_named_on_stop():
+            raise Stopped(143)
+    assert rank.value.code == 143
+    assert rank.value.message == ("rank 1 of 2 was stopped (exit 143): another rank failed or was killed; "
+                                  "no report")
+
+
 # --------------------------------------------------------------------------- on real images
 
 @pytest.fixture(scope="module")
@@ -142,18 +161,30 @@ def test_a_killed_rank_fails_the_run_without_a_report(real_export, imagenet_val,
     assert ours and "no report" in ours[0], err[-3000:]
 
 
-def _wait_for_rank(parent: int, rank: str, busy_s: float = 5.0, timeout: float = 120.0) -> psutil.Process:
-    """Rank `rank` of the torchrun `parent`, once it has run `busy_s` CPU seconds (into its pass)."""
-    deadline = time.monotonic() + timeout
+def _wait_for_rank(parent: int, rank: str, busy_s: float = 2.0, timeout: float = 180.0) -> psutil.Process:
+    """Rank `rank` of the torchrun `parent` once it is into its pass: connected to another rank (the
+    process group is formed, so every rank is past its start-up), then `busy_s` CPU seconds more."""
+    deadline, joined = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
         for child in psutil.Process(parent).children(recursive=True):
             try:
-                if child.environ().get("RANK") == rank and sum(child.cpu_times()[:2]) >= busy_s:
+                env = child.environ()
+                if env.get("RANK") != rank:
+                    continue
+                if joined is None and _peers(child, int(env["MASTER_PORT"])):
+                    joined = sum(child.cpu_times()[:2])
+                if joined is not None and sum(child.cpu_times()[:2]) >= joined + busy_s:
                     return child
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
+            except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError):
                 continue
-        time.sleep(0.2)
+        time.sleep(0.1)
     raise AssertionError(f"rank {rank} did not get going")
+
+
+def _peers(process: psutil.Process, store_port: int) -> list:
+    """Its TCP connections to other ranks (gloo's), not to torchrun's store."""
+    return [c for c in process.net_connections("tcp") if c.status == psutil.CONN_ESTABLISHED and c.raddr
+            and store_port not in (c.laddr.port, c.raddr.port)]
 
 
 # --------------------------------------------------------------------------- bad shards: one line each
