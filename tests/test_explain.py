@@ -209,6 +209,7 @@ def test_cli_zero_images_is_one_line(tiny, tmp_path):
     assert_one_line_error(res, f"no images found in {tmp_path / 'empty'}")
 
 
+@pytest.mark.heavy  # an INT8 export first, ~7 s: make test's budget
 def test_cli_every_image_held_out_is_one_line(tmp_path, images):
     folder = _export(tmp_path / "int8", TINY, 32, calib_data=str(images), calib_size=24)
     res = run_cli("validate", str(folder / "model_int8.onnx"), "--data", str(images), "--explain")

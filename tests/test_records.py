@@ -239,6 +239,7 @@ def test_profile_of_replaced_bytes_is_not_recorded(folder, change, caplog):
     assert Manifest.load(folder).entry("model.onnx").profiles() == {}
 
 
+@pytest.mark.heavy  # two re-exports and benches, ~15 s: make test's budget; the profile of replaced bytes runs there
 @pytest.mark.parametrize("change", [_reexport_with_other_weights, _change_sha_under_the_lock],
                          ids=["re-exported", "sha256-changed"])
 def test_bench_of_replaced_bytes_is_not_recorded(folder, change, caplog):

@@ -128,6 +128,7 @@ def test_calibration_images_held_out_when_data_is_the_dataset_root(tmp_path):
 
 # 3. concurrent writers lose nothing ----------------------------------------------------------------------
 
+@pytest.mark.heavy  # two export processes, ~6 s: make test's budget
 def test_two_concurrent_exports_into_one_folder_both_land(tmp_path, trained):
     out = tmp_path / "both"
     base = [sys.executable, "-m", "lowformer", "export", TINY, "--checkpoint", trained, "--image-size", str(SIZE),

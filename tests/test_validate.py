@@ -333,6 +333,7 @@ def test_calibration_images_are_those_of_the_same_folder_only(tmp_path):
     assert calibration_images([("m.onnx", entry, {})], str(data) + "/", samples) == [samples[1], samples[3]]
 
 
+@pytest.mark.heavy  # two validate processes, ~6 s: make test's budget
 def test_two_concurrent_validate_runs_both_record_their_results(tiny, images):
     """Two `lowformer validate` processes writing into one export folder: neither erases the other."""
     import os

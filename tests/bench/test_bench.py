@@ -73,6 +73,7 @@ def test_optit_benchmarks_optimized_torchscript():
     _sane(r, 1)
 
 
+@pytest.mark.heavy  # two worker jobs, ~7 s: make test's budget
 def test_two_jobs_report_the_mean_of_their_medians(tiny_onnx):
     report = bench([str(tiny_onnx)], latency=True, iterations=5, warmup=1, jobs=2)
     (r,) = report.results

@@ -178,6 +178,7 @@ def test_an_interrupted_distillation_resumes_where_it_was_saved(tiny, images, ca
                    state_key="other")["resumed_from_step"] is None
 
 
+@pytest.mark.heavy  # the whole chain (export with QAT, validate), ~10 s: make test's budget
 def test_export_records_both_models_and_validate_measures_the_gain(images, tmp_path):
     from lowformer.export.pipeline import export_model
     from lowformer.validate import validate

@@ -61,6 +61,7 @@ def _cells(doc):
     return {(c["model"], c["format"], c["batch_size"]): c for c in doc["cells"]}
 
 
+@pytest.mark.heavy  # ~40 s (Ray's start and 4 builds): make test's budget; the local Ray runs there in the failing-cell and label tests
 def test_a_local_ray_with_two_slots_times_a_2x2_matrix_into_the_table(ray_run):
     _, doc, out = ray_run
     assert doc["where"] == "a local Ray with 2 slot(s)" and doc["passed"] and doc["failed"] == 0

@@ -90,6 +90,7 @@ def test_runner_takes_any_batch_and_matches_the_model(folder):
     assert got.shape == want.shape and np.abs(got - want).max() < 1e-4
 
 
+@pytest.mark.heavy  # the whole chain, ~11 s: make test's budget; the runner's parity is checked there
 def test_validate_bench_and_report_take_it(folder, images, calib, tmp_path):
     r = run_cli("validate", str(folder), "--data", str(images), "--workers", "0", "--json")
     assert r.exit_code == 0, r.output
@@ -174,6 +175,7 @@ def test_profile_without_the_etrecord_says_what_it_cannot_name(folder, images, t
     assert_one_line_error(r, "no ETRecord beside it")
 
 
+@pytest.mark.heavy  # two benches in workers, ~9 s: make test's budget
 def test_truncated_program_is_one_line_error(folder, tmp_path):
     data = (folder / "model.pte").read_bytes()
     cut = tmp_path / "model.pte"
