@@ -162,8 +162,14 @@ def validate_cmd(artifacts: Tuple[str, ...], data: Optional[str], images: ImageO
         writer = not distributed or _rank() == 0  # under torchrun every rank holds the result; rank 0 speaks
         result = validate(list(artifacts), data, config.replace(report=config.report if writer else None),
                           progress=RichProgress() if writer else no_progress, explain_plan=plan)
-        if not writer:  # rank 0 speaks, and fails too when any of this does
-            sys.exit(0 if result.passed and result.explain_error is None else 1)
+        if not writer:
+            # rank 0 speaks and carries the verdict (its exit code is torchrun's): a rank that exited 1
+            # here would have torchrun stop rank 0 (SIGTERM) while it writes the report and the manifests.
+            # Once rank 0 has ended, torchrun may stop this rank on its way out: nothing left to say then.
+            import signal
+
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            return
         _report_result(result, output, plan)
 
 

@@ -22,7 +22,7 @@ class Stopped(SystemExit):
         if not message:
             import signal
 
-            message = f"stopped by {signal.Signals(code - 128).name}; nothing half-written was kept"
+            message = f"stopped by {signal.Signals(code - 128).name}"
         self.message = message
 
 

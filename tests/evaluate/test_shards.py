@@ -347,6 +347,27 @@ def test_a_rank_that_fails_fails_every_rank_in_one_line(small, tmp_path):
     assert set(said.values()) == {said["1"]}
 
 
+@pytest.mark.heavy  # a torchrun of 2 ranks, ~15 s
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
+def test_a_failed_gate_under_torchrun_is_rank_0s_verdict_with_its_report(small, imagenet_val, tmp_path):
+    """A gate fails (real labels; 100% agreement asked of the tiny INT8): rank 0 writes the report and exits
+    1, the other rank ends with 0 once it holds the result, so torchrun never stops rank 0 mid-write; every
+    error line is the gate's (none says a rank was stopped)."""
+    root, _, _ = small
+    report = tmp_path / "ranks.json"
+    cmd = [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "lowformer", "validate", str(root / "export"),
+           "--data", str(imagenet_val), "--limit", "100", "--batch-size", "10", "--gate-agreement", "1.0",
+           "--report", str(report), "--no-record"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 1, p.stderr[-3000:]
+    said = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert said and all(line.startswith("error: model_int8.onnx: top-1 agreement") for line in said), p.stderr[-3000:]
+    assert json.loads(report.read_text())["passed"] is False
+    # torchrun names rank 0 as the first failure (it may stop rank 1 on its way out after that)
+    root_cause = p.stderr[p.stderr.index("Root Cause"):]
+    assert re.search(r"rank\s*: 0 \(local_rank: 0\)\s*exitcode\s*: 1 ", root_cause), root_cause
+
+
 def test_an_artifact_that_failed_in_one_shard_counts_only_up_to_it(small, tmp_path):
     """One process stops running an artifact at its first failure; the merge drops it from the later shards."""
     from lowformer.evaluate.records import RunRecords
