@@ -16,7 +16,7 @@ $(STAMP): setup.cfg pyproject.toml
 test: install
 	$(BIN)/python -m pytest -q
 
-# The whole-chain checks `make test` leaves out (about 9.5 minutes; CI runs them).
+# The whole-chain checks `make test` leaves out (about 9 minutes; CI runs them).
 test-heavy: install
 	$(BIN)/python -m pytest -q -m "heavy and not slow"
 
