@@ -135,42 +135,39 @@ def validate_cmd(artifacts: Tuple[str, ...], data: Optional[str], images: ImageO
       --merge FILE...              the whole report from every shard's records
       torchrun --nproc-per-node N -m lowformer validate ...   ranks split the images, rank 0 reports
     """
+    from lowformer.validate import ValidateConfig, validate
+
     explain = split.explain
     distributed = _check_split(split, data, output)
     if split.merge:
         return _merge(artifacts, output)
 
-    from lowformer.evaluate.gather import rank_named_on_stop
+    # what validate and prepare_explain both take: the same images, reference and runtimes
+    shared = dict(**images.fields(), reference=ref.reference, checkpoint=ref.checkpoint, threads=run.threads,
+                  runtimes=run.runtimes, precisions=run.precisions, skip_missing=skip_missing)
+    plan = None
+    if explain:  # its checks first: a refused artifact costs nothing and shows nothing
+        from lowformer.explain import prepare_explain
 
-    with rank_named_on_stop():  # under torchrun, a rank stopped because another died says so
-        from lowformer.validate import ValidateConfig, validate
+        plan = prepare_explain(list(artifacts), data, **shared)
+    # one pass over the images: validate's scores and, with --explain, the block-by-block comparison
+    config = ValidateConfig.build(**shared, gate_top1_drop=ref.gate_top1_drop, gate_agreement=ref.gate_agreement,
+                                  report=None if explain else output.report, device=run.device, record=False,
+                                  verify=ref.verify, distributed=distributed)
+    if split.shard:
+        return _shard(artifacts, data, split, config, output.as_json, plan)
+    writer = not distributed or _rank() == 0  # under torchrun every rank holds the result; rank 0 speaks
+    result = validate(list(artifacts), data, config.replace(report=config.report if writer else None),
+                      progress=RichProgress() if writer else no_progress, explain_plan=plan)
+    if not writer:
+        # rank 0 speaks and carries the verdict (its exit code is torchrun's): a rank that exited 1
+        # here would have torchrun stop rank 0 (SIGTERM) while it writes the report and the manifests.
+        # Once rank 0 has ended, torchrun may stop this rank on its way out: nothing left to say then.
+        import signal
 
-        # what validate and prepare_explain both take: the same images, reference and runtimes
-        shared = dict(**images.fields(), reference=ref.reference, checkpoint=ref.checkpoint, threads=run.threads,
-                      runtimes=run.runtimes, precisions=run.precisions, skip_missing=skip_missing)
-        plan = None
-        if explain:  # its checks first: a refused artifact costs nothing and shows nothing
-            from lowformer.explain import prepare_explain
-
-            plan = prepare_explain(list(artifacts), data, **shared)
-        # one pass over the images: validate's scores and, with --explain, the block-by-block comparison
-        config = ValidateConfig.build(**shared, gate_top1_drop=ref.gate_top1_drop, gate_agreement=ref.gate_agreement,
-                                      report=None if explain else output.report, device=run.device, record=False,
-                                      verify=ref.verify, distributed=distributed)
-        if split.shard:
-            return _shard(artifacts, data, split, config, output.as_json, plan)
-        writer = not distributed or _rank() == 0  # under torchrun every rank holds the result; rank 0 speaks
-        result = validate(list(artifacts), data, config.replace(report=config.report if writer else None),
-                          progress=RichProgress() if writer else no_progress, explain_plan=plan)
-        if not writer:
-            # rank 0 speaks and carries the verdict (its exit code is torchrun's): a rank that exited 1
-            # here would have torchrun stop rank 0 (SIGTERM) while it writes the report and the manifests.
-            # Once rank 0 has ended, torchrun may stop this rank on its way out: nothing left to say then.
-            import signal
-
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            return
-        _report_result(result, output, plan)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        return
+    _report_result(result, output, plan)
 
 
 def _report_result(result, output: RecordOptions, plan=None, write_report: bool = False) -> None:

@@ -15,15 +15,19 @@ class NeedsTargetDevice(LowformerError):
 
 class Stopped(SystemExit):
     """The process was told to stop (SIGTERM): it unwinds like SystemExit(128 + signal), so staging
-    folders and temporaries are removed on the way out; `message` is the one line the CLI says."""
+    folders and temporaries are removed on the way out; `message` is the one line the CLI says. A rank
+    of torchrun says which: torchrun stops every rank once one has failed or been killed."""
 
-    def __init__(self, code: int, message: str = "") -> None:
+    def __init__(self, code: int) -> None:
+        import os
+        import signal
+
         super().__init__(code)
-        if not message:
-            import signal
-
-            message = f"stopped by {signal.Signals(code - 128).name}"
-        self.message = message
+        self.message = f"stopped by {signal.Signals(code - 128).name}"
+        rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+        if rank is not None and world is not None:
+            self.message = (f"rank {rank} of {world} was stopped (exit {code}): another rank failed or was "
+                            "killed; no report")
 
 
 def env_int(name: str, default: int, unit: str = "") -> int:

@@ -4,33 +4,17 @@ rank holds the figures of one process over all images. A rank that fails sends i
 then every rank fails with that one line."""
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import logging
 import os
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, List
 
-from lowformer.core.errors import LowformerError, Stopped, first_line
+from lowformer.core.errors import LowformerError, first_line
 from lowformer.evaluate.records import RunRecords, merge_records
-from lowformer.evaluate.shards import Shard
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 7200.0  # the longest a rank waits for the slowest one (LOWFORMER_DIST_TIMEOUT_S)
-
-
-@contextlib.contextmanager
-def rank_named_on_stop() -> Iterator[None]:
-    """Under torchrun, a stop (torchrun's SIGTERM to every rank once one has died) says which rank was
-    stopped, why, and that no report was written; outside torchrun the stop passes unchanged."""
-    try:
-        yield
-    except Stopped as e:
-        shard = Shard.from_torchrun()
-        if shard is None:
-            raise
-        raise Stopped(e.code, f"rank {shard.index - 1} of {shard.count} was stopped (exit {e.code}): another "
-                              "rank failed or was killed; no report") from None
 
 
 def gather_records(score: Callable[[], RunRecords], device: str = "cpu") -> RunRecords:

@@ -76,18 +76,16 @@ def test_shard_text_and_torchrun_environment(monkeypatch):
 
 def test_a_stopped_rank_says_which_and_that_there_is_no_report(monkeypatch):
     """torchrun stops every rank (SIGTERM) once one died: whatever a rank was doing, its line names it."""
+    from lowformer.commands.errors import terminate
     from lowformer.core.errors import Stopped
-    from lowformer.evaluate.gather import rank_named_on_stop
 
-    with pytest.raises(Stopped) as outside:
-        with rank_named_on_stop():
-            raise Stopped(143)
-    assert outside.value.code == 143 and outside.value.message.startswith("stopped by SIGTERM")
+    with pytest.raises(Stopped) as alone:
+        terminate(signal.SIGTERM, None)
+    assert alone.value.code == 143 and alone.value.message == "stopped by SIGTERM"
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(Stopped) as rank:
-        with rank_named_on_stop():
-            raise Stopped(143)
+        terminate(signal.SIGTERM, None)
     assert rank.value.code == 143
     assert rank.value.message == ("rank 1 of 2 was stopped (exit 143): another rank failed or was killed; "
                                   "no report")
