@@ -26,8 +26,7 @@ class Stopped(SystemExit):
         self.message = f"stopped by {signal.Signals(code - 128).name}"
         rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
         if rank is not None and world is not None:
-            self.message = (f"rank {rank} of {world} was stopped (exit {code}): another rank failed or was "
-                            "killed; no report")
+            self.message = f"rank {rank} of {world} was stopped (exit {code}): another rank failed or was killed"
 
 
 def env_int(name: str, default: int, unit: str = "") -> int:

@@ -74,7 +74,7 @@ def test_shard_text_and_torchrun_environment(monkeypatch):
     assert Shard.from_torchrun() == Shard(2, 4)
 
 
-def test_a_stopped_rank_says_which_and_that_there_is_no_report(monkeypatch):
+def test_a_stopped_rank_says_which(monkeypatch):
     """torchrun stops every rank (SIGTERM) once one died: whatever a rank was doing, its line names it."""
     from lowformer.commands.errors import terminate
     from lowformer.core.errors import Stopped
@@ -87,8 +87,7 @@ def test_a_stopped_rank_says_which_and_that_there_is_no_report(monkeypatch):
     with pytest.raises(Stopped) as rank:
         terminate(signal.SIGTERM, None)
     assert rank.value.code == 143
-    assert rank.value.message == ("rank 1 of 2 was stopped (exit 143): another rank failed or was killed; "
-                                  "no report")
+    assert rank.value.message == "rank 1 of 2 was stopped (exit 143): another rank failed or was killed"
 
 
 # --------------------------------------------------------------------------- on real images
@@ -156,12 +155,15 @@ def test_a_killed_rank_fails_the_run_without_a_report(real_export, imagenet_val,
     assert p.returncode != 0
     assert not report.exists()
     ours = [line for line in err.splitlines() if line.startswith("error:")]
-    assert ours and "no report" in ours[0], err[-3000:]
+    # stopped by torchrun, or (killed while the ranks exchange records) the gather lost it: one line either way
+    assert ours and ("was stopped (exit 143): another rank failed or was killed" in ours[0]
+                     or "lost the others while gathering the records" in ours[0]), err[-3000:]
 
 
 def _wait_for_rank(parent: int, rank: str, busy_s: float = 2.0, timeout: float = 180.0) -> psutil.Process:
-    """Rank `rank` of the torchrun `parent` once it is into its pass: connected to another rank (the
-    process group is formed, so every rank is past its start-up), then `busy_s` CPU seconds more."""
+    """Rank `rank` of the torchrun `parent` once it is connected to another rank (gloo's connections: the
+    group is formed, so every rank is past its start-up and has lowformer's SIGTERM handler), then
+    `busy_s` CPU seconds more."""
     deadline, joined = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
         for child in psutil.Process(parent).children(recursive=True):
